@@ -1,0 +1,67 @@
+"""Prometheus metrics (prefix `chatforge_`), one registry per app so tests can run several apps.
+
+Request-level series are observed by the API layer when a request ends; engine gauges and
+counters are read from each model's engine at scrape time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from chatforge.service.catalog import ModelCatalog
+from chatforge.service.chat import PreparedChat
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+
+
+class Metrics:
+    def __init__(self, catalog: ModelCatalog):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("chatforge_requests", "Requests by dialect, model and status", ["dialect", "model", "status"], registry=r)
+        self.ttft = Histogram("chatforge_time_to_first_token_seconds", "Time to first token", ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("chatforge_time_per_output_token_seconds", "Time per output token after the first", ["model"], buckets=_TPOT_BUCKETS, registry=r)
+        self.e2e = Histogram("chatforge_e2e_request_latency_seconds", "End-to-end request latency", ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("chatforge_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.generation_tokens = Counter("chatforge_generation_tokens", "Tokens generated", ["model"], registry=r)
+        self.rate_limited = Counter("chatforge_rate_limited_requests", "Requests refused by a rate limit", ["dialect"], registry=r)
+        r.register(_EngineCollector(catalog))
+
+    def observe(self, dialect: str, prep: PreparedChat, status: str) -> None:
+        model = prep.model.model_id
+        self.requests.labels(dialect, model, status).inc()
+        self.prompt_tokens.labels(model).inc(len(prep.prompt_ids))
+        self.generation_tokens.labels(model).inc(prep.completion_tokens)
+        t = prep.timing
+        if t.end is not None:
+            self.e2e.labels(model).observe(t.end - t.start)
+        if t.first_token is not None:
+            self.ttft.labels(model).observe(t.first_token - t.start)
+            if t.end is not None and prep.completion_tokens > 1:
+                self.tpot.labels(model).observe((t.end - t.first_token) / (prep.completion_tokens - 1))
+
+    def observe_refused(self, dialect: str, model: str, status: str) -> None:
+        self.requests.labels(dialect, model, status).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _EngineCollector:
+    """Engine state read at scrape time, summed over the served models."""
+
+    def __init__(self, catalog: ModelCatalog):
+        self.catalog = catalog
+
+    def collect(self):
+        stats = [m.engine.stats() for m in self.catalog.models]
+        used = sum(s.num_blocks_used for s in stats)
+        total = sum(s.num_blocks_total for s in stats) or 1
+        yield GaugeMetricFamily("chatforge_running_requests", "Requests running on the engine", value=sum(s.running for s in stats))
+        yield GaugeMetricFamily("chatforge_waiting_requests", "Requests waiting for the engine", value=sum(s.waiting for s in stats))
+        yield GaugeMetricFamily("chatforge_kv_cache_usage_ratio", "Share of KV blocks held (0 when none)", value=used / total)
+        yield CounterMetricFamily("chatforge_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache", value=sum(s.prefix_cache_hit_tokens for s in stats))
+        yield CounterMetricFamily("chatforge_preemptions", "Sequences preempted for lack of KV blocks", value=sum(s.preemptions for s in stats))
+        yield CounterMetricFamily("chatforge_aborted_requests", "Requests aborted (client gone, shutdown)", value=sum(s.aborts for s in stats))

@@ -1,0 +1,104 @@
+"""OpenAI / DeepInfra routes. Handlers hold no logic: translate -> service -> translate."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from chatforge.api.errors import ApiError, dialect_route_class
+from chatforge.api.openai import translate
+from chatforge.api.openai.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+from chatforge.api.serving import Serving
+from chatforge.api.sse import sse_data, sse_response
+from chatforge.service.catalog import ModelCatalog
+
+DIALECT = "openai"
+
+
+def render_error(err: ApiError) -> JSONResponse:
+    return JSONResponse(
+        translate.error_body(err.message, err.kind, err.code, err.param), status_code=err.status, headers=err.headers
+    )
+
+
+ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)}
+CHAT_RESPONSES = {
+    200: {"model": ChatCompletion, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **ERROR_RESPONSES,
+}
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+async def serve_chat(request: Request, body: ChatCompletionRequest, dialect: str = DIALECT, max_tokens_cap: int | None = None):
+    """The chat handler, shared with routes that speak this dialect under another path."""
+    serving: Serving = request.app.state.serving
+    catalog: ModelCatalog = request.app.state.catalog
+    completion_id = new_completion_id()
+    req = translate.to_internal(body, completion_id, max_tokens_cap=max_tokens_cap)
+    prep = serving.prepare(dialect, req)
+    model_name = body.model if body.model in catalog else prep.model.model_id
+    if not body.stream:
+        result = await serving.complete(request, dialect, prep)
+        return JSONResponse(translate.to_response(result, completion_id, model_name))
+    events = await serving.open_stream(dialect, prep)
+    options = body.stream_options
+    writer = translate.ChunkWriter(
+        completion_id, model_name, prep.created, body.n,
+        include_usage=bool(options and options.include_usage),
+        continuous_usage=bool(options and options.continuous_usage_stats),
+    )
+
+    async def frames():
+        async for event in events:
+            for chunk in writer.chunks(event, prep.usage()):
+                yield sse_data(chunk)
+        yield sse_data("[DONE]")
+
+    return sse_response(frames())
+
+
+def models_body(catalog: ModelCatalog) -> dict:
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": m.model_id,
+                "object": "model",
+                "created": m.created,
+                "owned_by": "chatforge",
+                "context_length": m.context_length,
+                "max_model_len": m.context_length,
+            }
+            for m in catalog.models
+        ],
+    }
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(route_class=dialect_route_class(render_error), tags=["openai"])
+
+    @router.post("/v1/chat/completions", responses=CHAT_RESPONSES, response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await serve_chat(request, body)
+
+    @router.post("/v1/openai/chat/completions", responses=CHAT_RESPONSES, response_model=None)
+    async def deepinfra_chat_completions(body: ChatCompletionRequest, request: Request):
+        return await serve_chat(request, body)
+
+    @router.get("/v1/models", response_model=ModelList)
+    async def list_models(request: Request):
+        return models_body(request.app.state.catalog)
+
+    @router.get("/v1/openai/models", response_model=ModelList)
+    async def deepinfra_list_models(request: Request):
+        return models_body(request.app.state.catalog)
+
+    return router
+
+
+__all__ = ["build_router", "serve_chat", "render_error", "models_body"]

@@ -1,0 +1,25 @@
+"""Operations endpoints: liveness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health")
+    async def health(request: Request):
+        catalog = request.app.state.catalog
+        dead = [m.model_id for m in catalog.models if not m.engine.is_alive()]
+        if dead:
+            return JSONResponse({"status": "unhealthy", "dead_engines": dead}, status_code=503)
+        return {"status": "ok", "models": [m.model_id for m in catalog.models]}
+
+    @router.get("/metrics")
+    async def metrics(request: Request):
+        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,179 @@
+"""ChatService: one internal request in, a stream of events or one result out.
+
+prepare() renders the chat template, tokenizes and checks the context (so platform guards can
+admit the request with its real prompt size before any compute); stream() runs it on the engine,
+turning token ids into text deltas with the text layer's detokenizer (stop strings held back and
+cut); complete() is stream() gathered up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from chatforge.engine.outputs import FinishReason, TokenLogprob
+from chatforge.engine.sampling_params import SamplingParams
+from chatforge.service.catalog import ModelCatalog, ServedModel
+from chatforge.service.errors import ContextLengthExceededError, InvalidRequestError
+from chatforge.service.protocol import (
+    ChatEvent, ChatMessage, ChatRequest, ChatResult, Choice, ChoiceDelta, TokenInfo, TokenLogprobs, Usage,
+)
+from chatforge.text.chat_template import ChatTemplate, ChatTemplateError
+from chatforge.text.detokenizer import IncrementalDetokenizer
+
+
+@dataclass
+class Timing:
+    """Filled while a request runs; the API layer turns it into metrics."""
+
+    start: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class PreparedChat:
+    request: ChatRequest
+    model: ServedModel
+    prompt: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    created: int = field(default_factory=lambda: int(time.time()))
+    timing: Timing = field(default_factory=Timing)
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reasons: list[FinishReason | None] = field(default_factory=list)
+
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=len(self.prompt_ids),
+            completion_tokens=self.completion_tokens,
+            estimated_cost=self.model.price.cost(len(self.prompt_ids), self.completion_tokens),
+            cached_tokens=self.cached_tokens,
+        )
+
+
+class ChatService:
+    def __init__(self, catalog: ModelCatalog):
+        self.catalog = catalog
+
+    # -- before any compute ------------------------------------------------------------------
+    def prepare(self, req: ChatRequest) -> PreparedChat:
+        model = self.catalog.get(req.model)
+        template = model.template
+        if req.chat_template is not None:
+            try:
+                template = ChatTemplate(req.chat_template, model.tokenizer.special_tokens)
+            except ChatTemplateError as e:
+                raise InvalidRequestError(f"chat_template: {e}", param="chat_template") from None
+        messages = list(req.messages)
+        ctx = model.context_length
+        wanted = req.params.max_tokens
+        while True:
+            prompt = self._render(template, messages, req)
+            ids = model.tokenizer.encode(prompt)
+            if req.truncate_prompt_tokens is not None:
+                ids = ids[-req.truncate_prompt_tokens :]
+            room = ctx - len(ids)
+            if room >= (wanted or 1):
+                break
+            if req.drop_oldest_turns and _drop_oldest_turn(messages):
+                continue
+            raise _context_error(ctx, len(ids), wanted)
+        max_tokens = wanted if wanted is not None else room
+        return PreparedChat(req, model, prompt, ids, req.params.to_sampling_params(max_tokens))
+
+    @staticmethod
+    def _render(template: ChatTemplate, messages: list[ChatMessage], req: ChatRequest) -> str:
+        wire = [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in messages]
+        try:
+            return template.render(wire, add_generation_prompt=req.add_generation_prompt, **req.chat_template_kwargs)
+        except ChatTemplateError as e:
+            raise InvalidRequestError(f"the chat template refused the conversation: {e}", param="messages") from None
+
+    # -- on the engine -------------------------------------------------------------------------
+    async def stream(self, prep: PreparedChat) -> AsyncIterator[ChatEvent]:
+        """Text deltas as they come; the last event carries the usage."""
+        sp, model = prep.sampling, prep.model
+        engine, tokenizer = model.engine, model.tokenizer
+        rid = prep.request.request_id
+        detoks = [IncrementalDetokenizer(tokenizer, sp.stop) for _ in range(sp.n)]
+        generated = [0] * sp.n
+        prep.finish_reasons = [None] * sp.n
+        async for out in engine.generate(rid, prep.prompt_ids, sp):
+            prep.cached_tokens = out.num_cached_tokens
+            deltas = []
+            for c in out.outputs:
+                i = c.index
+                if prep.finish_reasons[i] is not None:
+                    continue  # ended on a stop string; the engine may still be finishing it
+                generated[i] = c.num_generated
+                step = detoks[i].push(c.new_token_ids)
+                text, reason = step.delta, c.finish_reason
+                if step.stop is not None:
+                    reason = FinishReason.STOP_SEQUENCE
+                elif reason is not None:
+                    text += detoks[i].flush()
+                prep.finish_reasons[i] = reason
+                lps = [self._logprobs(tokenizer, lp) for lp in c.new_logprobs] if sp.logprobs and c.new_logprobs else None
+                if text or reason is not None or lps:
+                    if text and prep.timing.first_token is None:
+                        prep.timing.first_token = time.perf_counter()
+                    deltas.append(ChoiceDelta(i, text, lps, reason))
+            prep.completion_tokens = sum(generated)
+            if deltas:
+                yield ChatEvent(deltas)
+            if all(r is not None for r in prep.finish_reasons):
+                if not out.finished:  # every completion stopped on a string: free the engine now
+                    engine.finish(rid, FinishReason.STOP_SEQUENCE)
+                break
+        prep.timing.end = time.perf_counter()
+        yield ChatEvent([], usage=prep.usage())
+
+    async def complete(self, prep: PreparedChat) -> ChatResult:
+        texts = [""] * prep.sampling.n
+        logprobs: list[list[TokenLogprobs] | None] = [[] if prep.sampling.logprobs else None for _ in texts]
+        usage = None
+        async for event in self.stream(prep):
+            for d in event.deltas:
+                texts[d.index] += d.text
+                if d.logprobs:
+                    logprobs[d.index].extend(d.logprobs)
+            usage = event.usage or usage
+        choices = [
+            Choice(i, texts[i], prep.finish_reasons[i] or FinishReason.ABORT, logprobs[i]) for i in range(len(texts))
+        ]
+        return ChatResult(prep.request.request_id, prep.model.model_id, prep.created, prep.prompt, choices, usage)
+
+    @staticmethod
+    def _logprobs(tokenizer, lp: TokenLogprob) -> TokenLogprobs:
+        def info(token_id: int, logprob: float) -> TokenInfo:
+            raw = tokenizer.token_bytes(token_id)
+            return TokenInfo(raw.decode("utf-8", errors="replace"), token_id, list(raw), logprob)
+
+        return TokenLogprobs(info(lp.token_id, lp.logprob), [info(t, p) for t, p in lp.top])
+
+
+def _drop_oldest_turn(messages: list[ChatMessage]) -> bool:
+    """Remove the oldest non-system message, keeping at least the newest one."""
+    for i, m in enumerate(messages[:-1]):
+        if m.role != "system":
+            del messages[i]
+            return True
+    return False
+
+
+def _context_error(ctx: int, prompt_tokens: int, wanted: int | None) -> ContextLengthExceededError:
+    if wanted is None:
+        msg = (
+            f"This model's maximum context length is {ctx} tokens. However, your messages resulted in "
+            f"{prompt_tokens} tokens, which leaves no room for a completion. Please reduce the length of the messages."
+        )
+    else:
+        msg = (
+            f"This model's maximum context length is {ctx} tokens. However, you requested "
+            f"{prompt_tokens + wanted} tokens ({prompt_tokens} in the messages, {wanted} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )
+    return ContextLengthExceededError(msg, prompt_tokens=prompt_tokens, context_length=ctx)

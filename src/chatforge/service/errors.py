@@ -1,0 +1,50 @@
+"""Typed errors of the service layer. Each dialect maps them to its own envelope and status;
+nothing upstream matches on message text."""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """Base: `message` is safe to show the caller; `param` names the offending field."""
+
+    status = 400
+    code = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequestError(ChatError):
+    pass
+
+
+class ModelNotFoundError(ChatError):
+    status = 404
+    code = "model_not_found"
+
+
+class ContextLengthExceededError(ChatError):
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, prompt_tokens: int, context_length: int, param: str | None = "messages"):
+        super().__init__(message, param=param)
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+
+
+class OverloadedError(ChatError):
+    """The engine's queue is full: try again shortly."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str = "the server is overloaded; retry shortly", *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShuttingDownError(ChatError):
+    status = 503
+    code = "shutting_down"

@@ -1,0 +1,78 @@
+"""chatforge's settings: the only module that reads the environment or the config file.
+
+Precedence: command-line flags > `CHATFORGE_*` environment variables > the TOML config file >
+defaults. Built once at start-up; components copy the fields they need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens, for `usage.estimated_cost`."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+
+class EngineSettings(BaseModel):
+    torch_threads: int = Field(default=0, ge=0, description="0 = every core")
+    device: str = "auto"  # auto | cpu | cuda
+    block_size: int = Field(default=16, ge=1)
+    kv_cache_tokens: int = Field(default=65536, ge=16, description="KV pool size in tokens")
+    max_num_seqs: int = Field(default=64, ge=1)
+    max_num_batched_tokens: int = Field(default=2048, ge=16)
+    max_waiting: int = Field(default=256, ge=1, description="queued requests before 503")
+    enable_prefix_caching: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATFORGE_", env_nested_delimiter="__", extra="forbid")
+
+    models: list[str] = Field(default_factory=list, description="paths or ids; empty = the bundled default")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    database_url: str = "sqlite:///./chatforge.db"
+    redis_url: str | None = None
+    allow_open_remote: bool = Field(
+        default=False, description="serve without keys on a non-loopback address (dangerous)"
+    )
+    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model id -> price")
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    log_level: str = "info"
+    log_prompts: bool = False  # never log prompt or completion text unless asked
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # flags (init) > CHATFORGE_* env > the TOML file named by `load_settings`.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
+    """Settings from flags (None values are 'not given'), the environment, then `config_file`."""
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file not found: {Path(config_file).resolve()}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    given = {k: v for k, v in flags.items() if v is not None and v != []}
+    return _FromFile(**given)
