@@ -1,0 +1,39 @@
+"""The engine's settings, validated once at start-up and copied down into each component."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    block_size: int = 16  # tokens per KV block
+    # The KV pool: a block count, or else as many blocks as fit in kv_cache_bytes.
+    num_kv_blocks: int | None = None
+    kv_cache_bytes: int = 512 * _MiB
+    max_num_seqs: int = 64  # sequences running at once (a request with n completions counts n)
+    max_num_batched_tokens: int = 512  # tokens per step; longer prompts are prefilled in chunks
+    max_waiting: int = 256  # queued requests beyond which add_request raises EngineOverloadedError
+    max_model_len: int | None = None  # None: the model's context length
+    torch_threads: int | None = None  # None: leave torch's setting alone
+    device: str | None = None  # None: "cuda" when available, else "cpu"
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError("num_kv_blocks must be >= 1")
+        if self.kv_cache_bytes < 1:
+            raise ValueError("kv_cache_bytes must be >= 1")
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.max_waiting < 0:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1, max_waiting >= 0")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError("max_model_len must be >= 2")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError("torch_threads must be >= 1")
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError("dtype must be float32, bfloat16 or float16")

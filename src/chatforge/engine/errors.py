@@ -1,0 +1,28 @@
+"""Typed errors the engine raises to its callers (the service maps them to each dialect)."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class EngineOverloadedError(EngineError):
+    """The waiting queue is full: the caller should answer 503/429 and let the client retry."""
+
+
+class PromptTooLongError(EngineError):
+    """The prompt (plus the tokens it must at least generate) does not fit the context or the KV pool."""
+
+    def __init__(self, message: str, *, prompt_tokens: int, max_prompt_tokens: int):
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_prompt_tokens = max_prompt_tokens  # the most this engine accepts for this request
+
+
+class DuplicateRequestError(EngineError):
+    """A request id that is already in flight."""
+
+
+class EngineDeadError(EngineError):
+    """The engine loop stopped (shut down, or a step raised); no request can be served."""
