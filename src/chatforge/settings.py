@@ -26,13 +26,18 @@ class ModelPrice(BaseModel):
 
 
 class EngineSettings(BaseModel):
-    torch_threads: int = Field(default=0, ge=0, description="0 = every core")
-    device: str = "auto"  # auto | cpu | cuda
+    """Mirrors `engine.config.EngineConfig`; see there for what each knob does."""
+
+    torch_threads: int | None = Field(default=None, ge=1, description="None = torch's default (every core)")
+    device: str | None = Field(default=None, description="cpu | cuda; None = cuda when present")
+    dtype: str | None = Field(default=None, description="float32 | bfloat16 | float16; None = per device")
     block_size: int = Field(default=16, ge=1)
-    kv_cache_tokens: int = Field(default=65536, ge=16, description="KV pool size in tokens")
+    num_kv_blocks: int | None = Field(default=None, ge=1)
+    kv_cache_mb: int = Field(default=512, ge=1, description="KV pool size when num_kv_blocks is unset")
     max_num_seqs: int = Field(default=64, ge=1)
-    max_num_batched_tokens: int = Field(default=2048, ge=16)
-    max_waiting: int = Field(default=256, ge=1, description="queued requests before 503")
+    max_num_batched_tokens: int = Field(default=512, ge=16)
+    max_waiting: int = Field(default=256, ge=0, description="queued requests before 503")
+    max_model_len: int | None = Field(default=None, ge=2)
     enable_prefix_caching: bool = True
 
 

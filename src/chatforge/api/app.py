@@ -1,0 +1,52 @@
+"""create_app: the HTTP server around one catalog of models. State hangs off `app.state`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from chatforge.api import ops
+from chatforge.api.metrics import Metrics
+from chatforge.api.openai import router as openai_router
+from chatforge.api.serving import Serving
+from chatforge.service.catalog import ModelCatalog
+from chatforge.service.chat import ChatService
+from chatforge.settings import Settings
+
+log = logging.getLogger("chatforge.api")
+
+
+def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastAPI:
+    """An app serving `catalog`; without one, the models named in `settings` are loaded at
+    start-up and their engines stopped at shutdown (an injected catalog belongs to the caller)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        owned = catalog is None
+        if owned:
+            from chatforge.service.loading import load_catalog
+
+            _install(app, await asyncio.to_thread(load_catalog, settings))
+        try:
+            yield
+        finally:
+            if owned:
+                for m in app.state.catalog.models:
+                    await asyncio.to_thread(m.engine.shutdown, settings.shutdown_grace_s)
+
+    app = FastAPI(title="chatforge", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    if catalog is not None:
+        _install(app, catalog)
+    app.include_router(openai_router.build_router())
+    app.include_router(ops.build_router())
+    return app
+
+
+def _install(app: FastAPI, catalog: ModelCatalog) -> None:
+    app.state.catalog = catalog
+    app.state.metrics = Metrics(catalog)
+    app.state.serving = Serving(ChatService(catalog), app.state.metrics)

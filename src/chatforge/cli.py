@@ -1,0 +1,73 @@
+"""The `chatforge` command: serve, chat, and the platform and benchmark sub-commands."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="chatforge: a self-hosted LLM chat-completion service.", no_args_is_help=True)
+
+
+@app.command()
+def serve(
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="model path or id (repeatable); default: the bundled model")] = None,
+    host: Annotated[Optional[str], typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default 8000)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML config file")] = None,
+    database_url: Annotated[Optional[str], typer.Option(help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")] = None,
+    redis_url: Annotated[Optional[str], typer.Option(help="redis://HOST:PORT/DB, shared rate limits")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads for the engine")] = None,
+) -> None:
+    """Serve models over HTTP in the OpenAI, Infomaniak and Scale EGP dialects."""
+    import uvicorn
+
+    from chatforge.api.app import create_app
+    from chatforge.logs import configure_logging
+    from chatforge.service.loading import load_catalog
+    from chatforge.settings import load_settings
+
+    settings = load_settings(config, models=model, host=host, port=port, database_url=database_url, redis_url=redis_url)
+    if threads is not None:
+        settings.engine.torch_threads = threads
+    configure_logging(settings.log_level)
+    catalog = load_catalog(settings)
+    app_ = create_app(settings, catalog)
+    url = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"chatforge serving {', '.join(m.model_id for m in catalog.models)} at {url}/v1")
+    try:
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    finally:
+        for m in catalog.models:
+            m.engine.shutdown(settings.shutdown_grace_s)
+
+
+@app.command()
+def chat(
+    url: Annotated[Optional[str], typer.Option(help="a chatforge (or any OpenAI-compatible) server, e.g. http://127.0.0.1:8000; default: the bundled model in-process")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model id")] = None,
+    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    max_tokens: Annotated[int, typer.Option(help="tokens per answer at most")] = 512,
+    temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.7,
+    api_key: Annotated[Optional[str], typer.Option(envvar="CHATFORGE_API_KEY", help="bearer key for the server")] = None,
+) -> None:
+    """A terminal chat with streaming output. Empty line or Ctrl-D ends it."""
+    from chatforge.chat_client import HttpChat, LocalChat, run_chat
+
+    backend = HttpChat(url, model, api_key) if url else LocalChat(model)
+    try:
+        asyncio.run(run_chat(backend, system=system, max_tokens=max_tokens, temperature=temperature,
+                             stdin=sys.stdin, stdout=sys.stdout))
+    finally:
+        backend.close()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

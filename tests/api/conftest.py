@@ -1,0 +1,78 @@
+"""A real chatforge server for the API tests: the bundled model on a real uvicorn, on a free
+loopback port, in a background thread; loaded once per session."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from chatforge.api.app import create_app
+from chatforge.settings import load_settings
+
+PRICE_IN, PRICE_OUT = 0.5, 1.5  # USD per million tokens, to check estimated_cost
+
+
+@pytest.fixture(scope="session")
+def api_settings():
+    return load_settings(
+        prices={"smollm2": {"input": PRICE_IN, "output": PRICE_OUT}},
+        engine={"torch_threads": 1, "max_num_seqs": 32, "kv_cache_mb": 256, "max_waiting": 64},
+    )
+
+
+@pytest.fixture(scope="session")
+def catalog(api_settings):
+    from chatforge.service.loading import load_catalog
+
+    cat = load_catalog(api_settings)
+    yield cat
+    for m in cat.models:
+        m.engine.shutdown(0)
+
+
+class LiveServer:
+    def __init__(self, app):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def server(api_settings, catalog):
+    with LiveServer(create_app(api_settings, catalog)) as live:
+        yield live
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+def metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)

@@ -1,0 +1,115 @@
+"""The OpenAI dialect on the wire: error envelopes, SSE framing, disconnects, metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from .conftest import metric
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MSG = [{"role": "user", "content": "Write a long essay about the sea."}]
+
+
+def post(http, body, path="/v1/chat/completions"):
+    return http.post(path, json=body)
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"model": MODEL, "messages": MSG, "temperature": 3}, "temperature"),
+        ({"model": MODEL, "messages": MSG, "top_p": 0}, "top_p"),
+        ({"model": MODEL, "messages": MSG, "stream": 0}, "stream"),
+        ({"model": MODEL, "messages": MSG, "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "messages": MSG, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+        ({"model": MODEL, "messages": MSG, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": MODEL, "messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": MODEL, "messages": MSG, "logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"model": MODEL, "messages": MSG, "frobnicate": True}, "frobnicate"),
+        ({"model": MODEL, "messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"model": MODEL, "messages": MSG, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"model": MODEL, "messages": []}, "messages"),
+        ({"messages": MSG}, "model"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+    ],
+)
+def test_bad_input_gets_a_400_in_openai_envelope(http, body, param):
+    r = post(http, body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+
+
+def test_invalid_json_is_a_400(http):
+    r = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_deepinfra_path_serves_the_same_dialect(http):
+    r = post(http, {"model": MODEL, "messages": MSG, "max_tokens": 3, "temperature": 0}, "/v1/openai/chat/completions")
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    assert http.get("/v1/openai/models").json()["data"][0]["id"] == MODEL
+
+
+def test_content_parts_are_accepted(http):
+    body = {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}
+    assert post(http, body).status_code == 200
+
+
+def test_sse_framing(http):
+    body = {"model": MODEL, "messages": MSG, "max_tokens": 6, "stream": True, "temperature": 0}
+    with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = [e for e in raw.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[-1]["choices"][0]["delta"] == {} and chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def _wait_idle(http, timeout=1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        text = http.get("/metrics").text
+        running, kv = metric(text, "chatforge_running_requests"), metric(text, "chatforge_kv_cache_usage_ratio")
+        if (running, kv) == (0, 0) or time.monotonic() > deadline:
+            return running, kv
+        time.sleep(0.05)
+
+
+def test_dropped_stream_frees_everything_within_a_second(server, http):
+    aborted_before = metric(http.get("/metrics").text, "chatforge_aborted_requests_total")
+    body = {"model": MODEL, "messages": MSG, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    with httpx.Client(base_url=server.url, timeout=60) as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: ") for line in got)
+        assert metric(http.get("/metrics").text, "chatforge_running_requests") == 1
+    assert _wait_idle(http) == (0, 0)
+    assert metric(http.get("/metrics").text, "chatforge_aborted_requests_total") == aborted_before + 1
+
+
+def test_dropped_non_streaming_request_is_aborted(server, http):
+    body = {"model": MODEL, "messages": MSG, "max_tokens": 2000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=1.0)
+    assert _wait_idle(http) == (0, 0)
+
+
+def test_metrics_and_health(http):
+    post(http, {"model": MODEL, "messages": MSG, "max_tokens": 2})
+    text = http.get("/metrics").text
+    assert 'chatforge_requests_total{dialect="openai",model="HuggingFaceTB/SmolLM2-135M-Instruct",status="200"}' in text
+    for name in ("chatforge_time_to_first_token_seconds_bucket", "chatforge_e2e_request_latency_seconds_count",
+                 "chatforge_prompt_tokens_total", "chatforge_generation_tokens_total", "chatforge_preemptions_total",
+                 "chatforge_prefix_cache_hit_tokens_total", "chatforge_waiting_requests"):
+        assert name in text
+    assert http.get("/health").json()["status"] == "ok"
