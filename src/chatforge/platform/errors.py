@@ -1,0 +1,85 @@
+"""The platform's typed errors. Each carries the HTTP status a dialect should answer with and a
+short machine code; the dialects wrap them in their own envelopes. Messages never contain a key,
+a prompt or a completion."""
+
+from __future__ import annotations
+
+
+class PlatformError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+    status_code: int = 500
+    code: str = "platform_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class AuthenticationError(PlatformError):
+    """No key, an unknown, malformed, expired or revoked key."""
+
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(PlatformError):
+    """A valid key asking for an account, product, deployment or model it may not use."""
+
+    status_code = 403
+    code = "permission_denied"
+
+
+class ModelNotAllowedError(PermissionDeniedError):
+    code = "model_not_allowed"
+
+
+class NotFoundError(PlatformError):
+    status_code = 404
+    code = "not_found"
+
+
+class AccountNotFoundError(NotFoundError):
+    code = "account_not_found"
+
+
+class KeyNotFoundError(NotFoundError):
+    code = "key_not_found"
+
+
+class ProductNotFoundError(NotFoundError):
+    code = "product_not_found"
+
+
+class DeploymentNotFoundError(NotFoundError):
+    code = "deployment_not_found"
+
+
+class AlreadyExistsError(PlatformError):
+    """Creating an account, product or deployment whose name or id is taken."""
+
+    status_code = 409
+    code = "already_exists"
+
+
+class InvalidInputError(PlatformError, ValueError):
+    """An administrative call with a bad value: a URL, a limit, a date, an empty list."""
+
+    status_code = 400
+    code = "invalid_input"
+
+
+class RateLimitedError(PlatformError):
+    """Admission refused: one of the request's rate-limit scopes is exhausted.
+
+    `retry_after` is the seconds until this same request would be admitted if nothing else
+    arrived; `headers` holds `Retry-After` and the `x-ratelimit-*` headers to send back.
+    """
+
+    status_code = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: float, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = headers

@@ -1,0 +1,194 @@
+"""The platform's facade for the API: who is calling, what they may use, whether they may run
+now, and what it cost. It knows no HTTP: each dialect reads its own headers, calls these in order
+(authenticate -> resolve the product or deployment -> admit -> ... -> settle, record_usage) and
+maps the typed errors of `errors.py` to its own envelope.
+
+Open mode: with no key in the database and the server reachable only on loopback (or the
+operator's explicit `allow_remote`), every request runs as an anonymous principal, whatever key
+it sends. The first key created ends open mode for good: once seen, the platform never asks again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from chatforge.platform import accounts, keys
+from chatforge.platform.accounts import Account, Deployment, Product
+from chatforge.platform.db import create_engine, normalize_url
+from chatforge.platform.errors import AuthenticationError, ModelNotAllowedError, PermissionDeniedError
+from chatforge.platform.metering import Prices, UsageRecord, UsageWriter
+from chatforge.platform.migrations import upgrade
+from chatforge.platform.rate_limit import Admission, Limit, RateLimiter
+from chatforge.platform.rate_limit_local import LocalRateLimiter
+from chatforge.platform.rate_limit_redis import RedisRateLimiter
+from chatforge.platform.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one request."""
+
+    key: keys.ApiKey | None  # None in open mode
+    account: Account | None  # the acting account: the selected one, else the key's first
+    selected: bool = False  # the request named its account (x-selected-account-id)
+
+    def may_use(self, owner: Account) -> bool:
+        """A product's or deployment's owner is usable when the key belongs to it and, if the
+        request selected an account, it is that one."""
+        if self.key is None:
+            return True
+        if self.selected:
+            return owner.id == self.account.id
+        return any(a.id == owner.id for a in self.key.accounts)
+
+    def billed_account(self, product: Product | None = None, deployment: Deployment | None = None) -> Account | None:
+        """Who pays: the owner of the product or deployment used, else the acting account."""
+        if product is not None:
+            return product.account
+        if deployment is not None:
+            return deployment.account
+        return self.account
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Platform:
+    def __init__(self, database_url: str, redis_url: str | None = None,
+                 prices: Mapping[str, tuple[float, float]] | None = None) -> None:
+        self.database_url = normalize_url(database_url)
+        self.redis_url = redis_url
+        self.prices = Prices(prices)
+        self.engine = None
+        self.limiter: RateLimiter | None = None
+        self._usage: UsageWriter | None = None
+        self._open_allowed = False
+        self._keys_seen = False
+
+    @classmethod
+    def create(cls, database_url: str, redis_url: str | None = None,
+               prices: Mapping[str, tuple[float, float]] | None = None) -> Platform:
+        """A platform not yet started (no connection made); `await start()` next."""
+        return cls(database_url, redis_url, prices)
+
+    async def start(self) -> None:
+        """Migrate the database, connect, and start the usage writer."""
+        await upgrade(self.database_url)
+        self.engine = create_engine(self.database_url)
+        if self.redis_url:
+            limiter = RedisRateLimiter.from_url(self.redis_url)
+            await limiter.ping()  # fail at start-up, not on the first request
+            self.limiter = limiter
+        else:
+            self.limiter = LocalRateLimiter()
+        self._usage = UsageWriter(self.engine, self.prices)
+        self._usage.start()
+
+    async def close(self) -> None:
+        """Write the queued usage rows, then let go of every connection."""
+        if self._usage is not None:
+            await self._usage.close()
+        if self.limiter is not None:
+            await self.limiter.close()
+        if self.engine is not None:
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> Platform:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def open_mode(self, listening_on_loopback: bool, allow_remote: bool = False) -> bool:
+        """Whether requests need no key: no key exists and the server listens on loopback only
+        (or the operator allowed open remote access). The server calls this once at start."""
+        self._open_allowed = listening_on_loopback or allow_remote
+        return self._open_allowed and not await self._any_key()
+
+    async def authenticate(self, api_key: str | None, selected_account: str | None = None) -> Principal:
+        if self._open_allowed and not await self._any_key():
+            return Principal(key=None, account=None)
+        if not api_key:
+            raise AuthenticationError("No API key provided.")
+        async with self.engine.connect() as conn:
+            key = await keys.find_key(conn, api_key)
+        if key is None:
+            raise AuthenticationError("Incorrect API key provided.")
+        state = key.state(utcnow())
+        if state != "active":
+            raise AuthenticationError(f"This API key is {state}.")
+        if selected_account is None:
+            return Principal(key=key, account=key.accounts[0])
+        for account in key.accounts:
+            if account.name == selected_account:
+                return Principal(key=key, account=account, selected=True)
+        log.info("key %s refused account selection", key.prefix)
+        raise PermissionDeniedError("This API key may not act for the selected account.")
+
+    async def resolve_product(self, principal: Principal, product_id: int) -> Product:
+        """The product, if the principal may use it (ProductNotFoundError, PermissionDeniedError)."""
+        async with self.engine.connect() as conn:
+            product = await accounts.get_product(conn, product_id)
+        if not principal.may_use(product.account):
+            raise PermissionDeniedError(f"This API key may not use product {product_id}.")
+        return product
+
+    async def resolve_deployment(self, principal: Principal, deployment_id: str) -> Deployment:
+        async with self.engine.connect() as conn:
+            deployment = await accounts.get_deployment(conn, deployment_id)
+        if not principal.may_use(deployment.account):
+            raise PermissionDeniedError(f"This API key may not use deployment {deployment_id!r}.")
+        return deployment
+
+    def check_model(self, principal: Principal, model_id: str, *, aliases: Iterable[str] = (),
+                    product: Product | None = None) -> None:
+        """ModelNotAllowedError unless the key's allow-list and the product's models both name
+        the model, by its id or one of its aliases."""
+        names = {model_id, *aliases}
+        if principal.key is not None and principal.key.models is not None and names.isdisjoint(principal.key.models):
+            raise ModelNotAllowedError(f"This API key may not use the model {model_id!r}.")
+        if product is not None and names.isdisjoint(product.models):
+            raise ModelNotAllowedError(f"Product {product.id} does not offer the model {model_id!r}.")
+
+    async def admit(self, principal: Principal, model_id: str, product: Product | None,
+                    prompt_tokens: int, max_tokens: int, *, aliases: Iterable[str] = ()) -> Admission:
+        """Check the model, then admit the request under its key's and product's limits,
+        reserving prompt_tokens + max_tokens; raises RateLimitedError. Settle the admission
+        with the real total once the request ends, however it ends."""
+        self.check_model(principal, model_id, aliases=aliases, product=product)
+        limits = []
+        if principal.key is not None:
+            limits.append(Limit("key", str(principal.key.id), principal.key.rpm, principal.key.tpm))
+        if product is not None:
+            limits.append(Limit("product", str(product.id), product.rpm, product.tpm))
+        return await self.limiter.admit(limits, prompt_tokens + max_tokens)
+
+    def estimate_cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        return self.prices.cost(model, prompt_tokens, completion_tokens)
+
+    async def record_usage(self, record: UsageRecord) -> float:
+        """Queue the request's usage row and return its estimated cost. Never suspends, so it
+        completes even inside a cancelled request's `finally`."""
+        return self._usage.submit(record)
+
+    async def flush_usage(self) -> None:
+        """Wait until every usage row queued so far is in the database."""
+        await self._usage.flush()
+
+    async def _any_key(self) -> bool:
+        if not self._keys_seen:
+            async with self.engine.connect() as conn:
+                self._keys_seen = await keys.any_key_exists(conn)
+        return self._keys_seen
