@@ -25,6 +25,20 @@ class ModelPrice(BaseModel):
     output: float = 0.0
 
 
+class ProductConfig(BaseModel):
+    """An Infomaniak product (integer id in `/1/llm/{id}`, `/1/ai/{id}/...`) and its models."""
+
+    name: str = ""
+    model: str | None = Field(default=None, description="the default model; None = the first of models, else the server's")
+    models: list[str] = Field(default_factory=list, description="the models it may use; empty = every served model")
+
+
+class DeploymentConfig(BaseModel):
+    """An EGP model deployment (string id in `/v4/models/{id}/...`) and the model behind it."""
+
+    model: str | None = Field(default=None, description="None = the server's default model")
+
+
 class EngineSettings(BaseModel):
     """Mirrors `engine.config.EngineConfig`; see there for what each knob does."""
 
@@ -54,6 +68,9 @@ class Settings(BaseSettings):
     )
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model id -> price")
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    # TOML and env keys are strings; pydantic turns `[products.10775]` into the int 10775.
+    products: dict[int, ProductConfig] = Field(default_factory=dict, description="Infomaniak product id -> config")
+    deployments: dict[str, DeploymentConfig] = Field(default_factory=dict, description="EGP deployment id -> config")
     log_level: str = "info"
     log_prompts: bool = False  # never log prompt or completion text unless asked
     shutdown_grace_s: float = Field(default=10.0, ge=0)
