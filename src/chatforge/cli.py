@@ -65,6 +65,11 @@ def chat(
         backend.close()
 
 
+from chatforge.bench.command import bench_command  # noqa: E402 - light: typer only until it runs
+
+app.command("bench")(bench_command)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
