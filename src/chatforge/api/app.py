@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from chatforge.api import ops
+from chatforge.api.egp import router as egp_router
+from chatforge.api.infomaniak import router as infomaniak_router
 from chatforge.api.metrics import Metrics
 from chatforge.api.openai import router as openai_router
 from chatforge.api.serving import Serving
@@ -42,6 +44,8 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
     if catalog is not None:
         _install(app, catalog)
     app.include_router(openai_router.build_router())
+    app.include_router(infomaniak_router.build_router())
+    app.include_router(egp_router.build_router())
     app.include_router(ops.build_router())
     return app
 

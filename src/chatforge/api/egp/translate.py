@@ -1,0 +1,164 @@
+"""Scale EGP v4 <-> the internal model. Everything this dialect decides lives here: the defaults
+(temperature 0.2, max_tokens the rest of the context), the temperature clamp, what bindings may
+set, the `completions` pairs, the finish-reason spelling and the streamed response objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from chatforge.api.egp.schemas import Bindings, ChatCompletionRequest, HistoryMessage, TextPart
+from chatforge.engine.outputs import FinishReason
+from chatforge.service.errors import InvalidRequestError
+from chatforge.service.protocol import ChatEvent, ChatMessage, ChatRequest, ChatResult, GenerationParams, TokenLogprobs
+
+DEFAULT_TEMPERATURE = 0.2
+# The highest temperature a chatforge model takes; EGP clamps a larger value to its model's
+# maximum instead of refusing it.
+MAX_TEMPERATURE = 2.0
+# Template arguments the service sets itself; a request may not replace them.
+RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
+FINISH = {
+    FinishReason.STOP: "stop",
+    FinishReason.STOP_SEQUENCE: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.ABORT: "stop",
+}
+BINDINGS_PARAM = "model_request_parameters.bindings"
+
+
+def to_internal(body: ChatCompletionRequest, request_id: str, model: str | None) -> ChatRequest:
+    """`model` is the one the deployment resolved to (None: the server's default)."""
+    if body.reasoning_effort is not None:
+        raise InvalidRequestError("reasoning_effort applies to reasoning models only; this model is not one",
+                                  param="reasoning_effort")
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+    stops = list(body.stop_sequences or [])
+    if any(s == "" for s in stops):
+        raise InvalidRequestError("stop sequences must not be empty", param="stop_sequences")
+    kwargs = dict(body.chat_template_kwargs or {})
+    if clash := RESERVED_TEMPLATE_KWARGS & kwargs.keys():
+        raise InvalidRequestError(f"chat_template_kwargs may not set {sorted(clash)}", param="chat_template_kwargs")
+    v = _sampling_values(body)
+    params = GenerationParams(
+        temperature=min(_given(v.temperature, DEFAULT_TEMPERATURE), MAX_TEMPERATURE),
+        top_p=_given(v.top_p, 1.0),
+        top_k=max(_given(v.top_k, 0), 0),  # 0 and -1 both mean off
+        min_p=_given(v.min_p, 0.0),
+        repetition_penalty=_given(v.repetition_penalty, 1.0),
+        frequency_penalty=_given(v.frequency_penalty, 0.0),
+        presence_penalty=_given(v.presence_penalty, 0.0),
+        seed=v.seed,
+        max_tokens=v.max_tokens,
+        stop=stops,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs or 0,
+    )
+    messages = [_message(m, i) for i, m in enumerate(body.chat_history)] + [ChatMessage("user", body.prompt)]
+    return ChatRequest(
+        request_id=request_id, model=model, messages=messages, params=params,
+        drop_oldest_turns=True, chat_template=body.chat_template, chat_template_kwargs=kwargs,
+    )
+
+
+def _given(value, default):
+    return default if value is None else value
+
+
+def _sampling_values(body: ChatCompletionRequest) -> Bindings:
+    """The top-level sampling fields merged with the bindings. A field set both ways with two
+    different values is refused rather than silently picking one."""
+    bound = body.model_request_parameters.bindings if body.model_request_parameters else {}
+    try:
+        bindings = Bindings.model_validate(bound)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = ".".join(str(p) for p in err["loc"])
+        why = "unknown binding" if err["type"] == "extra_forbidden" else err["msg"]
+        raise InvalidRequestError(f"{BINDINGS_PARAM}.{name}: {why}", param=f"{BINDINGS_PARAM}.{name}") from None
+    if body.top_k is not None and body.top_k != int(body.top_k):
+        raise InvalidRequestError("top_k must be a whole number", param="top_k")
+    top_level = body.model_dump(include=set(Bindings.model_fields), exclude_none=True)
+    for name, value in top_level.items():
+        if name in bound and getattr(bindings, name) != value:
+            raise InvalidRequestError(f"{name} is set both at the top level and in {BINDINGS_PARAM}, with different values",
+                                      param=f"{BINDINGS_PARAM}.{name}")
+    return bindings.model_copy(update={k: int(v) if k == "top_k" else v for k, v in top_level.items()})
+
+
+def _message(m: HistoryMessage, i: int) -> ChatMessage:
+    if isinstance(m.content, str):
+        return ChatMessage(m.role, m.content)
+    if not all(isinstance(p, TextPart) for p in m.content):
+        raise InvalidRequestError("this model accepts text only", param=f"chat_history.{i}.content")
+    return ChatMessage(m.role, "\n".join(p.text for p in m.content))  # text parts joined as vLLM does
+
+
+# -- responses -----------------------------------------------------------------------------------
+def logprobs_dict(lps: list[TokenLogprobs] | None) -> dict[str, Any] | None:
+    if lps is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": lp.sampled.token,
+                "logprob": lp.sampled.logprob,
+                "bytes": lp.sampled.bytes,
+                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top],
+            }
+            for lp in lps
+        ]
+    }
+
+
+def response(prompt: str, text: str, logprobs: list[TokenLogprobs] | None, finish: str | None,
+             prompt_tokens: int | None = None, response_tokens: int | None = None) -> dict[str, Any]:
+    """`completions[0][0]` is the request's own `prompt` field, never the rendered template."""
+    out: dict[str, Any] = {
+        "completions": [[prompt, [text]]],
+        "choices": [{"index": 0, "logprobs": logprobs_dict(logprobs)}],
+        "finish_reason": finish,
+    }
+    if prompt_tokens is not None:
+        out["prompt_tokens"], out["response_tokens"] = prompt_tokens, response_tokens
+    return out
+
+
+def to_response(result: ChatResult, prompt: str) -> dict[str, Any]:
+    (c,) = result.choices
+    u = result.usage
+    return response(prompt, c.text, c.logprobs, FINISH[c.finish_reason], u.prompt_tokens, u.completion_tokens)
+
+
+class StreamWriter:
+    """One request's events as whole response objects, each carrying only the new text in
+    `completions[0][1][0]` (and its tokens' logprobs); the last one, with empty text, carries
+    `finish_reason` and the token counts."""
+
+    def __init__(self, prompt: str, logprobs: bool):
+        self.prompt = prompt
+        self.logprobs = logprobs
+        self.finish: FinishReason | None = None
+
+    def objects(self, event: ChatEvent) -> list[dict[str, Any]]:
+        out = []
+        for d in event.deltas:
+            if d.text or d.logprobs:
+                out.append(response(self.prompt, d.text, d.logprobs if self.logprobs else None, None))
+            if d.finish_reason is not None:
+                self.finish = d.finish_reason
+        if event.usage is not None:
+            finish = FINISH[self.finish or FinishReason.ABORT]
+            u = event.usage
+            out.append(response(self.prompt, "", [] if self.logprobs else None, finish, u.prompt_tokens, u.completion_tokens))
+        return out
+
+
+# The service names the conversation `messages`; here it is the history and the prompt.
+PARAM_NAMES = {"messages": "chat_history"}
+
+
+def error_body(code: str, message: str, param: str | None) -> dict[str, Any]:
+    return {"detail": message, "code": code, "param": PARAM_NAMES.get(param, param)}
