@@ -68,3 +68,20 @@ def test_greedy_equals_transformers_generate(chat, bundled_model, hf_bundled_mod
     theirs = out[0, len(prompt):].tolist()
     assert ours == theirs
     assert len(ours) >= 8
+
+
+def test_full_path_with_chatforge_text(bundled_model, hf_bundled_tokenizer):
+    """chatforge's own tokenizer and chat template feed the model: the prompt ids equal
+    transformers', and the answer decodes to the expected text."""
+    from chatforge.text.chat_template import ChatTemplate
+    from chatforge.text.tokenizer import load_tokenizer
+
+    model, config = bundled_model
+    tokenizer = load_tokenizer(resolve_model(None))
+    chat = CHATS[0]
+    prompt = tokenizer.encode(ChatTemplate.for_tokenizer(tokenizer).render(chat, add_generation_prompt=True))
+    expected = hf_bundled_tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False)
+    assert prompt == list(expected["input_ids"] if isinstance(expected, dict) else expected)
+    answer = greedy_generate(model, prompt, NEW_TOKENS, config.eos_token_ids)
+    assert answer[-1] == 2  # ended by <|im_end|>, not by the length limit
+    assert tokenizer.decode(answer) == "The capital of France is Paris."

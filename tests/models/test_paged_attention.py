@@ -37,6 +37,9 @@ def test_metadata_hand_worked_example():
         [[[F, T, T, F, F], [F, T, T, F, F]]],
     ]
     assert meta.mask(2) is meta.mask(2)  # built once, shared by every layer
+    additive = meta.mask(2, torch.float32)
+    assert additive.dtype == torch.float32
+    assert torch.equal(additive == 0, meta.mask(2)) and torch.equal(additive == float("-inf"), ~meta.mask(2))
 
 
 def test_metadata_without_cache():

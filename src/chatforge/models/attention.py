@@ -43,7 +43,7 @@ class AttentionMetadata:
     output_index: torch.Tensor  # [T] row of each flat token in the padded output viewed as [B * Lq]
     last_token_index: torch.Tensor  # [B] flat row of each sequence's last new token (where it samples)
     query_positions: torch.Tensor  # [B, Lq] absolute position of each padded query
-    _masks: dict[int | None, torch.Tensor] = field(default_factory=dict, repr=False)
+    _masks: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)  # (window, dtype) -> mask
 
     @property
     def uses_cache(self) -> bool:
@@ -104,19 +104,27 @@ class AttentionMetadata:
             query_positions=query_positions,
         )
 
-    def mask(self, sliding_window: int | None = None) -> torch.Tensor:
-        """bool [B, 1, Lq, Lk], True where a query may attend a key; built once per window and reused
-        by every layer. Causal: k_pos <= q_pos (which also excludes key padding, as q_pos < context_len).
-        Sliding window: also q_pos - k_pos < sliding_window (transformers' convention)."""
-        if sliding_window not in self._masks:
-            Lk = self.key_index.shape[1]
-            k_pos = torch.arange(Lk, device=self.key_index.device)[None, None, :]  # [1, 1, Lk]
-            q_pos = self.query_positions[:, :, None]  # [B, Lq, 1]
-            allowed = k_pos <= q_pos
-            if sliding_window is not None:
-                allowed &= q_pos - k_pos < sliding_window
-            self._masks[sliding_window] = allowed[:, None, :, :]
-        return self._masks[sliding_window]
+    def mask(self, sliding_window: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """[B, 1, Lq, Lk]: bool (True where a query may attend a key), or with a `dtype` the additive
+        form (0 / -inf) that SDPA would otherwise rebuild from the bool mask in every layer. Built once
+        per (window, dtype) and reused by every layer. Causal: k_pos <= q_pos (which also excludes key
+        padding, as q_pos < context_len). Sliding window: also q_pos - k_pos < sliding_window
+        (transformers' convention)."""
+        key = (sliding_window, dtype)
+        if key not in self._masks:
+            if dtype is not None:
+                allowed = self.mask(sliding_window)
+                additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+                self._masks[key] = additive.masked_fill_(~allowed, float("-inf"))
+            else:
+                Lk = self.key_index.shape[1]
+                k_pos = torch.arange(Lk, device=self.key_index.device)[None, None, :]  # [1, 1, Lk]
+                q_pos = self.query_positions[:, :, None]  # [B, Lq, 1]
+                allowed = k_pos <= q_pos
+                if sliding_window is not None:
+                    allowed &= q_pos - k_pos < sliding_window
+                self._masks[key] = allowed[:, None, :, :]
+        return self._masks[key]
 
 
 def _slots(tables: torch.Tensor, pos: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -175,7 +183,7 @@ def paged_attention(
     keys = k[meta.key_index].transpose(1, 2)  # [B, Hkv, Lk, D]
     values = v[meta.key_index].transpose(1, 2)  # [B, Hkv, Lk, D]
     out = F.scaled_dot_product_attention(
-        queries, keys, values, attn_mask=meta.mask(sliding_window), scale=scale,
+        queries, keys, values, attn_mask=meta.mask(sliding_window, queries.dtype), scale=scale,
         enable_gqa=keys.shape[1] != queries.shape[1],
     )  # [B, H, Lq, D]
     out = out.transpose(1, 2).reshape(B * Lq, q.shape[1], q.shape[2])
