@@ -88,10 +88,12 @@ class DecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        # NOTE: weights always come from a checkpoint, so no random init: on the meta device
-        # nn.Embedding's normal_ init alone imports torch._dynamo (~2 s at load time).
-        empty = torch.empty(config.vocab_size, config.hidden_size)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=empty)
+        weight = torch.empty(config.vocab_size, config.hidden_size)
+        if not weight.is_meta:
+            # NOTE: skipped on the meta device (the loader's), where normal_ alone imports
+            # torch._dynamo: ~2 s of load time for values the checkpoint overwrites anyway.
+            nn.init.normal_(weight)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=weight)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
