@@ -35,10 +35,9 @@ import jinja2
 from jinja2 import nodes
 
 from chatforge.text.errors import ChatTemplateError
-from chatforge.text.template_sandbox import (
-    ChatSandbox, TemplateDeadline, TemplateLimitError, TemplateLimits, TemplateRaised,
-    render_deadline,
-)
+from chatforge.text.template_globals import TemplateRaised
+from chatforge.text.template_limits import TemplateDeadline, TemplateLimitError, TemplateLimits, render_deadline
+from chatforge.text.template_sandbox import ChatSandbox
 
 __all__ = ["ChatTemplate", "ChatTemplateError", "DEFAULT_CHAT_TEMPLATE", "TemplateLimits", "flatten_text_parts"]
 

@@ -88,7 +88,7 @@ def _byte_level_bpe(metadata: dict[str, Any], tokens: list[str]) -> Tokenizer:
     vocab = {token: i for i, token in enumerate(tokens)}
     pairs = [tuple(m.split(" ", 1)) for m in merges]
     pre = metadata.get("tokenizer.ggml.pre", "default")
-    backend = Tokenizer(models.BPE(vocab, pairs, ignore_merges=pre in _IGNORE_MERGES_PRE))
+    backend = Tokenizer(_bpe(vocab, pairs, ignore_merges=pre in _IGNORE_MERGES_PRE))
     backend.pre_tokenizer = _byte_level_pre_tokenizer(pre)
     backend.decoder = decoders.ByteLevel()
     return backend
@@ -116,8 +116,7 @@ def _sentencepiece_bpe(metadata: dict[str, Any], tokens: list[str], types: list[
     vocab = {token: i for i, token in enumerate(tokens)}
     unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if unk_id is not None else None
-    backend = Tokenizer(models.BPE(vocab, merges_from_scores(tokens, scores), unk_token=unk,
-                                   fuse_unk=True, byte_fallback=True))
+    backend = Tokenizer(_bpe(vocab, merges_from_scores(tokens, scores), unk_token=unk, fuse_unk=True, byte_fallback=True))
     add_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement="▁", prepend_scheme="first" if add_prefix else "never", split=False
@@ -127,6 +126,13 @@ def _sentencepiece_bpe(metadata: dict[str, Any], tokens: list[str], types: list[
         steps.append(decoders.Strip(content=" ", left=1, right=0))
     backend.decoder = decoders.Sequence(steps)
     return backend
+
+
+def _bpe(vocab: dict[str, int], merges: list[tuple[str, str]], **options: Any) -> models.BPE:
+    try:
+        return models.BPE(vocab, merges, **options)
+    except Exception as exc:  # the Rust side raises a bare Exception, e.g. for a merge of unknown tokens
+        raise TokenizerError(f"the GGUF vocabulary is inconsistent: {exc}") from exc
 
 
 def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
