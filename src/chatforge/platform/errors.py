@@ -69,6 +69,13 @@ class InvalidInputError(PlatformError, ValueError):
     code = "invalid_input"
 
 
+class RateLimiterUnavailableError(PlatformError):
+    """The shared rate-limit store (Redis) cannot be reached: refuse rather than run unmetered."""
+
+    status_code = 503
+    code = "rate_limiter_unavailable"
+
+
 class RateLimitedError(PlatformError):
     """Admission refused: one of the request's rate-limit scopes is exhausted.
 

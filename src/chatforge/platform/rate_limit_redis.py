@@ -3,13 +3,18 @@
 The same sliding window as the in-process limiter (rate_limit.py), kept in three Redis keys per
 scope and decided by one Lua script, which Redis runs atomically: check every scope, then admit
 into all or none. Time is the Redis server's clock, so gateways with drifting clocks still agree.
-Keys expire a second after their newest entry leaves the window.
+Keys expire a second after their newest entry leaves the window. Without Redis, admission
+fails with a 503 (RateLimiterUnavailableError) rather than letting requests run unlimited.
 """
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+import logging
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from chatforge.platform.errors import RateLimiterUnavailableError
 from chatforge.platform.rate_limit import WINDOW_S, Decision, Limit, RateLimiter, ScopeState
 
 # KEYS, 3 per scope: <scope>:at (zset: entry id -> admitted at, ms), <scope>:tok (hash: entry id
@@ -97,6 +102,8 @@ return 0
 
 _DIMENSIONS = {1: "requests", 2: "tokens"}
 
+log = logging.getLogger(__name__)
+
 
 class RedisRateLimiter(RateLimiter):
     def __init__(self, client: Redis, namespace: str = "chatforge:rl") -> None:
@@ -118,7 +125,10 @@ class RedisRateLimiter(RateLimiter):
             base = f"{self._namespace}:{limit.scope}"
             keys += [f"{base}:at", f"{base}:tok", f"{base}:sum"]
             args += [limit.rpm or 0, limit.tpm or 0, limit.cost(tokens)]
-        out = [int(v) for v in await self._decide(keys=keys, args=args)]
+        try:
+            out = [int(v) for v in await self._decide(keys=keys, args=args)]
+        except RedisError as exc:
+            raise RateLimiterUnavailableError(f"The rate limiter is unavailable ({type(exc).__name__}).") from exc
         admitted, retry_ms, blocked, dimension = out[:4]
         states = tuple(
             ScopeState(limit, out[4 + 3 * i], out[5 + 3 * i], out[6 + 3 * i] / 1000)
@@ -132,7 +142,12 @@ class RedisRateLimiter(RateLimiter):
         for limit in limits:
             base = f"{self._namespace}:{limit.scope}"
             keys += [f"{base}:tok", f"{base}:sum"]
-        await self._settle(keys=keys, args=[entry, tokens])
+        try:
+            await self._settle(keys=keys, args=[entry, tokens])
+        except RedisError as exc:
+            # Settling runs as a request ends, often in a `finally`: never raise there. The
+            # reservation then simply stays as reserved until it leaves the window.
+            log.warning("could not settle a rate-limit reservation: %s", type(exc).__name__)
 
     async def close(self) -> None:
         await self._redis.aclose()
