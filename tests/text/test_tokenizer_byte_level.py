@@ -68,12 +68,12 @@ def byte_level_pair(request, tmp_path_factory):
     gguf = GGUFFile(path)
     ours = Tokenizer.from_gguf(gguf.metadata)
     gguf.close()
-    return ours, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return request.param, ours, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_encode_and_decode_match_transformers(byte_level_pair, text):
-    ours, reference = byte_level_pair
+    _, ours, reference = byte_level_pair
     for add_special_tokens in (False, True):
         ids = ours.encode(text, add_special_tokens=add_special_tokens)
         assert ids == reference.encode(text, add_special_tokens=add_special_tokens)
@@ -82,9 +82,9 @@ def test_encode_and_decode_match_transformers(byte_level_pair, text):
 
 
 def test_whole_vocabulary_entries_skip_merges_only_for_llama3(byte_level_pair):
-    ours, reference = byte_level_pair
+    pre, ours, reference = byte_level_pair
     pieces = [ours.id_to_token(i) for i in ours.encode(" hello")]
-    if _pre_of(ours) == "llama-bpe":
+    if pre == "llama-bpe":
         assert pieces == [UNMERGED]
     else:
         assert ours.encode(" hello") == reference.encode(" hello", add_special_tokens=False)
@@ -92,30 +92,17 @@ def test_whole_vocabulary_entries_skip_merges_only_for_llama3(byte_level_pair):
 
 
 def test_digit_grouping_follows_the_pre_tokenizer(byte_level_pair):
-    ours, _ = byte_level_pair
+    pre, ours, _ = byte_level_pair
     pieces = [ours.id_to_token(i) for i in ours.encode("12345")]
     # Llama 3 and GPT-4o take digits three at a time, Qwen2 and Tekken one at a time, GPT-2 all together.
     expected = {"llama-bpe": ["123", "45"], "gpt-4o": ["123", "45"], "qwen2": ["1", "2", "3", "4", "5"],
                 "tekken": ["1", "2", "3", "4", "5"], "default": ["123", "45"]}
-    assert pieces == expected[_pre_of(ours)]
+    assert pieces == expected[pre]
 
 
 def test_end_of_turn_ids_and_bos(byte_level_pair):
-    ours, _ = byte_level_pair
+    _, ours, _ = byte_level_pair
     eot, eom = ours.token_to_id("<|eot_id|>"), ours.token_to_id("<|eom_id|>")
     assert ours.end_of_turn_ids == {eot, eom}
     assert ours.encode("hi", add_special_tokens=True)[0] == ours.bos_token_id == ours.token_to_id("<|begin_of_text|>")
     assert not ours.is_special(ours.token_to_id("<think>"))
-
-
-def _pre_of(tokenizer):
-    """Which pre-tokenizer the fixture built, read back from how the backend splits text."""
-    splits = [piece for piece, _ in tokenizer.backend.pre_tokenizer.pre_tokenize_str("a 12345")]
-    by_split = {("a", "Ġ", "123", "45"): "llama-bpe", ("a", "Ġ", "1", "2", "3", "4", "5"): "qwen2",
-                ("a", "Ġ12345"): "default"}
-    found = by_split[tuple(splits)]
-    if found == "llama-bpe":  # GPT-4o's regex also groups three digits; tell them apart by case splits
-        return "gpt-4o" if len(tokenizer.backend.pre_tokenizer.pre_tokenize_str("HELLOWorld")) == 2 else "llama-bpe"
-    if found == "qwen2":
-        return "tekken" if len(tokenizer.backend.pre_tokenizer.pre_tokenize_str("HELLOWorld")) == 2 else "qwen2"
-    return found
