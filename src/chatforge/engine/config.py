@@ -21,6 +21,8 @@ class EngineConfig:
     device: str | None = None  # None: "cuda" when available, else "cpu"
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
     enable_prefix_caching: bool = True
+    # Pad each step so that a sequence's logits do not depend on its batch (model_runner.py).
+    batch_invariant: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -26,3 +26,7 @@ class DuplicateRequestError(EngineError):
 
 class EngineDeadError(EngineError):
     """The engine loop stopped (shut down, or a step raised); no request can be served."""
+
+
+class InvalidRequestError(EngineError, ValueError):
+    """Token ids outside the vocabulary, an empty prompt, or more completions than the engine runs."""

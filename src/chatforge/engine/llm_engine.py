@@ -1,0 +1,220 @@
+"""The synchronous engine: requests of token ids in, per-step RequestOutputs out.
+
+`step()` is the whole loop body: schedule -> run the model and sample -> postprocess. It is not
+thread-safe; `AsyncEngine` drives it from one dedicated thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from chatforge.engine.batch import ScheduledBatch
+from chatforge.engine.block_manager import BlockManager
+from chatforge.engine.config import EngineConfig
+from chatforge.engine.errors import DuplicateRequestError, InvalidRequestError, PromptTooLongError
+from chatforge.engine.model_runner import ModelRunner, kv_block_bytes, pick_device, pick_dtype
+from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutput
+from chatforge.engine.sampler import Sampler, SamplerOutput
+from chatforge.engine.sampling_params import SamplingParams
+from chatforge.engine.scheduler import Scheduler
+from chatforge.engine.sequence import Sequence, SequenceStatus
+from chatforge.engine.stats import EngineStats
+from chatforge.models.config import ModelConfig
+
+
+@dataclass
+class _Request:
+    request_id: str
+    seqs: list[Sequence]  # index i = completion i
+
+    @property
+    def finished(self) -> bool:
+        return all(s.is_finished for s in self.seqs)
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model: nn.Module,
+        model_config: ModelConfig,
+        config: EngineConfig | None = None,
+        stop_token_ids: Iterable[int] | None = None,
+        seed: int | None = None,
+    ):
+        """`model` must already sit on the config's device in its dtype (see `from_source`).
+        `stop_token_ids`: EOS and end-of-turn ids (default: the model config's eos ids).
+        `seed`: the shared generator of unseeded requests (default: random)."""
+        self.config = config = config or EngineConfig()
+        if config.torch_threads is not None:
+            torch.set_num_threads(config.torch_threads)
+        self.model_config = model_config
+        self.vocab_size = model_config.vocab_size
+        self.stop_token_ids = frozenset(model_config.eos_token_ids if stop_token_ids is None else stop_token_ids)
+        device = next(model.parameters()).device
+        num_blocks = config.num_kv_blocks or self._blocks_in_budget(model_config, next(model.parameters()).dtype)
+        # A sequence can never outgrow the pool, or it would preempt itself forever.
+        self.max_model_len = min(
+            config.max_model_len or model_config.max_position_embeddings, num_blocks * config.block_size
+        )
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.block_manager,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_waiting=config.max_waiting,
+            max_model_len=self.max_model_len,
+            stop_token_ids=self.stop_token_ids,
+        )
+        self.sampler = Sampler(self.vocab_size, self.stop_token_ids, device, seed)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, self.sampler, config.batch_invariant)
+        self._requests: dict[str, _Request] = {}
+        self.num_aborts = 0
+        self.num_prompt_tokens_total = 0
+        self.num_generated_tokens_total = 0
+
+    @classmethod
+    def from_source(cls, source, config: EngineConfig | None = None, **kwargs) -> LLMEngine:
+        """Load a `ModelSource` (models/source.py) on the config's device and dtype."""
+        from chatforge.models.loader import load_model
+
+        config = config or EngineConfig()
+        if config.torch_threads is not None:
+            torch.set_num_threads(config.torch_threads)  # before loading: loading is torch work too
+        device = pick_device(config.device)
+        model, model_config = load_model(source, pick_dtype(config.dtype, device), device)
+        return cls(model, model_config, config, **kwargs)
+
+    def _blocks_in_budget(self, mc: ModelConfig, dtype: torch.dtype) -> int:
+        per_block = kv_block_bytes(mc.num_hidden_layers, self.config.block_size, mc.num_key_value_heads, mc.head_dim, dtype)
+        return max(1, self.config.kv_cache_bytes // per_block)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request. Raises PromptTooLongError, EngineOverloadedError (queue full),
+        DuplicateRequestError or InvalidRequestError; nothing is queued when it raises."""
+        if request_id in self._requests:
+            raise DuplicateRequestError(f"request {request_id!r} is already in flight")
+        self._validate(prompt_ids, params)
+        parent = Sequence(request_id, prompt_ids, params, index=0)
+        forks = [parent.fork(i) for i in range(1, params.n)]
+        for fork in forks:
+            fork.status = SequenceStatus.FORK_PENDING
+        parent.pending_forks = list(forks)
+        self.scheduler.add(parent)
+        self._requests[request_id] = _Request(request_id, [parent, *forks])
+        self.num_prompt_tokens_total += len(prompt_ids)
+
+    def _validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_ids:
+            raise InvalidRequestError("the prompt has no tokens")
+        if min(prompt_ids) < 0 or max(prompt_ids) >= self.vocab_size:
+            raise InvalidRequestError(f"prompt token ids must be in [0, {self.vocab_size})")
+        for name, ids in (("logit_bias", params.logit_bias), ("stop_token_ids", params.stop_token_ids)):
+            if any(not 0 <= t < self.vocab_size for t in ids):
+                raise InvalidRequestError(f"{name} token ids must be in [0, {self.vocab_size})")
+        if params.n > self.config.max_num_seqs:
+            raise InvalidRequestError(f"n={params.n} exceeds max_num_seqs={self.config.max_num_seqs}")
+        must_generate = max(1, params.min_tokens)
+        if len(prompt_ids) + must_generate > self.max_model_len:
+            raise PromptTooLongError(
+                f"{len(prompt_ids)} prompt tokens + {must_generate} to generate exceed the context "
+                f"of {self.max_model_len} tokens",
+                prompt_tokens=len(prompt_ids),
+                max_prompt_tokens=self.max_model_len - must_generate,
+            )
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """End a request now (client gone, shutdown); counts as an abort.
+
+        Returns its last output (every unfinished completion with reason ABORT), or None when
+        the request is unknown or already finished."""
+        out = self._end(request_id, FinishReason.ABORT)
+        if out is not None:
+            self.num_aborts += 1
+        return out
+
+    def finish(self, request_id: str, reason: FinishReason = FinishReason.STOP_SEQUENCE) -> RequestOutput | None:
+        """End a request now without counting an abort (the text layer found a stop string)."""
+        return self._end(request_id, reason)
+
+    def _end(self, request_id: str, reason: FinishReason) -> RequestOutput | None:
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return None
+        ending = [s for s in request.seqs if not s.is_finished]
+        self.scheduler.finish_seqs(request.seqs, reason)
+        for seq in request.seqs:
+            self.sampler.release(seq.seq_id)
+        parent = request.seqs[0]
+        completions = [
+            CompletionOutput(s.index, [], None if not s.params.logprobs else [], s.num_generated, reason)
+            for s in ending
+        ]
+        return RequestOutput(request_id, parent.num_prompt_tokens, parent.num_cached_tokens, completions, True)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._requests)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        sampled = self.runner.execute(batch) if not batch.is_empty else SamplerOutput([], [])
+        return self._postprocess(batch, sampled)
+
+    def _postprocess(self, batch: ScheduledBatch, sampled: SamplerOutput) -> list[RequestOutput]:
+        self.scheduler.update(batch, sampled.token_ids)
+        outputs: dict[str, RequestOutput] = {}
+        for seq, token_id, logprob in zip(batch.sample_seqs, sampled.token_ids, sampled.logprobs):
+            request = self._requests[seq.request_id]
+            out = outputs.get(seq.request_id)
+            if out is None:
+                parent = request.seqs[0]
+                out = outputs[seq.request_id] = RequestOutput(
+                    seq.request_id, parent.num_prompt_tokens, parent.num_cached_tokens, [], False
+                )
+            ends_with_stop = seq.stop_token_id is not None  # the stop id is not part of the text
+            out.outputs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    new_token_ids=[] if ends_with_stop else [token_id],
+                    new_logprobs=None if logprob is None else ([] if ends_with_stop else [logprob]),
+                    num_generated=seq.num_generated,
+                    finish_reason=seq.finish_reason,
+                    stop_token_id=seq.stop_token_id,
+                )
+            )
+            if seq.is_finished:
+                self.sampler.release(seq.seq_id)
+        self.num_generated_tokens_total += len(sampled.token_ids)
+        for request_id, out in outputs.items():
+            if self._requests[request_id].finished:
+                out.finished = True
+                del self._requests[request_id]
+            out.outputs.sort(key=lambda c: c.index)
+        return list(outputs.values())
+
+    def stats(self) -> EngineStats:
+        bm, s = self.block_manager, self.scheduler
+        return EngineStats(
+            running=s.num_running_seqs,
+            waiting=s.num_waiting_seqs,
+            kv_usage=bm.usage,
+            num_blocks_total=bm.num_blocks,
+            num_blocks_used=bm.num_used_blocks,
+            prefix_cache_hit_tokens=s.num_prefix_cache_hit_tokens,
+            prefix_cache_queried_tokens=s.num_prefix_cache_queried_tokens,
+            preemptions=s.num_preemptions,
+            aborts=self.num_aborts,
+            prompt_tokens_total=self.num_prompt_tokens_total,
+            generated_tokens_total=self.num_generated_tokens_total,
+        )

@@ -1,0 +1,99 @@
+"""Runs one scheduled batch through the model over the paged KV cache, then the sampler.
+
+The runner owns the KV tensors (one [num_blocks * block_size, kv_heads, head_dim] pair per
+layer). Each step it flattens the batch into one token row per new token, builds the
+attention metadata once, runs one forward pass for every sequence together, and sends only the
+rows that sample (each sequence's last new token) through the lm_head.
+
+Batch invariance (measured on this project's CPU, fp32, 1 thread): a sequence's logits are
+bit-for-bit the same alone, in any batch, after chunked prefill or after recomputation, if
+- every matmul has at least 4 rows: MKL's sgemm gives each row the same bits for any M >= 4,
+  but M = 1..3 take other kernels (1e-6 relative differences per layer, 4e-5 on the logits);
+- attention's padded shapes do not depend on the other sequences beyond: the query length is
+  at least 4 for the same reason, and the key length is a multiple of 64 (SDPA's reductions
+  over zero-weight padding keys then keep their order; other lengths move the low bits).
+So each step appends one padding sequence of `_PAD_QUERY` tokens whose context is the batch's
+longest rounded up to a multiple of `_KEY_MULTIPLE`; its block table points only at a scratch
+block outside the pool, and its outputs are dropped. The lm_head gets at least 4 rows likewise.
+It costs 4 tokens of compute per step; `batch_invariant=False` turns it off.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from chatforge.engine.batch import ScheduledBatch
+from chatforge.engine.sampler import Sampler, SamplerOutput
+from chatforge.models.attention import AttentionMetadata
+
+_PAD_QUERY = 4  # rows; see the module docstring
+_KEY_MULTIPLE = 64  # key positions; see the module docstring
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name is not None:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name is not None:
+        return _DTYPES[name]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def kv_block_bytes(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+    """Bytes one block takes over all layers, K and V."""
+    return 2 * num_layers * block_size * num_kv_heads * head_dim * dtype.itemsize
+
+
+class ModelRunner:
+    def __init__(
+        self, model: nn.Module, num_blocks: int, block_size: int, sampler: Sampler, batch_invariant: bool = True
+    ):
+        self.model = model
+        self.block_size = block_size
+        self.sampler = sampler
+        self.batch_invariant = batch_invariant
+        self.device = next(model.parameters()).device
+        # Block ids 0..num_blocks-1 belong to the block manager; the one past them is scratch.
+        self.scratch_block = num_blocks
+        self.kv_caches = model.allocate_kv_caches(num_blocks + 1, block_size)
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> SamplerOutput:
+        """One forward pass over the batch, then one token for each of batch.sample_seqs."""
+        input_ids, meta = self._prepare(batch)
+        hidden = self.model(input_ids, meta.positions, meta, self.kv_caches)  # [T, D]
+        if not batch.sample_indices:
+            return SamplerOutput([], [])
+        last = meta.last_token_index  # [B (+1 padding)] flat row of each sequence's last new token
+        if len(batch.sample_indices) != len(batch.seqs):
+            last = last[torch.tensor(batch.sample_indices, device=self.device)]
+        num_sampled = len(batch.sample_indices)
+        if self.batch_invariant and num_sampled < _PAD_QUERY:
+            last = torch.cat([last, meta.last_token_index[-1:].expand(_PAD_QUERY - num_sampled)])
+        logits = self.model.compute_logits(hidden[last])[:num_sampled]  # float32 [S, V]
+        if batch.has_forks:
+            logits = logits[torch.tensor(batch.logits_rows, device=self.device)]
+        return self.sampler(logits, batch.sample_seqs)
+
+    def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata]:
+        seqs, query_lens = batch.seqs, list(batch.num_new_tokens)
+        context_lens = [s.num_computed_tokens + n for s, n in zip(seqs, query_lens)]
+        if len(query_lens) == batch.num_batched_tokens:  # one new token each (decoding)
+            ids = [s.token_ids[s.num_computed_tokens] for s in seqs]
+        else:
+            ids = [t for s, n, c in zip(seqs, query_lens, context_lens) for t in s.token_ids[c - n : c]]
+        block_tables = [s.block_table for s in seqs]
+        if self.batch_invariant:
+            padded_context = -(-max(context_lens) // _KEY_MULTIPLE) * _KEY_MULTIPLE
+            query_lens.append(_PAD_QUERY)
+            context_lens.append(padded_context)
+            block_tables.append([self.scratch_block] * -(-padded_context // self.block_size))
+            ids.extend([0] * _PAD_QUERY)
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        meta = AttentionMetadata.build(query_lens, context_lens, block_tables, self.block_size, self.device)
+        return input_ids, meta
