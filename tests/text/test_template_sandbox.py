@@ -93,7 +93,7 @@ def test_undefined_names_and_runtime_failures_are_render_errors():
 def test_size_limits_stop_runaway_values(source):
     started = time.perf_counter()
     assert render_error(source).kind == "limit"
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 2.0
 
 
 @pytest.mark.parametrize("source", [
@@ -105,7 +105,7 @@ def test_deadline_stops_endless_work(source):
     started = time.perf_counter()
     error = render_error(source, limits=TemplateLimits(max_seconds=0.2))
     assert error.kind == "limit" and "ran longer than 0.2 s" in str(error)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 2.0
 
 
 def test_deep_recursion_is_a_limit_error():
