@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -16,6 +17,7 @@ from chatforge.platform.errors import (
     PermissionDeniedError,
     ProductNotFoundError,
     RateLimitedError,
+    RateLimiterUnavailableError,
 )
 from chatforge.platform.gate import Platform, is_loopback_host
 from chatforge.platform.rate_limit_local import LocalRateLimiter
@@ -52,7 +54,7 @@ async def test_authentication_matrix(platform, caplog):
                                ("sk-whatever", "Incorrect API key provided."), (wrong, "Incorrect API key provided.")]:
         with pytest.raises(AuthenticationError) as refused:
             await platform.authenticate(presented, None)
-        assert (refused.value.status_code, refused.value.message) == (401, message)
+        assert (refused.value.status, refused.value.message) == (401, message)
 
     principal = await platform.authenticate(secret, None)
     assert (principal.key, principal.account.name, principal.selected) == (key, "alice", False)
@@ -61,7 +63,7 @@ async def test_authentication_matrix(platform, caplog):
     for foreign in ("carol", "nobody"):
         with pytest.raises(PermissionDeniedError) as denied:
             await platform.authenticate(secret, foreign)
-        assert denied.value.status_code == 403
+        assert denied.value.status == 403
 
     async with platform.engine.begin() as conn:
         await keys.revoke_key(conn, key.prefix)
@@ -99,7 +101,7 @@ async def test_products_and_deployments_of_other_accounts_are_403_and_unknown_on
         await platform.resolve_deployment(principal, "d-carol")
     with pytest.raises(ProductNotFoundError) as missing:
         await platform.resolve_product(principal, 999)
-    assert missing.value.status_code == 404
+    assert missing.value.status == 404
     with pytest.raises(DeploymentNotFoundError):
         await platform.resolve_deployment(principal, "nope")
 
@@ -121,7 +123,7 @@ async def test_model_allow_lists(platform):
     platform.check_model(principal, "HuggingFaceTB/SmolLM2-135M-Instruct", aliases=["smollm2"])
     with pytest.raises(ModelNotAllowedError, match="This API key may not use the model 'mixtral'") as denied:
         platform.check_model(principal, "mixtral")
-    assert (denied.value.status_code, denied.value.code) == (403, "model_not_allowed")
+    assert (denied.value.status, denied.value.code) == (403, "model_not_allowed")
 
     async with platform.engine.begin() as conn:
         await accounts.create_product(conn, 3, "alice", ["third"])
@@ -183,6 +185,11 @@ async def test_redis_url_selects_the_shared_limiter(database_url, redis_url):
         assert isinstance(shared.limiter, RedisRateLimiter)
     async with Platform.create(database_url) as alone:
         assert isinstance(alone.limiter, LocalRateLimiter)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    with pytest.raises(RateLimiterUnavailableError, match=r"Cannot reach Redis \(ConnectionError\)\."):
+        await Platform.create(database_url, redis_url=f"redis://127.0.0.1:{closed_port}/0").start()
 
 
 @pytest.mark.parametrize(

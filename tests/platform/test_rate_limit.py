@@ -47,7 +47,7 @@ async def test_20_concurrent_against_rpm_5_admit_exactly_5(limiter):
     assert (len(admitted), len(refused)) == (5, 15)
     assert sorted(a.headers["x-ratelimit-remaining-requests"] for a in admitted) == ["0", "1", "2", "3", "4"]
     for error in refused:
-        assert error.status_code == 429
+        assert error.status == 429
         # the oldest of the 5 leaves the window 60 s after it came in: a few ms ago
         assert 59 < error.retry_after <= 60
         reset = error.headers.pop("x-ratelimit-reset-requests")  # until the newest of the 5 leaves
@@ -148,6 +148,32 @@ async def test_redis_retry_after_follows_the_entries_leaving_the_window(redis_ur
     assert both.value.retry_after - half.value.retry_after == pytest.approx(1.0, abs=0.2)
 
 
+async def test_redis_drops_what_left_the_window(redis_url):
+    """Seeds entries older than the window (more than one Lua chunk of them) beside a recent
+    one, straight into the limiter's keys, and lets the next admission clear them."""
+    from redis.asyncio import Redis
+
+    namespace = f"test:{uuid.uuid4().hex}"
+    base = f"{namespace}:key:1"
+    client = Redis.from_url(redis_url)
+    seconds, micros = await client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    old = {f"old{i}": now_ms - 61_000 - i for i in range(1200)}
+    await client.zadd(f"{base}:at", old | {"recent": now_ms - 1000})
+    await client.hset(f"{base}:tok", mapping={name: 5 for name in old} | {"recent": 7})
+    await client.set(f"{base}:sum", 5 * len(old) + 7)
+
+    limiter = RedisRateLimiter(client, namespace)
+    admission = await limiter.admit([Limit("key", "1", 2, 100)], 30)
+    assert admission.headers["x-ratelimit-remaining-requests"] == "0"
+    assert admission.headers["x-ratelimit-remaining-tokens"] == str(100 - 7 - 30)
+    assert await client.zcard(f"{base}:at") == 2
+    assert await client.hlen(f"{base}:tok") == 2
+    assert int(await client.get(f"{base}:sum")) == 37
+    assert 60_000 < await client.pttl(f"{base}:sum") <= 61_000
+    await limiter.close()
+
+
 def test_two_processes_sharing_redis_admit_exactly_5_of_20(redis_url):
     import redis
 
@@ -177,7 +203,7 @@ async def test_redis_outage_refuses_with_503_and_settling_never_raises():
     limits = (Limit("key", "1", 5, None),)
     with pytest.raises(RateLimiterUnavailableError) as refused:
         await gone.admit(limits, 1)
-    assert (refused.value.status_code, refused.value.message) == (503, "The rate limiter is unavailable (ConnectionError).")
+    assert (refused.value.status, refused.value.message) == (503, "The rate limiter is unavailable (ConnectionError).")
     await gone.settle("an-entry-admitted-before-the-outage", limits, 3)
     await gone.close()
 

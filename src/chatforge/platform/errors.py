@@ -8,7 +8,7 @@ from __future__ import annotations
 class PlatformError(Exception):
     """Base of every error the platform raises on purpose."""
 
-    status_code: int = 500
+    status: int = 500
     code: str = "platform_error"
 
     def __init__(self, message: str) -> None:
@@ -19,14 +19,14 @@ class PlatformError(Exception):
 class AuthenticationError(PlatformError):
     """No key, an unknown, malformed, expired or revoked key."""
 
-    status_code = 401
+    status = 401
     code = "invalid_api_key"
 
 
 class PermissionDeniedError(PlatformError):
     """A valid key asking for an account, product, deployment or model it may not use."""
 
-    status_code = 403
+    status = 403
     code = "permission_denied"
 
 
@@ -35,7 +35,7 @@ class ModelNotAllowedError(PermissionDeniedError):
 
 
 class NotFoundError(PlatformError):
-    status_code = 404
+    status = 404
     code = "not_found"
 
 
@@ -58,21 +58,21 @@ class DeploymentNotFoundError(NotFoundError):
 class AlreadyExistsError(PlatformError):
     """Creating an account, product or deployment whose name or id is taken."""
 
-    status_code = 409
+    status = 409
     code = "already_exists"
 
 
 class InvalidInputError(PlatformError, ValueError):
     """An administrative call with a bad value: a URL, a limit, a date, an empty list."""
 
-    status_code = 400
+    status = 400
     code = "invalid_input"
 
 
 class RateLimiterUnavailableError(PlatformError):
     """The shared rate-limit store (Redis) cannot be reached: refuse rather than run unmetered."""
 
-    status_code = 503
+    status = 503
     code = "rate_limiter_unavailable"
 
 
@@ -83,7 +83,7 @@ class RateLimitedError(PlatformError):
     arrived; `headers` holds `Retry-After` and the `x-ratelimit-*` headers to send back.
     """
 
-    status_code = 429
+    status = 429
     code = "rate_limit_exceeded"
 
     def __init__(self, message: str, retry_after: float, headers: dict[str, str]) -> None:

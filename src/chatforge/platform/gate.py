@@ -15,10 +15,17 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from chatforge.platform import accounts, keys
 from chatforge.platform.accounts import Account, Deployment, Product
 from chatforge.platform.db import create_engine, normalize_url
-from chatforge.platform.errors import AuthenticationError, ModelNotAllowedError, PermissionDeniedError
+from chatforge.platform.errors import (
+    AuthenticationError,
+    ModelNotAllowedError,
+    PermissionDeniedError,
+    RateLimiterUnavailableError,
+)
 from chatforge.platform.metering import Prices, UsageRecord, UsageWriter
 from chatforge.platform.migrations import upgrade
 from chatforge.platform.rate_limit import Admission, Limit, RateLimiter
@@ -70,7 +77,7 @@ class Platform:
         self.database_url = normalize_url(database_url)
         self.redis_url = redis_url
         self.prices = Prices(prices)
-        self.engine = None
+        self.engine: AsyncEngine | None = None
         self.limiter: RateLimiter | None = None
         self._usage: UsageWriter | None = None
         self._open_allowed = False
@@ -85,13 +92,17 @@ class Platform:
     async def start(self) -> None:
         """Migrate the database, connect, and start the usage writer."""
         await upgrade(self.database_url)
-        self.engine = create_engine(self.database_url)
         if self.redis_url:
             limiter = RedisRateLimiter.from_url(self.redis_url)
-            await limiter.ping()  # fail at start-up, not on the first request
+            try:
+                await limiter.ping()
+            except RateLimiterUnavailableError:
+                await limiter.close()
+                raise
             self.limiter = limiter
         else:
             self.limiter = LocalRateLimiter()
+        self.engine = create_engine(self.database_url)
         self._usage = UsageWriter(self.engine, self.prices)
         self._usage.start()
 

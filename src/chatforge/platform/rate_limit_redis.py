@@ -117,7 +117,11 @@ class RedisRateLimiter(RateLimiter):
         return cls(Redis.from_url(url), namespace)
 
     async def ping(self) -> None:
-        await self._redis.ping()
+        """Check the connection (at start-up, so a wrong URL fails there and not per request)."""
+        try:
+            await self._redis.ping()
+        except RedisError as exc:
+            raise RateLimiterUnavailableError(f"Cannot reach Redis ({type(exc).__name__}).") from exc
 
     async def decide(self, entry: str, limits: tuple[Limit, ...], tokens: int) -> Decision:
         keys, args = [], [round(WINDOW_S * 1000), entry]
