@@ -37,7 +37,7 @@ class Tokenizer:
     def __init__(
         self,
         backend: _Backend,
-        special_tokens: dict[str, str],
+        special_tokens: dict[str, str | None],
         chat_templates: dict[str, str] | None = None,
         extra_end_of_turn_ids: Iterable[int] = (),
     ):
