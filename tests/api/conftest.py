@@ -21,7 +21,7 @@ PRICE_IN, PRICE_OUT = 0.5, 1.5  # USD per million tokens, to check estimated_cos
 def api_settings():
     return load_settings(
         prices={"smollm2": {"input": PRICE_IN, "output": PRICE_OUT}},
-        engine={"torch_threads": 1, "max_num_seqs": 32, "kv_cache_mb": 256, "max_waiting": 64},
+        engine={"torch_threads": 1, "max_num_seqs": 32, "kv_cache_mb": 384, "max_waiting": 64},
     )
 
 

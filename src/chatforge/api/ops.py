@@ -13,7 +13,7 @@ def build_router() -> APIRouter:
     @router.get("/health")
     async def health(request: Request):
         catalog = request.app.state.catalog
-        dead = [m.model_id for m in catalog.models if not m.engine.is_alive()]
+        dead = [m.model_id for m in catalog.models if not m.engine.is_running]
         if dead:
             return JSONResponse({"status": "unhealthy", "dead_engines": dead}, status_code=503)
         return {"status": "ok", "models": [m.model_id for m in catalog.models]}
