@@ -122,10 +122,19 @@ async def find_key(conn: AsyncConnection, key: str) -> ApiKey | None:
     prefix = key_prefix(key)
     if prefix is None:
         return None
-    row = (await conn.execute(select(t.api_keys).where(t.api_keys.c.prefix == prefix))).first()
-    if row is None or not verify(key, row.secret_hash):
+    # One round trip on the request path: the key's row once per account, in account order.
+    rows = (await conn.execute(
+        select(t.api_keys, t.accounts.c.id.label("account_id"), t.accounts.c.name.label("account_name"),
+               t.accounts.c.created_at.label("account_created_at"))
+        .join(t.api_key_accounts, t.api_key_accounts.c.key_id == t.api_keys.c.id)
+        .join(t.accounts, t.accounts.c.id == t.api_key_accounts.c.account_id)
+        .where(t.api_keys.c.prefix == prefix)
+        .order_by(t.api_key_accounts.c.position)
+    )).all()
+    if not rows or not verify(key, rows[0].secret_hash):
         return None
-    return (await _with_accounts(conn, [row]))[0]
+    owners = tuple(Account(id=r.account_id, name=r.account_name, created_at=r.account_created_at) for r in rows)
+    return _api_key(rows[0]._mapping, owners)
 
 
 async def any_key_exists(conn: AsyncConnection) -> bool:
