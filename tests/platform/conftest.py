@@ -139,6 +139,12 @@ def redis_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture
+def unreachable_redis_url() -> str:
+    """A Redis URL on a loopback port where nothing listens."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     """An empty database of each kind, not yet migrated (on PostgreSQL, a fresh schema)."""

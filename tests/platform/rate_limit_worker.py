@@ -1,7 +1,7 @@
 """One OS process of the cross-process rate-limit test: connects to Redis, says `ready`, waits
 for the test's go signal, fires N concurrent admissions at one scope and prints a JSON summary.
 
-usage: python rate_limit_worker.py REDIS_URL NAMESPACE N RPM
+usage: python rate_limit_worker.py REDIS_URL NAMESPACE N RPM TPM TOKENS   (0: no limit)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from chatforge.platform.rate_limit import Limit
 from chatforge.platform.rate_limit_redis import RedisRateLimiter
 
 
-async def main(url: str, namespace: str, n: int, rpm: int) -> None:
+async def main(url: str, namespace: str, n: int, rpm: int, tpm: int, tokens: int) -> None:
     limiter = RedisRateLimiter.from_url(url, namespace)
     signals = Redis.from_url(url)
     await limiter.ping()
@@ -26,7 +26,7 @@ async def main(url: str, namespace: str, n: int, rpm: int) -> None:
 
     async def one() -> str | None:
         try:
-            await limiter.admit([Limit("key", "shared", rpm, None)], 1)
+            await limiter.admit([Limit("key", "shared", rpm or None, tpm or None)], tokens)
             return None
         except RateLimitedError as exc:
             return exc.headers["Retry-After"]
@@ -38,4 +38,4 @@ async def main(url: str, namespace: str, n: int, rpm: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])))
