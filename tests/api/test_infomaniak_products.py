@@ -1,0 +1,154 @@
+"""Infomaniak products: the successor route driven by the official `openai` client, the product
+listings, and how a product id resolves to a model (configured products; any id in open mode).
+
+A second live server shares the session's catalog (one model loaded, two apps): it is configured
+with products and listens as if it were remote, so unconfigured ids are refused there."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from chatforge.api.app import create_app
+from chatforge.api.infomaniak.router import ProductNotFoundError, ProductScope, resolve_product
+from chatforge.settings import load_settings
+
+from .conftest import LiveServer
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+Q = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+PRODUCTS = {
+    10775: {"name": "demo", "model": "smollm2"},
+    42: {"name": "listed", "models": [MODEL]},
+    7: {"name": "nothing-served", "model": "mixtral"},
+}
+
+
+@pytest.fixture(scope="module")
+def closed(api_settings, catalog):
+    """A server with configured products that is not in open mode."""
+    settings = api_settings.model_copy(update={"host": "0.0.0.0", "products": load_settings(products=PRODUCTS).products})
+    with LiveServer(create_app(settings, catalog)) as live, httpx.Client(base_url=live.url, timeout=120) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with openai.OpenAI(base_url=server.url + "/1/ai/10775/openai", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+# -- resolution ---------------------------------------------------------------------------------
+def test_toml_product_and_deployment_tables(tmp_path):
+    path = tmp_path / "chatforge.toml"
+    path.write_text('[products.10775]\nname = "demo"\nmodel = "smollm2"\n\n[products.42]\nmodels = ["a", "b"]\n\n'
+                    '[deployments.my-dep]\nmodel = "smollm2"\n\n[deployments.bare]\n')
+    s = load_settings(path)
+    assert set(s.products) == {10775, 42}
+    assert (s.products[10775].name, s.products[10775].model, s.products[10775].models) == ("demo", "smollm2", [])
+    assert (s.products[42].model, s.products[42].models) == (None, ["a", "b"])
+    assert s.deployments["my-dep"].model == "smollm2" and s.deployments["bare"].model is None
+
+
+def test_resolution_of_configured_and_open_ids():
+    s = load_settings(products={"10775": {"name": "demo", "model": "smollm2"}, "42": {"models": ["a", "b"]}})
+    assert resolve_product(s, 10775) == ProductScope(10775, "demo", ("smollm2",), "smollm2")
+    assert resolve_product(s, 42) == ProductScope(42, "", ("a", "b"), "a")
+    assert resolve_product(s, 555) == ProductScope(555, "", (), None)  # open mode: loopback, no keys
+    remote = s.model_copy(update={"host": "0.0.0.0"})
+    with pytest.raises(ProductNotFoundError) as e:
+        resolve_product(remote, 555)
+    assert (e.value.status, e.value.code, e.value.param) == (404, "product_not_found", "product_id")
+    assert resolve_product(remote.model_copy(update={"allow_open_remote": True}), 555).default_model is None
+
+
+# -- the successor route with the openai client --------------------------------------------------
+def test_openai_client_on_the_successor_route(client):
+    r = client.chat.completions.create(model=MODEL, messages=Q, temperature=0, max_tokens=16)
+    assert r.object == "chat.completion" and r.model == MODEL
+    assert "Paris" in r.choices[0].message.content
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_openai_client_streams_on_the_successor_route(client):
+    kw = dict(model="smollm2", messages=Q, temperature=0, max_tokens=16)
+    whole = client.chat.completions.create(**kw).choices[0].message.content
+    chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_successor_max_tokens_bound_is_5000(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=Q, max_tokens=5001)
+    assert e.value.body["param"] == "max_tokens" and "5000" in e.value.message
+    r = client.chat.completions.create(model=MODEL, messages=Q, max_tokens=5000, stop=["."], temperature=0)
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_successor_models_list(client, catalog):
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL]
+    assert models[0].model_extra["context_length"] == catalog.get(None).context_length
+
+
+def test_successor_metrics_label(server, client):
+    client.chat.completions.create(model=MODEL, messages=Q, max_tokens=1)
+    text = httpx.get(server.url + "/metrics").text
+    assert f'chatforge_requests_total{{dialect="infomaniak_openai",model="{MODEL}",status="200"}}' in text
+
+
+# -- a server with configured products, not in open mode -----------------------------------------
+def test_products_are_listed(closed):
+    r = closed.get("/1/ai")
+    assert r.status_code == 200
+    assert r.json() == {"result": "success", "data": [
+        {"id": 7, "name": "nothing-served", "models": ["mixtral"]},
+        {"id": 42, "name": "listed", "models": [MODEL]},
+        {"id": 10775, "name": "demo", "models": ["smollm2"]},
+    ]}
+
+
+def test_product_models_use_the_configured_names(closed, catalog):
+    r = closed.get("/1/ai/10775/openai/models").json()
+    assert [m["id"] for m in r["data"]] == ["smollm2"]
+    assert r["data"][0]["context_length"] == catalog.get(None).context_length
+    assert closed.get("/1/ai/7/openai/models").json() == {"object": "list", "data": []}
+
+
+def test_legacy_runs_the_products_default_model(closed):
+    r = closed.post("/1/llm/10775", json={"messages": Q, "max_new_tokens": 2})
+    assert r.status_code == 200 and r.json()["data"]["model"] == "smollm2"
+    r = closed.post("/1/llm/42", json={"messages": Q, "max_new_tokens": 2})
+    assert r.status_code == 200 and r.json()["data"]["model"] == MODEL
+
+
+def test_unknown_product_is_not_found_in_each_envelope(closed):
+    r = closed.post("/1/llm/555", json={"messages": Q})
+    assert r.status_code == 404
+    assert r.json() == {"result": "error", "error": {"code": "product_not_found", "description": "Product 555 does not exist."}}
+    assert r.headers["Link"] == '</1/ai/555/openai/chat/completions>; rel="successor-version"'
+    r = closed.post("/1/ai/555/openai/chat/completions", json={"model": MODEL, "messages": Q})
+    assert r.status_code == 404
+    assert r.json()["error"] == {"message": "Product 555 does not exist.", "type": "not_found_error",
+                                 "param": "product_id", "code": "product_not_found"}
+    assert closed.get("/1/ai/555/openai/models").status_code == 404
+
+
+def test_a_model_outside_the_product_is_refused(closed):
+    # Product 42 offers the model under its id only; the alias names the same model, so it is allowed.
+    ok = closed.post("/1/ai/42/openai/chat/completions", json={"model": "smollm2", "messages": Q, "max_tokens": 1})
+    assert ok.status_code == 200
+    r = closed.post("/1/llm/7", json={"messages": Q})  # the product's default is not served here
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = closed.post("/1/ai/7/openai/chat/completions", json={"model": MODEL, "messages": Q})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert "not offered by product 7" in r.json()["error"]["message"]
+
+
+def test_open_server_accepts_any_product_id(http):
+    for pid in (1, 10775, 987654):
+        r = http.post(f"/1/llm/{pid}", json={"messages": Q, "max_new_tokens": 1})
+        assert r.status_code == 200 and r.json()["data"]["model"] == MODEL
+    assert http.get("/1/ai").json() == {"result": "success", "data": []}
