@@ -176,3 +176,12 @@ def test_filters_skip_rows_at_their_defaults():
     assert (f.temperature, f.top_k, f.min_p, f.typical_p) == (None, None, None, None)
     assert f.top_p_active.tolist() == [False, True]
     assert f.top_p.tolist() == pytest.approx([0.0, 0.5])
+
+
+def test_inverse_cdf_draws_only_tokens_with_probability():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]] * 4)
+    u = torch.tensor([0.0, 0.5, 0.49, 1.0 - 2.0**-53], dtype=torch.float64)  # x = (1 - u) * total
+    assert ops.inverse_cdf(probs, u).tolist() == [3, 1, 3, 1]
+    one_hot = torch.zeros(2, V)
+    one_hot[:, 7] = 1.0
+    assert ops.inverse_cdf(one_hot, torch.tensor([0.0, 0.999], dtype=torch.float64)).tolist() == [7, 7]

@@ -106,8 +106,16 @@ def typical_p(logits: torch.Tensor, mass: torch.Tensor, active: torch.Tensor) ->
     return logits.masked_fill(remove, _NEG_INF)
 
 
-def exponential_race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Sample one token per row: argmax(p / q) with q ~ Exp(1) picks token i with probability p_i
-    (the minimum of independent Exp(p_i) variables). No host sync, no cumulative sums.
-    probs, noise [B, V] -> [B] long."""
-    return (probs / noise).argmax(dim=-1)
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Sample one token per row with one uniform number per row.
+
+    probs [B, V] (rows need not be normalised), uniform [B] float64 in [0, 1) -> [B] long.
+    x = (1 - u) * total lies in (0, total], and the first token whose cumulative sum reaches x
+    is drawn: token i exactly when cdf[i-1] < x <= cdf[i], i.e. with probability p_i / total.
+    A zero-probability token can never be drawn (its cdf equals its predecessor's), nor can an
+    index past the end (x <= cdf[-1]). The sums are float64 so that tiny probabilities keep
+    their share. Each row only reads its own probabilities and number.
+    """
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # [B, V]
+    x = (1.0 - uniform) * cdf[:, -1]  # [B]
+    return torch.searchsorted(cdf, x[:, None], right=False)[:, 0]
