@@ -36,6 +36,7 @@ def machine(threads: int) -> dict:
         "cpu_model": cpu,
         "logical_cpus": os.cpu_count(),
         "torch_threads": threads,
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -56,7 +56,7 @@ def test_a_kv_pool_too_small_preempts_yet_every_request_gets_its_tokens(make_eng
 
 
 def test_chunked_prefill_gives_the_same_tokens(make_engine, prompts, greedy_together, run_requests, greedy_params):
-    engine = make_engine(max_num_batched_tokens=9)
+    engine = make_engine(max_num_batched_tokens=9, max_num_seqs=2)
     longest = sorted(range(16), key=lambda i: -len(prompts[i]))[:2]
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     out = run_requests(engine, {str(i): (prompts[i], params) for i in longest})

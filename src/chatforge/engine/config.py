@@ -31,8 +31,13 @@ class EngineConfig:
             raise ValueError("num_kv_blocks must be >= 1")
         if self.kv_cache_bytes < 1:
             raise ValueError("kv_cache_bytes must be >= 1")
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.max_waiting < 0:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1, max_waiting >= 0")
+        if self.max_num_seqs < 1 or self.max_waiting < 0:
+            raise ValueError("max_num_seqs must be >= 1 and max_waiting >= 0")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            # Every running sequence needs a token of budget per step, or the newest ones starve.
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs ({self.max_num_seqs})"
+            )
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError("max_model_len must be >= 2")
         if self.torch_threads is not None and self.torch_threads < 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from chatforge.engine.scheduler import Scheduler
 from chatforge.engine.sequence import Sequence, SequenceStatus
 from chatforge.engine.stats import EngineStats
 from chatforge.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from chatforge.models.source import ModelSource
 
 
 @dataclass
@@ -77,8 +81,8 @@ class LLMEngine:
         self.num_generated_tokens_total = 0
 
     @classmethod
-    def from_source(cls, source, config: EngineConfig | None = None, **kwargs) -> LLMEngine:
-        """Load a `ModelSource` (models/source.py) on the config's device and dtype."""
+    def from_source(cls, source: ModelSource, config: EngineConfig | None = None, **kwargs) -> LLMEngine:
+        """Load the model on the config's device and dtype; kwargs as for the constructor."""
         from chatforge.models.loader import load_model
 
         config = config or EngineConfig()

@@ -131,12 +131,9 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def update(self, batch: ScheduledBatch, sampled: list[int]) -> list[Sequence]:
-        """Book a finished step: advance computed counts, append sampled tokens (forking
-        pending completions off their parent), finish and free what is done.
-
-        Returns the sequences that received a token, in sampler order.
-        """
+    def update(self, batch: ScheduledBatch, sampled: list[int]) -> None:
+        """Book a finished step: advance computed counts, append the tokens sampled for
+        batch.sample_seqs (forking pending completions off their parent), finish and free what is done."""
         bm = self.block_manager
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += num_new
@@ -157,7 +154,6 @@ class Scheduler:
                 any_finished = True
         if any_finished:
             self.running = [s for s in self.running if not s.is_finished]
-        return batch.sample_seqs
 
     def _check_finished(self, seq: Sequence, token_id: int) -> bool:
         params = seq.params
