@@ -1,7 +1,10 @@
 """schemathesis against /openapi.json: generated and schema-violating requests never get a server
 error, and what the server answers conforms to what it documents. A bounded run.
 
-The server here has a 128-token context so that generated requests finish quickly."""
+The server here has a 128-token context so that generated requests finish quickly. Two checks
+are left out on purpose: `positive_data_acceptance` (a schema-valid request may still be refused
+for what no schema can say: a prompt longer than the context, an unknown model), and the
+response-time limit (a generation's duration is the model's, not the API's)."""
 
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ def test_schemathesis_finds_no_server_error(small_server, tmp_path):
     cmd = [
         str(st), "run", small_server.url + "/openapi.json",
         "--checks", "all",
+        "--exclude-checks", "positive_data_acceptance",
+        "--max-response-time", "600",
         "--max-examples", os.environ.get("CHATFORGE_FUZZ_EXAMPLES", "25"),
         "--seed", "1",
         "--workers", "1",

@@ -47,7 +47,25 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
     app.include_router(infomaniak_router.build_router())
     app.include_router(egp_router.build_router())
     app.include_router(ops.build_router())
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI documents request validation failures as 422; every dialect answers them with
+    400 in its own envelope, so the schema says 400."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.get("responses", {})
+                invalid = responses.pop("422", None)
+                if invalid is not None and "400" not in responses:
+                    responses["400"] = {"description": "Invalid request"}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _install(app: FastAPI, catalog: ModelCatalog) -> None:

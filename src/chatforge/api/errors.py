@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from chatforge.api.disconnect import ClientDisconnected
 from chatforge.service.errors import ChatError, OverloadedError
@@ -54,6 +55,8 @@ def from_exception(exc: Exception) -> ApiError | None:
     """The ApiError for a known exception type; None for an unexpected one."""
     if isinstance(exc, RequestValidationError):
         return from_validation(exc)
+    if isinstance(exc, HTTPException):  # e.g. a body that is not UTF-8
+        return ApiError(exc.status_code, KIND.get(exc.status_code, "invalid_request_error"), str(exc.detail))
     if isinstance(exc, ChatError):
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, OverloadedError) else {}
         return ApiError(exc.status, exc.code, exc.message, exc.param, headers)

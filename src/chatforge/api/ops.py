@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 def build_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
 
-    @router.get("/health")
+    @router.get("/health", responses={503: {"description": "an engine loop has stopped"}})
     async def health(request: Request):
         catalog = request.app.state.catalog
         dead = [m.model_id for m in catalog.models if not m.engine.is_running]
@@ -18,7 +18,7 @@ def build_router() -> APIRouter:
             return JSONResponse({"status": "unhealthy", "dead_engines": dead}, status_code=503)
         return {"status": "ok", "models": [m.model_id for m in catalog.models]}
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics(request: Request):
         return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -118,4 +118,6 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """
     cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # [B, V]
     x = (1.0 - uniform) * cdf[:, -1]  # [B]
-    return torch.searchsorted(cdf, x[:, None], right=False)[:, 0]
+    # NOTE: the clamp only matters for a row whose sums are NaN, which must never reach the
+    # embedding lookup of the next step as an id past the vocabulary.
+    return torch.searchsorted(cdf, x[:, None], right=False)[:, 0].clamp_(max=probs.shape[-1] - 1)

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MAX_TOP_LOGPROBS = 20
+# Temperatures below this sample as greedy: logits / 1e-300 overflow to inf, and softmax of
+# inf - inf is NaN. The argmax is what such a temperature means anyway.
+GREEDY_TEMPERATURE = 1e-5
 
 
 @dataclass
@@ -36,6 +39,8 @@ class SamplingParams:
         # Programming errors only: dialects validate user input and answer in their envelope.
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
+        if self.temperature < GREEDY_TEMPERATURE:
+            self.temperature = 0.0
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
         if not 0 < self.top_p <= 1:

@@ -12,10 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from chatforge.engine import errors as engine_errors
 from chatforge.engine.outputs import FinishReason, TokenLogprob
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.service.catalog import ModelCatalog, ServedModel
-from chatforge.service.errors import ContextLengthExceededError, InvalidRequestError
+from chatforge.service.errors import (
+    ChatError, ContextLengthExceededError, EngineUnavailableError, InvalidRequestError, OverloadedError,
+)
 from chatforge.service.protocol import (
     ChatEvent, ChatMessage, ChatRequest, ChatResult, Choice, ChoiceDelta, TokenInfo, TokenLogprobs, Usage,
 )
@@ -73,6 +76,8 @@ class ChatService:
         while True:
             prompt = self._render(template, messages, req)
             ids = model.tokenizer.encode(prompt)
+            if not ids:
+                raise InvalidRequestError("the conversation renders to an empty prompt", param="messages")
             if req.truncate_prompt_tokens is not None:
                 ids = ids[-req.truncate_prompt_tokens :]
             room = ctx - len(ids)
@@ -94,7 +99,15 @@ class ChatService:
 
     # -- on the engine -------------------------------------------------------------------------
     async def stream(self, prep: PreparedChat) -> AsyncIterator[ChatEvent]:
-        """Text deltas as they come; the last event carries the usage."""
+        """Text deltas as they come; the last event carries the usage. Engine errors arrive as
+        the service's typed errors."""
+        try:
+            async for event in self._stream(prep):
+                yield event
+        except engine_errors.EngineError as e:
+            raise _service_error(e, prep) from e
+
+    async def _stream(self, prep: PreparedChat) -> AsyncIterator[ChatEvent]:
         sp, model = prep.sampling, prep.model
         engine, tokenizer = model.engine, model.tokenizer
         rid = prep.request.request_id
@@ -153,6 +166,16 @@ class ChatService:
             return TokenInfo(raw.decode("utf-8", errors="replace"), token_id, list(raw), logprob)
 
         return TokenLogprobs(info(lp.token_id, lp.logprob), [info(t, p) for t, p in lp.top])
+
+
+def _service_error(e: engine_errors.EngineError, prep: PreparedChat) -> ChatError:
+    if isinstance(e, engine_errors.EngineOverloadedError):
+        return OverloadedError()
+    if isinstance(e, engine_errors.PromptTooLongError):
+        return _context_error(e.max_prompt_tokens + max(1, prep.sampling.min_tokens), e.prompt_tokens, prep.sampling.max_tokens)
+    if isinstance(e, engine_errors.InvalidRequestError):
+        return InvalidRequestError(str(e))
+    return EngineUnavailableError(f"the engine cannot serve this request: {e}")
 
 
 def _drop_oldest_turn(messages: list[ChatMessage]) -> bool:

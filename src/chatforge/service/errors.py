@@ -45,6 +45,8 @@ class OverloadedError(ChatError):
         self.retry_after = retry_after
 
 
-class ShuttingDownError(ChatError):
+class EngineUnavailableError(ChatError):
+    """The engine stopped (shutdown or a failure): nothing can be served until it is back."""
+
     status = 503
-    code = "shutting_down"
+    code = "engine_unavailable"
