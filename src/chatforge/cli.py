@@ -65,9 +65,12 @@ def chat(
         backend.close()
 
 
-from chatforge.bench.command import bench_command  # noqa: E402 - light: typer only until it runs
+# Sub-commands that live with their concern; both import only typer until they run.
+from chatforge.bench.command import bench_command  # noqa: E402
+from chatforge.platform.cli import register as register_platform  # noqa: E402
 
 app.command("bench")(bench_command)
+register_platform(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point
