@@ -34,9 +34,12 @@ serve() {
   local gguf
   gguf="$("$CHATFORGE_PY" -c 'from chatforge.models.source import bundled_gguf_path; print(bundled_gguf_path())')"
   # n_ctx 4096 leaves room for the 1,000-token shared-prefix scenario; the server runs one
-  # request at a time, so one context is all it allocates.
+  # request at a time, so one context is all it allocates. NOTE: by default a new request cuts
+  # the stream in progress short ([DONE] with no finish_reason); interrupt_requests=false queues
+  # it instead, as a server under load should.
   exec "$VENV/bin/python" -m llama_cpp.server --model "$gguf" --model_alias smollm2 \
-    --n_threads 2 --n_threads_batch 2 --n_ctx 4096 --host 127.0.0.1 --port "$port"
+    --n_threads 2 --n_threads_batch 2 --n_ctx 4096 --interrupt_requests false \
+    --host 127.0.0.1 --port "$port"
 }
 
 case "${1:-}" in

@@ -75,7 +75,8 @@ def render_results(results: dict, commands: dict, machine: dict, versions: dict,
         *(f"- {k}: {v}" for k, v in versions.items()),
         "- chatforge: `chatforge serve --threads 2` (engine defaults: max 64 running sequences, prefix caching on)",
         "- llama-cpp-python: `benchmarks/peer_llamacpp.sh serve` = `python -m llama_cpp.server --n_threads 2 "
-        "--n_threads_batch 2 --n_ctx 4096` (one request at a time)",
+        "--n_threads_batch 2 --n_ctx 4096 --interrupt_requests false` (one request at a time; by default a new "
+        "request would cut the stream in progress short instead of queueing)",
         "",
     ]
     if decode:

@@ -23,6 +23,7 @@ class FakeBehaviour:
     gap: float = 0.01
     usage: bool = True  # honour stream_options.include_usage
     status: int = 200  # anything else: every chat request fails with it
+    cut_after: int | None = None  # end streams with [DONE] after this many tokens, no finish_reason
 
 
 def fake_openai_app(b: FakeBehaviour) -> Starlette:
@@ -57,6 +58,9 @@ def fake_openai_app(b: FakeBehaviour) -> Starlette:
             for i in range(n):
                 if i:
                     await asyncio.sleep(b.gap)
+                if i == b.cut_after:
+                    yield b"data: [DONE]\n\n"
+                    return
                 yield _chunk({"content": f" w{i}"})
             yield _chunk({}, finish="length")
             if b.usage and (body.get("stream_options") or {}).get("include_usage"):

@@ -121,6 +121,14 @@ def test_failing_server_is_reported_and_exits_non_zero(fake_server, tmp_path):
     assert lv["errors"][0].startswith("HTTP 500: ") and "scripted failure" in lv["errors"][0]
 
 
+def test_streams_cut_short_count_as_failures(fake_server, tmp_path):
+    url, _ = fake_server(FakeBehaviour(first_delay=0.0, gap=0.0, usage=False, cut_after=3))
+    r = run_json(tmp_path, url, "--num-requests", "2", "--output-tokens", "5", "--warmup", "0", exit_code=1)
+    (lv,) = r["levels"]
+    assert (lv["requests"], lv["failed"], lv["output_tokens"]) == (2, 2, 0)
+    assert lv["errors"] == ["the stream ended without a finish_reason (cut short)"]
+
+
 def test_failing_warm_up_stops_the_run(fake_server):
     url, _ = fake_server(FakeBehaviour(status=503))
     result = bench(url, "--num-requests", "2")

@@ -142,7 +142,7 @@ async def _read_stream(r: httpx.Response, start: float) -> RequestResult:
     result = RequestResult(True, start, 0.0)
     chunks = 0
     last = None
-    done = False
+    done = finished = False
     async for data in r.aiter_bytes():
         now = time.perf_counter()
         for event in parser.feed(data):
@@ -156,7 +156,9 @@ async def _read_stream(r: httpx.Response, start: float) -> RequestResult:
                 done = True
                 break
             _take_usage(result, chunk.get("usage"))
-            if any(_has_text(choice) for choice in chunk.get("choices") or ()):
+            choices = chunk.get("choices") or ()
+            finished = finished or any(choice.get("finish_reason") for choice in choices)
+            if any(_has_text(choice) for choice in choices):
                 chunks += 1
                 if last is None:
                     result.ttft = now - start
@@ -168,6 +170,11 @@ async def _read_stream(r: httpx.Response, start: float) -> RequestResult:
     result.e2e = time.perf_counter() - start
     if not result.usage_reported:
         result.output_tokens = chunks
+    if result.ok and not finished:
+        # e.g. llama-cpp-python's server, by default, ends a stream with [DONE] and no finish
+        # reason when another request arrives: its figures would look too good.
+        result.ok = False
+        result.error = "the stream ended without a finish_reason (cut short)"
     return result
 
 
