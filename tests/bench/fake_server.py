@@ -24,6 +24,7 @@ class FakeBehaviour:
     usage: bool = True  # honour stream_options.include_usage
     status: int = 200  # anything else: every chat request fails with it
     cut_after: int | None = None  # end streams with [DONE] after this many tokens, no finish_reason
+    error_after: int | None = None  # send an `event: error` after this many tokens
 
 
 def fake_openai_app(b: FakeBehaviour) -> Starlette:
@@ -60,6 +61,9 @@ def fake_openai_app(b: FakeBehaviour) -> Starlette:
                     await asyncio.sleep(b.gap)
                 if i == b.cut_after:
                     yield b"data: [DONE]\n\n"
+                    return
+                if i == b.error_after:
+                    yield b'event: error\ndata: {"error": {"message": "engine overloaded"}}\n\n'
                     return
                 yield _chunk({"content": f" w{i}"})
             yield _chunk({}, finish="length")

@@ -129,6 +129,14 @@ def test_streams_cut_short_count_as_failures(fake_server, tmp_path):
     assert lv["errors"] == ["the stream ended without a finish_reason (cut short)"]
 
 
+def test_error_events_mid_stream_count_as_failures(fake_server, tmp_path):
+    url, _ = fake_server(FakeBehaviour(first_delay=0.0, gap=0.0, error_after=2))
+    r = run_json(tmp_path, url, "--num-requests", "1", "--output-tokens", "5", "--warmup", "0", exit_code=1)
+    (lv,) = r["levels"]
+    assert (lv["requests"], lv["failed"]) == (1, 1)
+    assert lv["errors"] == ['stream error: {"error": {"message": "engine overloaded"}}']
+
+
 def test_failing_warm_up_stops_the_run(fake_server):
     url, _ = fake_server(FakeBehaviour(status=503))
     result = bench(url, "--num-requests", "2")

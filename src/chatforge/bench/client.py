@@ -130,7 +130,8 @@ async def send(client: httpx.AsyncClient, endpoint: Endpoint, spec: RequestSpec,
         return RequestResult(False, start, time.perf_counter() - start, error=f"{type(e).__name__}: {e}")
     e2e = time.perf_counter() - start
     result = RequestResult(True, start, e2e, ttft=e2e)
-    _take_usage(result, payload.get("usage"))
+    if isinstance(payload, dict):
+        _take_usage(result, payload.get("usage"))
     if not result.usage_reported:
         result.error = "the server reported no usage; output tokens unknown"
         result.ok = False
@@ -150,9 +151,9 @@ async def _read_stream(r: httpx.Response, start: float) -> RequestResult:
                 done = True
                 break
             chunk = json.loads(event.data)
-            if event.event == "error" or "error" in chunk:
+            if not isinstance(chunk, dict) or event.event == "error" or "error" in chunk:
                 result.ok = False
-                result.error = f"stream error: {json.dumps(chunk.get('error', chunk))[:200]}"
+                result.error = f"stream error: {event.data[:200]}"
                 done = True
                 break
             _take_usage(result, chunk.get("usage"))
