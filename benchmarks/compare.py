@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -106,6 +107,7 @@ def main() -> None:
     if not PEER_PY.exists():
         raise SystemExit(f"no peer in {PEER_PY.parent.parent}: run {PEER_SCRIPT} setup first")
     args.work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     ours, peer = f"http://127.0.0.1:{args.chatforge_port}", f"http://127.0.0.1:{args.peer_port}"
     commands, results = {}, {}
     with ExitStack() as stack:
@@ -121,7 +123,11 @@ def main() -> None:
             subprocess.run(cmd, check=False, cwd=ROOT)
             commands[name] = shlex.join(["chatforge", "bench", "URL", "--compare", "PEER_URL", *options])
             results[name] = json.loads(out.read_text()) if out.exists() else None
-    args.out.write_text(render_results(results, commands, machine(), versions(), dt.date.today().isoformat(), args.quick))
+    info = machine()
+    # Other work on the same cores skews everything (two 2-thread servers on 2 cores): say how busy it was.
+    info["Load average (1, 5, 15 min) before / after"] = " / ".join(
+        ", ".join(f"{x:.2f}" for x in load) for load in (load_before, os.getloadavg()))
+    args.out.write_text(render_results(results, commands, info, versions(), dt.date.today().isoformat(), args.quick))
     print(f"wrote {args.out}")
 
 
