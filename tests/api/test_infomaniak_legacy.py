@@ -37,8 +37,8 @@ def openai_text(http, messages, **params) -> str:
     return openai(http, messages, **params)["choices"][0]["message"]["content"]
 
 
-def test_page_example_body_as_written(http):
-    # The body of the page's example request, verbatim, on the page's product id.
+def test_golden_shape_of_the_page_example(http):
+    # The page's example body with a token cap (test_infomaniak_seed_bodies sends it uncapped).
     r = http.post(URL, json={"messages": [{"content": "Write a letter to your future self", "role": "user"}],
                              "max_new_tokens": 8})
     assert r.status_code == 200
