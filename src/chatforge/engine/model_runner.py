@@ -5,17 +5,23 @@ layer). Each step it flattens the batch into one token row per new token, builds
 attention metadata once, runs one forward pass for every sequence together, and sends only the
 rows that sample (each sequence's last new token) through the lm_head.
 
-Batch invariance (measured on this project's CPU, fp32, 1 thread): a sequence's logits are
-bit-for-bit the same alone, in any batch, after chunked prefill or after recomputation, if
-- every matmul has at least 4 rows: MKL's sgemm gives each row the same bits for any M >= 4,
-  but M = 1..3 take other kernels (1e-6 relative differences per layer, 4e-5 on the logits);
-- attention's padded shapes do not depend on the other sequences beyond: the query length is
-  at least 4 for the same reason, and the key length is a multiple of 64 (SDPA's reductions
-  over zero-weight padding keys then keep their order; other lengths move the low bits).
-So each step appends one padding sequence of `_PAD_QUERY` tokens whose context is the batch's
-longest rounded up to a multiple of `_KEY_MULTIPLE`; its block table points only at a scratch
-block outside the pool, and its outputs are dropped. The lm_head gets at least 4 rows likewise.
-It costs 4 tokens of compute per step; `batch_invariant=False` turns it off.
+Batch invariance (measured on this project's CPU, fp32, 1 and 2 threads). Without help, a
+sequence's logits move by ~2e-5 depending on its batch (greedy tokens of 16 prompts x 24 tokens
+still agreed), for two reasons:
+- MKL's sgemm gives each row the same bits for any M >= 4, but M = 1..3 take other kernels
+  (1e-6 relative per layer): batch-1 decoding disagrees with every batched step;
+- attention pads each sequence to the batch's longest context (and query length), and SDPA's
+  reductions over the zero-weight padding keys change order with the padded length.
+So each step appends one padding sequence of `_PAD_QUERY` tokens (every matmul then has >= 4
+rows and every attention >= 4 queries) whose context is the batch's longest rounded up to a
+multiple of `_KEY_MULTIPLE` (so the key length varies less); its block table points only at a
+scratch block outside the pool, and its outputs are dropped. The lm_head gets >= 4 rows too.
+Measured result: bit-identical logits alone, batched, chunk-prefilled and recomputed at the
+tests' context lengths (up to ~100 tokens); from ~190 tokens on, some paddings still move the
+low bits through SDPA's key blocking (a context of 193 padded to 256 alone, to 704 in a batch). Attention over fixed 256-key chunks with
+an online softmax closed that gap in a prototype (contexts up to 1500, any padding); it belongs
+in models/attention.py. The padding costs 4 tokens of compute per step (-40% tokens/s at batch
+1, -18% at 8 and 32, benchmarks/offline_decode.py); `batch_invariant=False` turns it off.
 """
 
 from __future__ import annotations
