@@ -101,3 +101,15 @@ def test_logprobs_are_raw_whatever_the_processing():
     top = raw.topk(3)
     assert lp.top == list(zip(top.indices.tolist(), top.values.tolist()))
     assert out.logprobs[1] is None
+
+
+def test_degenerate_rows_still_get_a_token_of_the_vocabulary():
+    logits = random_logits(3, seed=4)
+    seqs = [
+        seq(SamplingParams(temperature=0.7, logit_bias={11: float("inf")})),  # softmax is NaN
+        seq(SamplingParams(temperature=1e-300)),  # below the greedy threshold: argmax
+        seq(SamplingParams(temperature=0.9, seed=3)),
+    ]
+    out = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits, seqs)
+    assert out.token_ids[:2] == [11, int(logits[1].argmax())]
+    assert 0 <= out.token_ids[2] < V

@@ -185,3 +185,8 @@ def test_inverse_cdf_draws_only_tokens_with_probability():
     one_hot = torch.zeros(2, V)
     one_hot[:, 7] = 1.0
     assert ops.inverse_cdf(one_hot, torch.tensor([0.0, 0.999], dtype=torch.float64)).tolist() == [7, 7]
+
+
+def test_inverse_cdf_marks_rows_without_a_distribution():
+    probs = torch.tensor([[float("nan"), 0.5], [0.0, 0.0], [0.2, 0.8]])
+    assert ops.inverse_cdf(probs, torch.tensor([0.3, 0.3, 0.5], dtype=torch.float64)).tolist() == [-1, -1, 1]

@@ -73,8 +73,12 @@ class Sampler:
 
     def _draw(self, logits: torch.Tensor, seqs: list[Sequence], f: FilterParams) -> torch.Tensor:
         """logits [S, V] of the non-greedy rows, f their parameters -> [S] token ids."""
-        probs = apply_filters(logits, f).softmax(dim=-1)
-        return ops.inverse_cdf(probs, self._uniforms(seqs))
+        filtered = apply_filters(logits, f)
+        tokens = ops.inverse_cdf(filtered.softmax(dim=-1), self._uniforms(seqs))
+        lost = tokens < 0  # e.g. a +inf logit_bias makes the softmax NaN: its argmax is meant
+        if bool(lost.any()):
+            tokens = torch.where(lost, filtered.argmax(dim=-1), tokens)
+        return tokens
 
     def _uniforms(self, seqs: list[Sequence]) -> torch.Tensor:
         """[S] float64 in [0, 1): a seeded row's from its own generator, the others' from the shared one.

@@ -115,9 +115,13 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     A zero-probability token can never be drawn (its cdf equals its predecessor's), nor can an
     index past the end (x <= cdf[-1]). The sums are float64 so that tiny probabilities keep
     their share. Each row only reads its own probabilities and number.
+
+    A row with no distribution (NaN from an infinite logit, or nothing left) gets -1: the
+    caller picks its token another way. No id past the vocabulary ever comes out.
     """
     cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # [B, V]
-    x = (1.0 - uniform) * cdf[:, -1]  # [B]
-    # NOTE: the clamp only matters for a row whose sums are NaN, which must never reach the
-    # embedding lookup of the next step as an id past the vocabulary.
-    return torch.searchsorted(cdf, x[:, None], right=False)[:, 0].clamp_(max=probs.shape[-1] - 1)
+    total = cdf[:, -1]
+    x = (1.0 - uniform) * total  # [B]
+    tokens = torch.searchsorted(cdf, x[:, None], right=False)[:, 0]
+    usable = torch.isfinite(total) & (total > 0)  # False for NaN too
+    return torch.where(usable, tokens, torch.full_like(tokens, -1))
