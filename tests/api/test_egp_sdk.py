@@ -24,16 +24,16 @@ def client(server):
 
 
 def test_sdk_completion(client):
-    r = client.models.chat_completions.create("my-deployment", chat_history=[], prompt=PROMPT, temperature=0, max_tokens=16)
+    r = client.models.chat_completions.create("my-deployment", chat_history=[], prompt=PROMPT, temperature=0, max_tokens=10)
     assert isinstance(r, scale_gp.types.shared.CompletionResponse)
     ((prompt, (text,)),) = r.completions
     assert prompt == PROMPT and "Paris" in text
-    assert r.finish_reason in ("stop", "length") and 0 < r.response_tokens <= 16 and r.prompt_tokens > 10
+    assert r.finish_reason in ("stop", "length") and 0 < r.response_tokens <= 10 and r.prompt_tokens > 10
     assert r.choices[0].index == 0 and r.choices[0].logprobs is None
 
 
 def test_sdk_stream_adds_up_to_the_completion(client):
-    kw = dict(chat_history=[{"role": "system", "content": "You are terse."}], prompt=PROMPT, temperature=0, max_tokens=16)
+    kw = dict(chat_history=[{"role": "system", "content": "You are terse."}], prompt=PROMPT, temperature=0, max_tokens=10)
     whole = client.models.chat_completions.create("my-deployment", **kw)
     chunks = list(client.models.chat_completions.create("my-deployment", **kw, stream=True))
     assert len(chunks) > 2

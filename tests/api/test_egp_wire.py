@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chatforge.api.app import create_app
-from chatforge.api.egp.router import DeploymentNotFoundError, resolve_deployment
+from chatforge.api.deps import DeploymentScope, configured_deployment
 from chatforge.settings import load_settings
 
 from .conftest import LiveServer
@@ -90,49 +90,49 @@ def test_text_parts_and_missing_role_mean_the_user(http):
 
 
 def test_default_temperature_is_0_2(http):
-    resp = egp(http, {"chat_history": [], "prompt": STORY, "max_tokens": 16,
+    resp = egp(http, {"chat_history": [], "prompt": STORY, "max_tokens": 10,
                       "model_request_parameters": {"bindings": {"seed": 11}}})
-    assert text_of(resp) == openai_text(http, STORY, temperature=0.2, seed=11, max_tokens=16)
+    assert text_of(resp) == openai_text(http, STORY, temperature=0.2, seed=11, max_tokens=10)
 
 
 def test_temperature_zero_is_greedy(http):
-    resp = egp(http, {"chat_history": [], "prompt": STORY, "temperature": 0, "max_tokens": 16})
-    assert text_of(resp) == openai_text(http, STORY, temperature=0, max_tokens=16)
+    resp = egp(http, {"chat_history": [], "prompt": STORY, "temperature": 0, "max_tokens": 10})
+    assert text_of(resp) == openai_text(http, STORY, temperature=0, max_tokens=10)
 
 
 def test_temperature_above_the_maximum_is_clamped(http):
-    hot = {"chat_history": [], "prompt": STORY, "max_tokens": 16, "model_request_parameters": {"bindings": {"seed": 5}}}
+    hot = {"chat_history": [], "prompt": STORY, "max_tokens": 10, "model_request_parameters": {"bindings": {"seed": 5}}}
     clamped = text_of(egp(http, {**hot, "temperature": 7.5}))
     assert clamped == text_of(egp(http, {**hot, "temperature": 2.0}))
-    assert clamped == openai_text(http, STORY, temperature=2.0, seed=5, max_tokens=16)
+    assert clamped == openai_text(http, STORY, temperature=2.0, seed=5, max_tokens=10)
 
 
 def test_top_k_one_and_tiny_top_p_equal_greedy(http):
-    greedy = openai_text(http, STORY, temperature=0, max_tokens=16)
+    greedy = openai_text(http, STORY, temperature=0, max_tokens=10)
     seeded = {"model_request_parameters": {"bindings": {"seed": 3}}}
-    assert text_of(egp(http, {"chat_history": [], "prompt": STORY, "temperature": 1, "top_k": 1, "max_tokens": 16, **seeded})) == greedy
-    assert text_of(egp(http, {"chat_history": [], "prompt": STORY, "temperature": 1, "top_p": 1e-6, "max_tokens": 16, **seeded})) == greedy
+    assert text_of(egp(http, {"chat_history": [], "prompt": STORY, "temperature": 1, "top_k": 1, "max_tokens": 10, **seeded})) == greedy
+    assert text_of(egp(http, {"chat_history": [], "prompt": STORY, "temperature": 1, "top_p": 1e-6, "max_tokens": 10, **seeded})) == greedy
 
 
 def test_sampling_fields_match_openai(http):
     fields = {"temperature": 0.9, "top_p": 0.8, "top_k": 40, "frequency_penalty": 0.5, "presence_penalty": 0.3}
-    resp = egp(http, {"chat_history": [], "prompt": STORY, "max_tokens": 16, **fields,
+    resp = egp(http, {"chat_history": [], "prompt": STORY, "max_tokens": 10, **fields,
                       "model_request_parameters": {"bindings": {"seed": 21}}})
-    assert text_of(resp) == openai_text(http, STORY, seed=21, max_tokens=16, **fields)
+    assert text_of(resp) == openai_text(http, STORY, seed=21, max_tokens=10, **fields)
 
 
 @pytest.mark.parametrize("field", ["frequency_penalty", "presence_penalty"])
 def test_each_penalty_curbs_repetition(http, field):
-    plain = openai_text(http, REPEAT, temperature=0, max_tokens=16)
-    resp = egp(http, {"chat_history": [], "prompt": REPEAT, "temperature": 0, "max_tokens": 16, field: 1.5})
-    assert text_of(resp) == openai_text(http, REPEAT, temperature=0, max_tokens=16, **{field: 1.5})
+    plain = openai_text(http, REPEAT, temperature=0, max_tokens=10)
+    resp = egp(http, {"chat_history": [], "prompt": REPEAT, "temperature": 0, "max_tokens": 10, field: 1.5})
+    assert text_of(resp) == openai_text(http, REPEAT, temperature=0, max_tokens=10, **{field: 1.5})
     assert plain.lower().count("hello") > text_of(resp).lower().count("hello") >= 1
 
 
 def test_stop_sequences_never_in_the_text(http):
-    base = text_of(egp(http, {"chat_history": [], "prompt": PROMPT, "temperature": 0, "max_tokens": 24}))
+    base = text_of(egp(http, {"chat_history": [], "prompt": PROMPT, "temperature": 0, "max_tokens": 16}))
     assert "Paris" in base
-    resp = egp(http, {"chat_history": [], "prompt": PROMPT, "temperature": 0, "max_tokens": 24, "stop_sequences": ["Paris", "zzz"]})
+    resp = egp(http, {"chat_history": [], "prompt": PROMPT, "temperature": 0, "max_tokens": 16, "stop_sequences": ["Paris", "zzz"]})
     assert text_of(resp) == base[: base.index("Paris")]
     assert resp["finish_reason"] == "stop"
 
@@ -215,7 +215,7 @@ def test_a_template_that_escapes_or_fails_is_a_400(http, template):
 
 
 def test_stream_is_whole_response_objects_without_done(http):
-    body = {"chat_history": [], "prompt": PROMPT, "temperature": 0, "max_tokens": 16, "logprobs": True}
+    body = {"chat_history": [], "prompt": PROMPT, "temperature": 0, "max_tokens": 10, "logprobs": True}
     whole = egp(http, body)
     with http.stream("POST", URL, json={**body, "stream": True}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -243,24 +243,26 @@ BAD = [
     ({"chat_history": [], "prompt": PROMPT, "top_k": 2.5}, "top_k"),
     ({"chat_history": [], "prompt": PROMPT, "max_tokens": 0}, "max_tokens"),
     ({"chat_history": [], "prompt": PROMPT, "stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences"),
-    ({"chat_history": [], "prompt": PROMPT, "stop_sequences": [""]}, "stop_sequences"),
+    ({"chat_history": [], "prompt": PROMPT, "stop_sequences": [""]}, "stop_sequences.0"),
     ({"chat_history": [], "prompt": PROMPT, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),
-    ({"chat_history": [], "prompt": PROMPT, "top_logprobs": 2}, "top_logprobs"),
     ({"chat_history": [], "prompt": PROMPT, "frequency_penalty": 3}, "frequency_penalty"),
     ({"chat_history": [], "prompt": PROMPT, "stream": "yes"}, "stream"),
     ({"chat_history": [], "prompt": PROMPT, "reasoning_effort": "high"}, "reasoning_effort"),
     ({"chat_history": [], "prompt": PROMPT, "frobnicate": 1}, "frobnicate"),
     ({"chat_history": [{"role": "tool", "content": "x"}], "prompt": PROMPT}, "chat_history.0.role"),
     ({"chat_history": [{"content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}], "prompt": PROMPT},
-     "chat_history.0.content"),
+     "chat_history.0.content"),  # text only: image parts are not part of the schema
     ({"chat_history": [], "prompt": PROMPT, "model_request_parameters": {"bindings": {"model": "gpt-4"}}},
      "model_request_parameters.bindings.model"),
     ({"chat_history": [], "prompt": PROMPT, "model_request_parameters": {"bindings": {"temperature": True}}},
      "model_request_parameters.bindings.temperature"),
     ({"chat_history": [], "prompt": PROMPT, "model_request_parameters": {"bindings": {"top_p": 1.5}}},
      "model_request_parameters.bindings.top_p"),
-    ({"chat_history": [], "prompt": PROMPT, "temperature": 0.5, "model_request_parameters": {"bindings": {"temperature": 0.7}}},
-     "model_request_parameters.bindings.temperature"),
+    ({"chat_history": [], "prompt": PROMPT, "model_request_parameters": {"bindings": {"seed": "5"}}},
+     "model_request_parameters.bindings.seed"),
+    ({"chat_history": [], "prompt": PROMPT, "model_request_parameters": {"bindings": {"top_k": 2.5}}},
+     "model_request_parameters.bindings.top_k"),
+    ({"chat_history": [], "prompt": PROMPT, "seed": 5}, "seed"),  # a binding, not a top-level field
     ({"chat_history": [], "prompt": PROMPT, "chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
 ]
 
@@ -269,13 +271,20 @@ BAD = [
 def test_bad_input_is_a_400_naming_the_field(http, body, param):
     out = egp(http, body, status=400)
     assert set(out) == {"detail", "code", "param"}
-    assert out["code"] == "invalid_request_error" and out["param"] == param and out["detail"]
+    assert out["code"] == "invalid_request_error" and out["param"].startswith(param) and out["detail"]
 
 
-def test_the_same_value_twice_is_not_a_conflict(http):
-    resp = egp(http, {"chat_history": [], "prompt": PROMPT, "max_tokens": 2, "temperature": 0.5,
-                      "model_request_parameters": {"bindings": {"temperature": 0.5}}})
-    assert resp["response_tokens"] == 2
+def test_a_binding_overrides_the_top_level_field(http):
+    resp = egp(http, {"chat_history": [], "prompt": STORY, "max_tokens": 30, "temperature": 1.5,
+                      "model_request_parameters": {"bindings": {"temperature": 0, "max_tokens": 6}}})
+    assert resp["response_tokens"] == 6
+    assert text_of(resp) == openai_text(http, STORY, temperature=0, max_tokens=6)
+
+
+def test_top_logprobs_alone_implies_logprobs(http):
+    resp = egp(http, {"chat_history": [], "prompt": PROMPT, "temperature": 0, "max_tokens": 2, "top_logprobs": 2})
+    content = resp["choices"][0]["logprobs"]["content"]
+    assert len(content) == 2 and all(len(t["top_logprobs"]) == 2 for t in content)
 
 
 def test_any_deployment_id_runs_the_default_model_in_open_mode(http):
@@ -289,31 +298,26 @@ def test_metrics_count_the_dialect(http):
     assert f'chatforge_requests_total{{dialect="egp",model="{MODEL}",status="200"}}' in http.get("/metrics").text
 
 
-# -- deployments ----------------------------------------------------------------------------------
+# -- deployments (open mode's config table; the database's are in test_platform_routes.py) ------------
 def test_deployment_resolution():
     s = load_settings(deployments={"dep-a": {"model": "smollm2"}, "bare": {}})
-    assert resolve_deployment(s, "dep-a") == "smollm2"
-    assert resolve_deployment(s, "bare") is None  # the server's default model
-    assert resolve_deployment(s, "anything") is None  # open mode: loopback, no keys
-    with pytest.raises(DeploymentNotFoundError) as e:
-        resolve_deployment(s.model_copy(update={"host": "0.0.0.0"}), "anything")
-    assert (e.value.status, e.value.code, e.value.param) == (404, "deployment_not_found", "model_deployment_id")
+    assert configured_deployment(s, "dep-a") == DeploymentScope("dep-a", "smollm2")
+    assert configured_deployment(s, "bare") == DeploymentScope("bare", None)  # the server's default model
+    assert configured_deployment(s, "anything") == DeploymentScope("anything", None)
 
 
 @pytest.fixture(scope="module")
-def closed(api_settings, catalog):
-    """A server with configured deployments that is not in open mode."""
+def configured(api_settings, catalog):
+    """A server in open mode with configured deployments."""
     deployments = load_settings(deployments={"dep-a": {"model": "smollm2"}, "gone": {"model": "llama-70b"}}).deployments
-    settings = api_settings.model_copy(update={"host": "0.0.0.0", "deployments": deployments})
+    settings = api_settings.model_copy(update={"deployments": deployments})
     with LiveServer(create_app(settings, catalog)) as live, httpx.Client(base_url=live.url, timeout=120) as http:
         yield http
 
 
-def test_configured_deployments_on_a_closed_server(closed):
+def test_configured_deployments(configured):
     body = {"chat_history": [], "prompt": PROMPT, "max_tokens": 1}
-    assert egp(closed, body, url="/v4/models/dep-a/chat-completions")["response_tokens"] == 1
-    out = egp(closed, body, url="/v4/models/nope/chat-completions", status=404)
-    assert out == {"detail": "Model deployment 'nope' does not exist.", "code": "deployment_not_found",
-                   "param": "model_deployment_id"}
-    out = egp(closed, body, url="/v4/models/gone/chat-completions", status=404)
+    assert egp(configured, body, url="/v4/models/dep-a/chat-completions")["response_tokens"] == 1
+    assert egp(configured, body, url="/v4/models/nope/chat-completions")["response_tokens"] == 1
+    out = egp(configured, body, url="/v4/models/gone/chat-completions", status=404)
     assert out["code"] == "model_not_found"

@@ -68,21 +68,21 @@ def test_deprecation_and_successor_link_on_every_answer(http):
 
 
 def test_temperature_zero_is_greedy(http):
-    greedy = openai_text(http, Q, temperature=0, max_tokens=16)
-    got = legacy(http, {"messages": Q, "temperature": 0, "max_new_tokens": 16, **PLAIN})
+    greedy = openai_text(http, Q, temperature=0, max_tokens=10)
+    got = legacy(http, {"messages": Q, "temperature": 0, "max_new_tokens": 10, **PLAIN})
     assert text_of(got) == greedy
     assert "Paris" in greedy
 
 
 def test_top_k_one_equals_greedy(http):
-    greedy = openai_text(http, STORY, temperature=0, max_tokens=16)
-    got = legacy(http, {"messages": STORY, "temperature": 1.0, "top_k": 1, "seed": 3, "max_new_tokens": 16, **PLAIN})
+    greedy = openai_text(http, STORY, temperature=0, max_tokens=10)
+    got = legacy(http, {"messages": STORY, "temperature": 1.0, "top_k": 1, "seed": 3, "max_new_tokens": 10, **PLAIN})
     assert text_of(got) == greedy
 
 
 def test_tiny_top_p_equals_greedy(http):
-    greedy = openai_text(http, STORY, temperature=0, max_tokens=16)
-    got = legacy(http, {"messages": STORY, "temperature": 1.0, "top_p": 1e-6, "seed": 4, "max_new_tokens": 16, **PLAIN})
+    greedy = openai_text(http, STORY, temperature=0, max_tokens=10)
+    got = legacy(http, {"messages": STORY, "temperature": 1.0, "top_p": 1e-6, "seed": 4, "max_new_tokens": 10, **PLAIN})
     assert text_of(got) == greedy
 
 
@@ -96,18 +96,18 @@ def test_typical_p_keeping_one_token_makes_seeds_irrelevant(http):
 
 @pytest.mark.parametrize("field, value", [("repetition_penalty", 1.5), ("frequency_penalty", 1.5)])
 def test_penalties_act_like_the_openai_ones(http, field, value):
-    plain = openai_text(http, REPEAT, temperature=0, max_tokens=16)
-    oracle = openai_text(http, REPEAT, temperature=0, max_tokens=16, **{field: value})
+    plain = openai_text(http, REPEAT, temperature=0, max_tokens=10)
+    oracle = openai_text(http, REPEAT, temperature=0, max_tokens=10, **{field: value})
     assert plain.lower().count("hello") > oracle.lower().count("hello") >= 1
-    got = legacy(http, {"messages": REPEAT, "temperature": 0, "max_new_tokens": 16, **PLAIN, field: value})
+    got = legacy(http, {"messages": REPEAT, "temperature": 0, "max_new_tokens": 10, **PLAIN, field: value})
     assert text_of(got) == oracle
 
 
 def test_seed_reproduces_and_matches_openai_sampling(http):
-    body = {"messages": STORY, "temperature": 0.9, "top_p": 0.8, "top_k": 40, "seed": 1234, "max_new_tokens": 16, **PLAIN}
+    body = {"messages": STORY, "temperature": 0.9, "top_p": 0.8, "top_k": 40, "seed": 1234, "max_new_tokens": 10, **PLAIN}
     a, b = text_of(legacy(http, body)), text_of(legacy(http, body))
     assert a == b
-    assert a == openai_text(http, STORY, temperature=0.9, top_p=0.8, top_k=40, seed=1234, max_tokens=16)
+    assert a == openai_text(http, STORY, temperature=0.9, top_p=0.8, top_k=40, seed=1234, max_tokens=10)
 
 
 @pytest.mark.parametrize("profile, oracle", [
@@ -120,8 +120,8 @@ def test_profile_presets_are_the_published_values(http, profile, oracle):
     assert published["result"] == "success"
     values = published["data"][profile]
     assert {k: v for k, v in values.items() if v is not None and k in oracle} == oracle
-    got = legacy(http, {"messages": STORY, "profile_type": profile, "seed": 99, "max_new_tokens": 16})
-    assert text_of(got) == openai_text(http, STORY, seed=99, max_tokens=16, **oracle)
+    got = legacy(http, {"messages": STORY, "profile_type": profile, "seed": 99, "max_new_tokens": 10})
+    assert text_of(got) == openai_text(http, STORY, seed=99, max_tokens=10, **oracle)
 
 
 def test_no_profile_means_standard(http):
@@ -131,8 +131,8 @@ def test_no_profile_means_standard(http):
 
 def test_explicit_parameters_override_the_preset(http):
     # strict alone is greedy; an explicit temperature brings sampling back, the rest of the preset stays.
-    got = legacy(http, {"messages": STORY, "profile_type": "strict", "temperature": 1.0, "seed": 8, "max_new_tokens": 16})
-    assert text_of(got) == openai_text(http, STORY, temperature=1.0, top_p=1.0, seed=8, max_tokens=16)
+    got = legacy(http, {"messages": STORY, "profile_type": "strict", "temperature": 1.0, "seed": 8, "max_new_tokens": 10})
+    assert text_of(got) == openai_text(http, STORY, temperature=1.0, top_p=1.0, seed=8, max_tokens=10)
 
 
 def test_max_new_tokens_ends_in_length(http):
@@ -148,9 +148,9 @@ def test_truncate_keeps_the_last_prompt_tokens(http):
 
 
 def test_stop_sequence_is_cut_and_reported(http):
-    base = text_of(legacy(http, {"messages": Q, "temperature": 0, "max_new_tokens": 24, **PLAIN}))
+    base = text_of(legacy(http, {"messages": Q, "temperature": 0, "max_new_tokens": 16, **PLAIN}))
     assert "Paris" in base
-    got = legacy(http, {"messages": Q, "temperature": 0, "max_new_tokens": 24, "stop": ["Paris"], **PLAIN})
+    got = legacy(http, {"messages": Q, "temperature": 0, "max_new_tokens": 16, "stop": ["Paris"], **PLAIN})
     assert text_of(got) == base[: base.index("Paris")]
     assert got["data"]["choices"][0]["finish_reason"] == "stop_sequence"
 
@@ -186,7 +186,7 @@ def test_model_field_names_the_model(http):
 
 
 def test_stream_sends_data_objects_with_deltas(http):
-    body = {"messages": Q, "temperature": 0, "max_new_tokens": 16, **PLAIN}
+    body = {"messages": Q, "temperature": 0, "max_new_tokens": 10, **PLAIN}
     whole = legacy(http, body)
     with http.stream("POST", URL, json={**body, "stream": True}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -221,6 +221,7 @@ BAD = [
     ({"messages": Q, "truncate": 30001}, "truncate"),
     ({"messages": Q, "truncate": 0}, "truncate"),
     ({"messages": Q, "seed": -1}, "seed"),
+    ({"messages": Q, "seed": 2**63}, "seed"),
     ({"messages": Q, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": Q, "stop": [""]}, "stop"),
     ({"messages": Q, "stream": 0}, "stream"),
@@ -245,11 +246,15 @@ def test_bad_input_is_a_validation_error_in_the_envelope(http, body, field):
     assert field in out["error"]["description"]
 
 
-def test_invalid_json_and_bad_product_id_are_validation_errors(http):
+def test_invalid_json_is_a_validation_error(http):
     r = http.post(URL, content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "validation_error"
-    r = http.post("/1/llm/not-a-number", json={"messages": Q})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "validation_error"
+
+
+def test_a_product_id_must_be_a_number(http):
+    # A word in the id's place is no product route at all; /1/llm/profiles is read-only.
+    assert http.post("/1/llm/not-a-number", json={"messages": Q}).status_code == 404
+    assert http.post("/1/llm/profiles", json={"messages": Q}).status_code == 405
 
 
 def test_over_long_prompt_is_context_length_exceeded(http, catalog):

@@ -1,8 +1,8 @@
 """Infomaniak products: the successor route driven by the official `openai` client, the product
-listings, and how a product id resolves to a model (configured products; any id in open mode).
+listings, and how a product id resolves to a model in open mode (configured products; any id).
 
 A second live server shares the session's catalog (one model loaded, two apps): it is configured
-with products and listens as if it were remote, so unconfigured ids are refused there."""
+with products. The database's products, with keys, are tested in test_platform_routes.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from chatforge.api.app import create_app
-from chatforge.api.infomaniak.router import ProductNotFoundError, ProductScope, resolve_product
+from chatforge.api.deps import ProductScope, configured_product
 from chatforge.settings import load_settings
 
 from .conftest import LiveServer
@@ -26,9 +26,9 @@ PRODUCTS = {
 
 
 @pytest.fixture(scope="module")
-def closed(api_settings, catalog):
-    """A server with configured products that is not in open mode."""
-    settings = api_settings.model_copy(update={"host": "0.0.0.0", "products": load_settings(products=PRODUCTS).products})
+def configured(api_settings, catalog):
+    """A server in open mode with configured products."""
+    settings = api_settings.model_copy(update={"products": load_settings(products=PRODUCTS).products})
     with LiveServer(create_app(settings, catalog)) as live, httpx.Client(base_url=live.url, timeout=120) as http:
         yield http
 
@@ -53,26 +53,21 @@ def test_toml_product_and_deployment_tables(tmp_path):
 
 def test_resolution_of_configured_and_open_ids():
     s = load_settings(products={"10775": {"name": "demo", "model": "smollm2"}, "42": {"models": ["a", "b"]}})
-    assert resolve_product(s, 10775) == ProductScope(10775, "demo", ("smollm2",), "smollm2")
-    assert resolve_product(s, 42) == ProductScope(42, "", ("a", "b"), "a")
-    assert resolve_product(s, 555) == ProductScope(555, "", (), None)  # open mode: loopback, no keys
-    remote = s.model_copy(update={"host": "0.0.0.0"})
-    with pytest.raises(ProductNotFoundError) as e:
-        resolve_product(remote, 555)
-    assert (e.value.status, e.value.code, e.value.param) == (404, "product_not_found", "product_id")
-    assert resolve_product(remote.model_copy(update={"allow_open_remote": True}), 555).default_model is None
+    assert configured_product(s, 10775) == ProductScope(10775, "demo", ("smollm2",), "smollm2")
+    assert configured_product(s, 42) == ProductScope(42, "", ("a", "b"), "a")
+    assert configured_product(s, 555) == ProductScope(555, "", (), None)  # any other id: the server's models
 
 
 # -- the successor route with the openai client --------------------------------------------------
 def test_openai_client_on_the_successor_route(client):
-    r = client.chat.completions.create(model=MODEL, messages=Q, temperature=0, max_tokens=16)
+    r = client.chat.completions.create(model=MODEL, messages=Q, temperature=0, max_tokens=10)
     assert r.object == "chat.completion" and r.model == MODEL
     assert "Paris" in r.choices[0].message.content
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
 def test_openai_client_streams_on_the_successor_route(client):
-    kw = dict(model="smollm2", messages=Q, temperature=0, max_tokens=16)
+    kw = dict(model="smollm2", messages=Q, temperature=0, max_tokens=10)
     whole = client.chat.completions.create(**kw).choices[0].message.content
     chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
@@ -99,9 +94,9 @@ def test_successor_metrics_label(server, client):
     assert f'chatforge_requests_total{{dialect="infomaniak_openai",model="{MODEL}",status="200"}}' in text
 
 
-# -- a server with configured products, not in open mode -----------------------------------------
-def test_products_are_listed(closed):
-    r = closed.get("/1/ai")
+# -- a server with configured products -----------------------------------------------------------
+def test_products_are_listed(configured):
+    r = configured.get("/1/ai")
     assert r.status_code == 200
     assert r.json() == {"result": "success", "data": [
         {"id": 7, "name": "nothing-served", "models": ["mixtral"]},
@@ -110,39 +105,27 @@ def test_products_are_listed(closed):
     ]}
 
 
-def test_product_models_use_the_configured_names(closed, catalog):
-    r = closed.get("/1/ai/10775/openai/models").json()
+def test_product_models_use_the_configured_names(configured, catalog):
+    r = configured.get("/1/ai/10775/openai/models").json()
     assert [m["id"] for m in r["data"]] == ["smollm2"]
     assert r["data"][0]["context_length"] == catalog.get(None).context_length
-    assert closed.get("/1/ai/7/openai/models").json() == {"object": "list", "data": []}
+    assert configured.get("/1/ai/7/openai/models").json() == {"object": "list", "data": []}
 
 
-def test_legacy_runs_the_products_default_model(closed):
-    r = closed.post("/1/llm/10775", json={"messages": Q, "max_new_tokens": 2})
+def test_legacy_runs_the_products_default_model(configured):
+    r = configured.post("/1/llm/10775", json={"messages": Q, "max_new_tokens": 2})
     assert r.status_code == 200 and r.json()["data"]["model"] == "smollm2"
-    r = closed.post("/1/llm/42", json={"messages": Q, "max_new_tokens": 2})
+    r = configured.post("/1/llm/42", json={"messages": Q, "max_new_tokens": 2})
     assert r.status_code == 200 and r.json()["data"]["model"] == MODEL
 
 
-def test_unknown_product_is_not_found_in_each_envelope(closed):
-    r = closed.post("/1/llm/555", json={"messages": Q})
-    assert r.status_code == 404
-    assert r.json() == {"result": "error", "error": {"code": "product_not_found", "description": "Product 555 does not exist."}}
-    assert r.headers["Link"] == '</1/ai/555/openai/chat/completions>; rel="successor-version"'
-    r = closed.post("/1/ai/555/openai/chat/completions", json={"model": MODEL, "messages": Q})
-    assert r.status_code == 404
-    assert r.json()["error"] == {"message": "Product 555 does not exist.", "type": "not_found_error",
-                                 "param": "product_id", "code": "product_not_found"}
-    assert closed.get("/1/ai/555/openai/models").status_code == 404
-
-
-def test_a_model_outside_the_product_is_refused(closed):
+def test_a_model_outside_the_product_is_refused(configured):
     # Product 42 offers the model under its id only; the alias names the same model, so it is allowed.
-    ok = closed.post("/1/ai/42/openai/chat/completions", json={"model": "smollm2", "messages": Q, "max_tokens": 1})
+    ok = configured.post("/1/ai/42/openai/chat/completions", json={"model": "smollm2", "messages": Q, "max_tokens": 1})
     assert ok.status_code == 200
-    r = closed.post("/1/llm/7", json={"messages": Q})  # the product's default is not served here
+    r = configured.post("/1/llm/7", json={"messages": Q})  # the product's default is not served here
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-    r = closed.post("/1/ai/7/openai/chat/completions", json={"model": MODEL, "messages": Q})
+    r = configured.post("/1/ai/7/openai/chat/completions", json={"model": MODEL, "messages": Q})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     assert "not offered by product 7" in r.json()["error"]["message"]
 

@@ -9,41 +9,22 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from chatforge.api.deps import DeploymentCaller
 from chatforge.api.egp import translate
-from chatforge.api.egp.schemas import ChatCompletionRequest, CompletionResponse, ErrorResponse
+from chatforge.api.egp.schemas import CompletionResponse, EgpChatRequest, EgpErrorResponse
 from chatforge.api.errors import ApiError, dialect_route_class
 from chatforge.api.serving import Serving
 from chatforge.api.sse import sse_data, sse_event, sse_response
-from chatforge.platform.gate import is_loopback_host
 from chatforge.service.errors import ChatError
 from chatforge.service.protocol import ChatEvent
-from chatforge.settings import Settings
 
 log = logging.getLogger("chatforge.api.egp")
 
 DIALECT = "egp"
-
-
-class DeploymentNotFoundError(ChatError):
-    status = 404
-    code = "deployment_not_found"
-
-
-def resolve_deployment(settings: Settings, deployment_id: str) -> str | None:
-    """The model behind a deployment (None: the server's default). A configured deployment
-    names its model; in open mode (no keys, loopback) any id runs the default model.
-    NOTE: the platform round replaces this with its database lookup."""
-    config = settings.deployments.get(deployment_id)
-    if config is not None:
-        return config.model
-    if is_loopback_host(settings.host) or settings.allow_open_remote:
-        return None
-    raise DeploymentNotFoundError(f"Model deployment {deployment_id!r} does not exist.", param="model_deployment_id")
 
 
 def render_error(err: ApiError) -> JSONResponse:
@@ -71,31 +52,43 @@ async def frames(events: AsyncIterator[ChatEvent], writer: translate.StreamWrite
         yield sse_event("error", translate.error_body(exc.code, exc.message, exc.param))
 
 
-RESPONSES = {
-    200: {"model": CompletionResponse, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-    **{code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)},
+# One SSE event (OpenAPI 3.1 describes each event of a stream): a whole response as JSON, or
+# under `event: error` an error body.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"enum": ["message", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"anyOf": [{"$ref": "#/components/schemas/CompletionResponse"},
+                                        {"$ref": "#/components/schemas/EgpErrorResponse"}]},
+        },
+    },
 }
-# Documented here; checked by the platform's guard once keys exist (until then: open mode).
-ApiKey = Annotated[str | None, Header(alias="x-api-key", description="required once keys exist")]
-SelectedAccount = Annotated[str | None, Header(alias="x-selected-account-id", description="which of the key's accounts pays")]
+RESPONSES = {
+    200: {"model": CompletionResponse, "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+    **{code: {"model": EgpErrorResponse} for code in (400, 401, 403, 404, 429, 503)},
+}
 
 
 def build_router() -> APIRouter:
     router = APIRouter(route_class=dialect_route_class(render_error), tags=["egp"])
 
     @router.post("/v4/models/{model_deployment_id}/chat-completions", responses=RESPONSES, response_model=None)
-    async def chat_completions(model_deployment_id: str, body: ChatCompletionRequest, request: Request,
-                               x_api_key: ApiKey = None, x_selected_account_id: SelectedAccount = None):
+    async def chat_completions(model_deployment_id: str, body: EgpChatRequest, request: Request,
+                               caller: DeploymentCaller):
         serving: Serving = request.app.state.serving
-        model = resolve_deployment(request.app.state.settings, model_deployment_id)
-        prep = serving.prepare(DIALECT, translate.to_internal(body, "egp-" + secrets.token_hex(12), model))
+        model = caller.model_for(None, request.app.state.catalog)
+        ticket = await serving.admit(DIALECT, translate.to_internal(body, "egp-" + secrets.token_hex(12), model), caller)
         if not body.stream:
-            result = await serving.complete(request, DIALECT, prep)
-            return JSONResponse(translate.to_response(result, body.prompt))
-        events = await serving.open_stream(DIALECT, prep)
-        return sse_response(frames(events, translate.StreamWriter(body.prompt, body.logprobs)))
+            result = await serving.complete(request, ticket)
+            return JSONResponse(translate.to_response(result, body.prompt), headers=ticket.headers)
+        events = await serving.open_stream(ticket)
+        return sse_response(frames(events, translate.StreamWriter(body.prompt, body.logprobs)), headers=ticket.headers)
 
     return router
 
 
-__all__ = ["build_router", "resolve_deployment", "frames"]
+__all__ = ["build_router", "frames"]

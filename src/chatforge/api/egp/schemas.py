@@ -1,88 +1,49 @@
 """Scale EGP v4 `POST /v4/models/{model_deployment_id}/chat-completions` wire schemas, as the
 page and Scale's own SDK (`scale_gp.types.models.chat_completion_create_params`) define them:
 the sampling fields are top-level siblings of `model_request_parameters`, whose `bindings` is a
-flat key/value bag.
+key/value bag (here: the sampling fields it may set, with their bounds).
 
-Unknown fields are refused (400 naming the field); types are strict. `temperature` has no upper
-bound here: above the model's maximum it is clamped, as EGP documents, not refused.
+Unknown fields are refused (400 naming the field); types are strict. Fields chatforge cannot
+honour are not part of the schema, so they are refused like any unknown field: image parts (the
+models read text) and `reasoning_effort` (no chatforge model is a reasoning model).
+`temperature` has no upper bound here: above the model's maximum it is clamped, as EGP
+documents, not refused. Class names carry the dialect so that /openapi.json stays unambiguous.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
-SEED_MAX = 2**64 - 1
+# A signed 64-bit bound: schema validators compare larger integers as floats, which blurs the edge.
+SEED_MAX = 2**63 - 1
+# Template arguments the service sets itself; a request may not replace them.
+RESERVED_TEMPLATE_KWARGS = ("messages", "tools", "documents", "add_generation_prompt")
 
 
 class WireModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class TextPart(WireModel):
+class EgpTextPart(WireModel):
     type: Literal["text"] = "text"
     text: str
 
 
-class ImageUrl(WireModel):
-    url: str
-    detail: Literal["low", "high", "auto"] | None = None
-
-
-class ImageUrlPart(WireModel):
-    type: Literal["image_url"] = "image_url"
-    image_url: ImageUrl
-
-
-class ImageData(WireModel):
-    data: str
-    media_type: str
-    detail: Literal["low", "high", "auto"] | None = None
-    type: Literal["base64"] | None = None
-
-
-class ImageDataPart(WireModel):
-    type: Literal["image_data"] = "image_data"
-    image_data: ImageData
-
-
-class HistoryMessage(WireModel):
+class EgpHistoryMessage(WireModel):
     # The SDK leaves `role` optional: a message without one is the user's.
     role: Literal["user", "assistant", "system"] = "user"
-    content: str | list[TextPart | ImageUrlPart | ImageDataPart]
+    content: str | list[EgpTextPart]
 
 
-class ParameterBindings(WireModel):
-    bindings: dict[str, str | float | bool]
-
-
-class ChatCompletionRequest(WireModel):
-    chat_history: list[HistoryMessage] = Field(description="earlier turns, oldest first; may be empty")
-    prompt: str = Field(description="the new user turn")
-    model_request_parameters: ParameterBindings | None = None
-    temperature: float | None = Field(default=None, ge=0, description="default 0.2; 0 = greedy; clamped to the model's maximum")
-    stop_sequences: list[str] | None = Field(default=None, max_length=MAX_STOP)
-    max_tokens: int | None = Field(default=None, ge=1, description="default: the rest of the context")
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: float | None = Field(default=None, ge=-1, description="a whole number; 0 or -1 = off")
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    stream: bool = False
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    chat_template: str | None = Field(default=None, description="a Jinja chat template, rendered in the sandbox")
-    chat_template_kwargs: dict[str, Any] | None = None
-    reasoning_effort: Literal["low", "medium", "high"] | None = None
-
-
-class Bindings(BaseModel):
+class EgpBindings(BaseModel):
     """What `model_request_parameters.bindings` may set: per-request values of known sampling
-    fields (the top-level ones plus `seed`, `repetition_penalty`, `min_p`). The bag carries
-    strings, numbers and booleans, so numbers may come as numeric strings ("0.5"), whole numbers
-    as 5.0; booleans and unknown names are refused."""
+    fields (the top-level ones plus `seed`, `repetition_penalty`, `min_p`), which override the
+    top-level fields of the same name. Numbers only; a whole number may come as 5.0, since the
+    SDK types every binding as a float."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -98,42 +59,69 @@ class Bindings(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_booleans(cls, value):
-        # Lax number fields would read true as 1; every bindable field is a number.
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not a boolean")
+    def _numbers_only(cls, value):
+        # Lax fields (so that 5.0 is a whole number) would also read true as 1 and "5" as 5.
+        if isinstance(value, (bool, str)):
+            raise ValueError("must be a number")
         return value
 
 
+class EgpParameterBindings(WireModel):
+    bindings: EgpBindings
+
+
+StopSequence = Annotated[str, Field(min_length=1)]
+
+
+class EgpChatRequest(WireModel):
+    chat_history: list[EgpHistoryMessage] = Field(description="earlier turns, oldest first; may be empty")
+    prompt: str = Field(description="the new user turn")
+    model_request_parameters: EgpParameterBindings | None = None
+    temperature: float | None = Field(default=None, ge=0, description="default 0.2; 0 = greedy; clamped to the model's maximum")
+    stop_sequences: list[StopSequence] | None = Field(default=None, max_length=MAX_STOP)
+    max_tokens: int | None = Field(default=None, ge=1, description="default: the rest of the context")
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: float | None = Field(default=None, ge=-1, multiple_of=1, description="a whole number; 0 or -1 = off")
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    stream: bool = False
+    logprobs: bool = Field(default=False, description="top_logprobs > 0 implies it")
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    chat_template: str | None = Field(default=None, description="a Jinja chat template, rendered in the sandbox")
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"propertyNames": {"not": {"enum": list(RESERVED_TEMPLATE_KWARGS)}}}
+    )
+
+
 # -- responses (documentation and golden tests; the router writes plain dicts) ----------------
-class TopLogprob(BaseModel):
+class EgpTopLogprob(BaseModel):
     token: str
     logprob: float
     bytes: list[int] | None
 
 
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob]
+class EgpTokenLogprob(EgpTopLogprob):
+    top_logprobs: list[EgpTopLogprob]
 
 
-class ChoiceLogprobs(BaseModel):
-    content: list[TokenLogprob] | None
+class EgpChoiceLogprobs(BaseModel):
+    content: list[EgpTokenLogprob] | None
 
 
-class Choice(BaseModel):
+class EgpChoice(BaseModel):
     index: int
-    logprobs: ChoiceLogprobs | None
+    logprobs: EgpChoiceLogprobs | None
 
 
 class CompletionResponse(BaseModel):
     completions: list[tuple[str, list[str]]] = Field(description="[[prompt, [completion]]]")
-    choices: list[Choice]
+    choices: list[EgpChoice]
     finish_reason: Literal["stop", "length"] | None
     prompt_tokens: int | None = None
     response_tokens: int | None = None
 
 
-class ErrorResponse(BaseModel):
+class EgpErrorResponse(BaseModel):
     detail: str
     code: str
     param: str | None

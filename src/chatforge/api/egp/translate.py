@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
-from chatforge.api.egp.schemas import Bindings, ChatCompletionRequest, HistoryMessage, TextPart
+from chatforge.api.egp.schemas import RESERVED_TEMPLATE_KWARGS, EgpBindings, EgpChatRequest, EgpHistoryMessage
 from chatforge.engine.outputs import FinishReason
 from chatforge.service.errors import InvalidRequestError
 from chatforge.service.protocol import ChatEvent, ChatMessage, ChatRequest, ChatResult, GenerationParams, TokenLogprobs
@@ -17,29 +15,18 @@ DEFAULT_TEMPERATURE = 0.2
 # The highest temperature a chatforge model takes; EGP clamps a larger value to its model's
 # maximum instead of refusing it.
 MAX_TEMPERATURE = 2.0
-# Template arguments the service sets itself; a request may not replace them.
-RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
 FINISH = {
     FinishReason.STOP: "stop",
     FinishReason.STOP_SEQUENCE: "stop",
     FinishReason.LENGTH: "length",
     FinishReason.ABORT: "stop",
 }
-BINDINGS_PARAM = "model_request_parameters.bindings"
 
 
-def to_internal(body: ChatCompletionRequest, request_id: str, model: str | None) -> ChatRequest:
+def to_internal(body: EgpChatRequest, request_id: str, model: str | None) -> ChatRequest:
     """`model` is the one the deployment resolved to (None: the server's default)."""
-    if body.reasoning_effort is not None:
-        raise InvalidRequestError("reasoning_effort applies to reasoning models only; this model is not one",
-                                  param="reasoning_effort")
-    if body.top_logprobs and not body.logprobs:
-        raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
-    stops = list(body.stop_sequences or [])
-    if any(s == "" for s in stops):
-        raise InvalidRequestError("stop sequences must not be empty", param="stop_sequences")
     kwargs = dict(body.chat_template_kwargs or {})
-    if clash := RESERVED_TEMPLATE_KWARGS & kwargs.keys():
+    if clash := set(RESERVED_TEMPLATE_KWARGS) & kwargs.keys():
         raise InvalidRequestError(f"chat_template_kwargs may not set {sorted(clash)}", param="chat_template_kwargs")
     v = _sampling_values(body)
     params = GenerationParams(
@@ -52,11 +39,11 @@ def to_internal(body: ChatCompletionRequest, request_id: str, model: str | None)
         presence_penalty=_given(v.presence_penalty, 0.0),
         seed=v.seed,
         max_tokens=v.max_tokens,
-        stop=stops,
-        logprobs=body.logprobs,
+        stop=list(body.stop_sequences or []),
+        logprobs=body.logprobs or bool(body.top_logprobs),
         top_logprobs=body.top_logprobs or 0,
     )
-    messages = [_message(m, i) for i, m in enumerate(body.chat_history)] + [ChatMessage("user", body.prompt)]
+    messages = [_message(m) for m in body.chat_history] + [ChatMessage("user", body.prompt)]
     return ChatRequest(
         request_id=request_id, model=model, messages=messages, params=params,
         drop_oldest_turns=True, chat_template=body.chat_template, chat_template_kwargs=kwargs,
@@ -67,32 +54,18 @@ def _given(value, default):
     return default if value is None else value
 
 
-def _sampling_values(body: ChatCompletionRequest) -> Bindings:
-    """The top-level sampling fields merged with the bindings. A field set both ways with two
-    different values is refused rather than silently picking one."""
-    bound = body.model_request_parameters.bindings if body.model_request_parameters else {}
-    try:
-        bindings = Bindings.model_validate(bound)
-    except ValidationError as e:
-        err = e.errors()[0]
-        name = ".".join(str(p) for p in err["loc"])
-        why = "unknown binding" if err["type"] == "extra_forbidden" else err["msg"]
-        raise InvalidRequestError(f"{BINDINGS_PARAM}.{name}: {why}", param=f"{BINDINGS_PARAM}.{name}") from None
-    if body.top_k is not None and body.top_k != int(body.top_k):
-        raise InvalidRequestError("top_k must be a whole number", param="top_k")
-    top_level = body.model_dump(include=set(Bindings.model_fields), exclude_none=True)
-    for name, value in top_level.items():
-        if name in bound and getattr(bindings, name) != value:
-            raise InvalidRequestError(f"{name} is set both at the top level and in {BINDINGS_PARAM}, with different values",
-                                      param=f"{BINDINGS_PARAM}.{name}")
-    return bindings.model_copy(update={k: int(v) if k == "top_k" else v for k, v in top_level.items()})
+def _sampling_values(body: EgpChatRequest) -> EgpBindings:
+    """The top-level sampling fields, each overridden by a binding of the same name."""
+    top_level = body.model_dump(include=set(EgpBindings.model_fields), exclude_none=True)
+    if "top_k" in top_level:
+        top_level["top_k"] = int(top_level["top_k"])  # the schema made it a whole number
+    bound = body.model_request_parameters.bindings if body.model_request_parameters else EgpBindings()
+    return EgpBindings(**{**top_level, **bound.model_dump(exclude_none=True)})
 
 
-def _message(m: HistoryMessage, i: int) -> ChatMessage:
+def _message(m: EgpHistoryMessage) -> ChatMessage:
     if isinstance(m.content, str):
         return ChatMessage(m.role, m.content)
-    if not all(isinstance(p, TextPart) for p in m.content):
-        raise InvalidRequestError("this model accepts text only", param=f"chat_history.{i}.content")
     return ChatMessage(m.role, "\n".join(p.text for p in m.content))  # text parts joined as vLLM does
 
 

@@ -7,70 +7,31 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from chatforge.api.deps import BearerPrincipal, ProductCaller, listed_products
 from chatforge.api.errors import ApiError, dialect_route_class
 from chatforge.api.infomaniak import translate
-from chatforge.api.infomaniak.schemas import ErrorResponse, LegacyRequest, LegacyResponse, ProductList, Profiles
+from chatforge.api.infomaniak.schemas import (
+    InfomaniakErrorResponse, InfomaniakProductList, LegacyRequest, LegacyResponse, ProfilePresets,
+)
 from chatforge.api.openai import router as openai_dialect
 from chatforge.api.openai.schemas import ChatCompletionRequest, ModelList
 from chatforge.api.serving import Serving
 from chatforge.api.sse import sse_data, sse_event, sse_response
-from chatforge.platform.gate import is_loopback_host
 from chatforge.service.catalog import ModelCatalog
-from chatforge.service.errors import ChatError, ModelNotFoundError
+from chatforge.service.errors import ChatError
 from chatforge.service.protocol import ChatEvent
-from chatforge.settings import Settings
 
 log = logging.getLogger("chatforge.api.infomaniak")
 
 DIALECT = "infomaniak"
 SUCCESSOR_DIALECT = "infomaniak_openai"
 MAX_TOKENS = 5000  # the successor's documented max_tokens bound
-SUCCESSOR_PATH = "/1/ai/{product_id}/openai/chat/completions"
-
-
-class ProductNotFoundError(ChatError):
-    status = 404
-    code = "product_not_found"
-
-
-@dataclass(frozen=True)
-class ProductScope:
-    """What a request under `product_id` may use."""
-
-    id: int
-    name: str
-    models: tuple[str, ...]  # ids or aliases as configured; empty = every served model
-    default_model: str | None  # None: the server's default
-
-    def model_for(self, requested: str | None, catalog: ModelCatalog) -> str | None:
-        """The model this request runs on: the product's default when none was named."""
-        if requested is None:
-            return self.default_model
-        wanted = catalog.canonical_id(requested)  # ModelNotFoundError for an unknown name
-        if self.models and not any(m in catalog and catalog.canonical_id(m) == wanted for m in self.models):
-            raise ModelNotFoundError(f"The model `{requested}` is not offered by product {self.id}.", param="model")
-        return requested
-
-    def model_names(self, catalog: ModelCatalog) -> list[str]:
-        return list(self.models) or [m.model_id for m in catalog.models]
-
-
-def resolve_product(settings: Settings, product_id: int) -> ProductScope:
-    """A configured product, or in open mode (no keys, loopback) any id as an open product on
-    the server's models. NOTE: the platform round replaces this with its database lookup."""
-    config = settings.products.get(product_id)
-    if config is not None:
-        models = tuple(dict.fromkeys([*([config.model] if config.model else []), *config.models]))
-        default = config.model or (config.models[0] if config.models else None)
-        return ProductScope(product_id, config.name, models, default)
-    if is_loopback_host(settings.host) or settings.allow_open_remote:
-        return ProductScope(product_id, "", (), None)
-    raise ProductNotFoundError(f"Product {product_id} does not exist.", param="product_id")
+# `:int` so that a word in an id's place (`/1/llm/profiles`) is another route, not a bad id.
+SUCCESSOR_PATH = "/1/ai/{product_id:int}/openai/chat/completions"
 
 
 def render_error(err: ApiError) -> JSONResponse:
@@ -86,7 +47,7 @@ class LegacyRoute(dialect_route_class(render_error)):
 
         async def route(request: Request):
             response = await handler(request)
-            successor = SUCCESSOR_PATH.format(product_id=request.path_params.get("product_id", ""))
+            successor = f"/1/ai/{request.path_params.get('product_id', '')}/openai/chat/completions"
             response.headers["Deprecation"] = "true"
             response.headers["Link"] = f'<{successor}>; rel="successor-version"'
             return response
@@ -94,21 +55,27 @@ class LegacyRoute(dialect_route_class(render_error)):
         return route
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)}
-LEGACY_RESPONSES = {200: {"model": LegacyResponse, "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **ERRORS}
+ERRORS = {code: {"model": InfomaniakErrorResponse} for code in (400, 401, 403, 404, 429, 503)}
+# One SSE event (OpenAPI 3.1 describes each event of a stream): a `data` object as JSON, the
+# closing `[DONE]`, or under `event: error` the error envelope.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"event": {"enum": ["message", "error"]}, "data": {"type": "string"}},
+}
+LEGACY_RESPONSES = {200: {"model": LegacyResponse, "content": {"text/event-stream": {"schema": SSE_EVENT}}}, **ERRORS}
 
 
-async def legacy_chat(request: Request, product_id: int, body: LegacyRequest):
+async def legacy_chat(request: Request, product_id: int, body: LegacyRequest, caller: ProductCaller):
     serving: Serving = request.app.state.serving
-    scope = resolve_product(request.app.state.settings, product_id)
-    model = scope.model_for(body.model, request.app.state.catalog)
-    prep = serving.prepare(DIALECT, translate.to_internal(body, "llm-" + secrets.token_hex(12), model))
-    model_name = model or prep.model.model_id
+    model = caller.model_for(body.model, request.app.state.catalog)
+    ticket = await serving.admit(DIALECT, translate.to_internal(body, "llm-" + secrets.token_hex(12), model), caller)
+    model_name = model or ticket.prep.model.model_id
     if not body.stream:
-        result = await serving.complete(request, DIALECT, prep)
-        return JSONResponse(translate.to_response(result, model_name))
-    events = await serving.open_stream(DIALECT, prep)
-    return sse_response(frames(events, translate.StreamWriter(model_name, prep.created)))
+        result = await serving.complete(request, ticket)
+        return JSONResponse(translate.to_response(result, model_name), headers=ticket.headers)
+    events = await serving.open_stream(ticket)
+    return sse_response(frames(events, translate.StreamWriter(model_name, ticket.prep.created)), headers=ticket.headers)
 
 
 async def frames(events: AsyncIterator[ChatEvent], writer: translate.StreamWriter) -> AsyncIterator[bytes]:
@@ -135,29 +102,29 @@ def build_router() -> APIRouter:
     envelope = APIRouter(route_class=dialect_route_class(render_error))
     successor = APIRouter(route_class=dialect_route_class(openai_dialect.render_error))
 
-    legacy.add_api_route("/1/llm/{product_id}", legacy_chat, methods=["POST"], deprecated=True,
+    legacy.add_api_route("/1/llm/{product_id:int}", legacy_chat, methods=["POST"], deprecated=True,
                          responses=LEGACY_RESPONSES, response_model=None, summary="Query model LLM (deprecated)")
 
-    @envelope.get("/1/llm/profiles", response_model=Profiles, summary="The profile_type presets")
+    @envelope.get("/1/llm/profiles", response_model=ProfilePresets, summary="The profile_type presets")
     async def profiles():
         return translate.profiles_body()
 
-    @envelope.get("/1/ai", response_model=ProductList, summary="The caller's LLM API products")
-    async def products(request: Request):
-        settings, catalog = request.app.state.settings, request.app.state.catalog
-        scopes = [resolve_product(settings, pid) for pid in sorted(settings.products)]
-        data = [{"id": s.id, "name": s.name, "models": s.model_names(catalog)} for s in scopes]
+    @envelope.get("/1/ai", response_model=InfomaniakProductList, summary="The caller's LLM API products")
+    async def products(request: Request, principal: BearerPrincipal):
+        state = request.app.state
+        scopes = await listed_products(state.platform, state.settings, principal)
+        data = [{"id": s.id, "name": s.name, "models": s.model_names(state.catalog)} for s in scopes]
         return {"result": "success", "data": data}
 
     @successor.post(SUCCESSOR_PATH, responses=openai_dialect.CHAT_RESPONSES, response_model=None)
-    async def successor_chat(product_id: int, body: ChatCompletionRequest, request: Request):
-        resolve_product(request.app.state.settings, product_id).model_for(body.model, request.app.state.catalog)
-        return await openai_dialect.serve_chat(request, body, dialect=SUCCESSOR_DIALECT, max_tokens_cap=MAX_TOKENS)
+    async def successor_chat(product_id: int, body: ChatCompletionRequest, request: Request, caller: ProductCaller):
+        caller.model_for(body.model, request.app.state.catalog)
+        return await openai_dialect.serve_chat(request, body, caller, dialect=SUCCESSOR_DIALECT, max_tokens_cap=MAX_TOKENS)
 
-    @successor.get("/1/ai/{product_id}/openai/models", response_model=ModelList)
-    async def product_models(product_id: int, request: Request):
+    @successor.get("/1/ai/{product_id:int}/openai/models", response_model=ModelList)
+    async def product_models(product_id: int, request: Request, caller: ProductCaller):
         catalog: ModelCatalog = request.app.state.catalog
-        scope = resolve_product(request.app.state.settings, product_id)
+        scope = caller.product
         cards = {card["id"]: card for card in openai_dialect.models_body(catalog)["data"]}
         names = [n for n in scope.model_names(catalog) if n in catalog]
         return {"object": "list", "data": [{**cards[catalog.canonical_id(n)], "id": n} for n in names]}
@@ -167,4 +134,4 @@ def build_router() -> APIRouter:
     return router
 
 
-__all__ = ["build_router", "resolve_product", "ProductScope"]
+__all__ = ["build_router"]

@@ -3,18 +3,20 @@ documents them (TGI's parameter names, the `{result, data}` envelope).
 
 Unknown fields are refused (400 `validation_error` naming the field), and types are strict:
 `"stream": 0` is an error, not False. Bounds the page leaves open follow TGI's own checks
-(`0 < top_p <= 1`, `0 < typical_p <= 1`, `repetition_penalty > 0`, a u64 seed).
+(`0 < top_p <= 1`, `0 < typical_p <= 1`, `repetition_penalty > 0`). Class names carry the
+dialect so that /openapi.json stays unambiguous.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_NEW_TOKENS = 5000
 MAX_TRUNCATE = 30000
-SEED_MAX = 2**64 - 1
+# A signed 64-bit bound: schema validators compare larger integers as floats, which blurs the edge.
+SEED_MAX = 2**63 - 1
 ProfileType = Literal["creative", "standard", "strict"]
 
 
@@ -42,25 +44,25 @@ class LegacyRequest(WireModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     truncate: int | None = Field(default=None, ge=1, le=MAX_TRUNCATE, description="keep only the last N prompt tokens")
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
-    stop: list[str] | None = Field(default=None, max_length=4, description="up to 4 sequences")
+    stop: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, max_length=4, description="up to 4 sequences")
     stream: bool = False
 
 
 # -- responses (documentation and golden tests; the router writes plain dicts) ----------------
-class AssistantMessage(BaseModel):
+class LegacyAssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str
 
 
-class Delta(BaseModel):
+class LegacyDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
 
 
 class LegacyChoice(BaseModel):
     index: int
-    message: AssistantMessage | None = None  # in a whole response
-    delta: Delta | None = None  # in a streamed one
+    message: LegacyAssistantMessage | None = None  # in a whole response
+    delta: LegacyDelta | None = None  # in a streamed one
     finish_reason: Literal["eos_token", "stop_sequence", "length"] | None
 
 
@@ -82,17 +84,17 @@ class LegacyResponse(BaseModel):
     data: LegacyData
 
 
-class ErrorDetail(BaseModel):
+class InfomaniakErrorDetail(BaseModel):
     code: str
     description: str
 
 
-class ErrorResponse(BaseModel):
+class InfomaniakErrorResponse(BaseModel):
     result: Literal["error"]
-    error: ErrorDetail
+    error: InfomaniakErrorDetail
 
 
-class Profile(BaseModel):
+class ProfilePreset(BaseModel):
     """A published `profile_type` preset: the sampling values it stands for."""
 
     temperature: float
@@ -101,17 +103,17 @@ class Profile(BaseModel):
     repetition_penalty: float
 
 
-class Profiles(BaseModel):
+class ProfilePresets(BaseModel):
     result: Literal["success"]
-    data: dict[str, Profile]
+    data: dict[str, ProfilePreset]
 
 
-class ProductInfo(BaseModel):
+class InfomaniakProduct(BaseModel):
     id: int
     name: str
     models: list[str]
 
 
-class ProductList(BaseModel):
+class InfomaniakProductList(BaseModel):
     result: Literal["success"]
-    data: list[ProductInfo]
+    data: list[InfomaniakProduct]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatforge.api.infomaniak.schemas import LegacyRequest, Profile
+from chatforge.api.infomaniak.schemas import LegacyRequest, ProfilePreset
 from chatforge.engine.outputs import FinishReason
 from chatforge.service.errors import InvalidRequestError
 from chatforge.service.protocol import ChatEvent, ChatMessage, ChatRequest, ChatResult, GenerationParams, Usage
@@ -14,10 +14,10 @@ from chatforge.service.protocol import ChatEvent, ChatMessage, ChatRequest, Chat
 DEFAULT_PROFILE = "standard"
 # The published presets (README, `GET /1/llm/profiles`). Any parameter the request sets itself
 # overrides its preset's value; top_k None = off.
-PROFILES: dict[str, Profile] = {
-    "creative": Profile(temperature=1.0, top_p=0.95, top_k=100, repetition_penalty=1.0),
-    "standard": Profile(temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.05),
-    "strict": Profile(temperature=0.0, top_p=1.0, top_k=None, repetition_penalty=1.0),
+PROFILES: dict[str, ProfilePreset] = {
+    "creative": ProfilePreset(temperature=1.0, top_p=0.95, top_k=100, repetition_penalty=1.0),
+    "standard": ProfilePreset(temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.05),
+    "strict": ProfilePreset(temperature=0.0, top_p=1.0, top_k=None, repetition_penalty=1.0),
 }
 
 # TGI's vocabulary. An aborted request (server shutting down) was cut short: `length`.
@@ -39,9 +39,6 @@ def to_internal(body: LegacyRequest, request_id: str, model: str | None) -> Chat
     """`model` is the one the product resolved for this request (None: the server's default)."""
     _check_turns(body)
     preset = PROFILES[body.profile_type or DEFAULT_PROFILE]
-    stops = list(body.stop or [])
-    if any(s == "" for s in stops):
-        raise InvalidRequestError("stop sequences must not be empty", param="stop")
     params = GenerationParams(
         temperature=_given(body.temperature, preset.temperature),
         top_p=_given(body.top_p, preset.top_p),
@@ -51,7 +48,7 @@ def to_internal(body: LegacyRequest, request_id: str, model: str | None) -> Chat
         frequency_penalty=_given(body.frequency_penalty, 0.0),
         seed=body.seed,
         max_tokens=body.max_new_tokens,
-        stop=stops,
+        stop=list(body.stop or []),
     )
     messages = [ChatMessage("system", body.system_prompt)] if body.system_prompt is not None else []
     messages += [ChatMessage(m.role, m.content) for m in body.messages]
