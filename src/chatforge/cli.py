@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from chatforge.settings import Settings
 
 app = typer.Typer(help="chatforge: a self-hosted LLM chat-completion service.", no_args_is_help=True)
 
@@ -21,6 +24,7 @@ def serve(
     database_url: Annotated[Optional[str], typer.Option(help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="redis://HOST:PORT/DB, shared rate limits")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads for the engine")] = None,
+    allow_open_remote: Annotated[bool, typer.Option("--allow-open-remote", help="serve without API keys on a non-loopback address (anyone who reaches it may use it)")] = False,
 ) -> None:
     """Serve models over HTTP in the OpenAI, Infomaniak and Scale EGP dialects."""
     import uvicorn
@@ -30,10 +34,15 @@ def serve(
     from chatforge.service.loading import load_catalog
     from chatforge.settings import load_settings
 
-    settings = load_settings(config, models=model, host=host, port=port, database_url=database_url, redis_url=redis_url)
+    settings = load_settings(config, models=model, host=host, port=port, database_url=database_url, redis_url=redis_url,
+                             allow_open_remote=allow_open_remote or None)
     if threads is not None:
         settings.engine.torch_threads = threads
     configure_logging(settings.log_level)
+    refusal = asyncio.run(open_remote_refusal(settings))
+    if refusal is not None:
+        typer.echo(f"error: {refusal}", err=True)
+        raise typer.Exit(1)
     catalog = load_catalog(settings)
     app_ = create_app(settings, catalog)
     url = f"http://{settings.host}:{settings.port}"
@@ -43,6 +52,29 @@ def serve(
     finally:
         for m in catalog.models:
             m.engine.shutdown(settings.shutdown_grace_s)
+
+
+async def open_remote_refusal(settings: Settings) -> str | None:
+    """Why the server must not start, if it would listen beyond loopback with no key to ask
+    for (open mode there would serve anyone who reaches the address); None when it may."""
+    from chatforge.platform import keys
+    from chatforge.platform.db import create_engine
+    from chatforge.platform.gate import is_loopback_host
+    from chatforge.platform.migrations import upgrade
+
+    if is_loopback_host(settings.host) or settings.allow_open_remote:
+        return None
+    await upgrade(settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            if await keys.any_key_exists(conn):
+                return None
+    finally:
+        await engine.dispose()
+    return (f"refusing to serve on {settings.host} without API keys: anyone who can reach it could use it. "
+            "Create a key first (chatforge accounts create NAME; chatforge keys create --account NAME), "
+            "listen on 127.0.0.1, or pass --allow-open-remote (CHATFORGE_ALLOW_OPEN_REMOTE=true) to serve openly on purpose.")
 
 
 @app.command()

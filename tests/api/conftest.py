@@ -18,8 +18,10 @@ PRICE_IN, PRICE_OUT = 0.5, 1.5  # USD per million tokens, to check estimated_cos
 
 
 @pytest.fixture(scope="session")
-def api_settings():
+def api_settings(tmp_path_factory):
+    # The platform's database lives in a temporary folder, never in the working directory.
     return load_settings(
+        database_url=f"sqlite:///{tmp_path_factory.mktemp('platform') / 'chatforge.db'}",
         prices={"smollm2": {"input": PRICE_IN, "output": PRICE_OUT}},
         engine={"torch_threads": 1, "max_num_seqs": 32, "kv_cache_mb": 384, "max_waiting": 64},
     )

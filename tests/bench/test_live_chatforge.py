@@ -16,12 +16,13 @@ TOKENS = 6
 
 
 @pytest.fixture(scope="module")
-def chatforge_url():
+def chatforge_url(tmp_path_factory):
     from chatforge.api.app import create_app
     from chatforge.service.loading import load_catalog
     from chatforge.settings import load_settings
 
-    settings = load_settings(engine={"torch_threads": 1, "max_num_seqs": 8, "kv_cache_mb": 64})
+    settings = load_settings(engine={"torch_threads": 1, "max_num_seqs": 8, "kv_cache_mb": 64},
+                             database_url=f"sqlite:///{tmp_path_factory.mktemp('bench') / 'chatforge.db'}")
     catalog = load_catalog(settings)
     try:
         with serve_in_thread(create_app(settings, catalog)) as url:

@@ -1,4 +1,5 @@
-"""create_app: the HTTP server around one catalog of models. State hangs off `app.state`."""
+"""create_app: the HTTP server around one catalog of models and the platform (keys, limits,
+usage), started and closed with the app. State hangs off `app.state`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from chatforge.api.infomaniak import router as infomaniak_router
 from chatforge.api.metrics import Metrics
 from chatforge.api.openai import router as openai_router
 from chatforge.api.serving import Serving
+from chatforge.platform.gate import Platform, is_loopback_host
 from chatforge.service.catalog import ModelCatalog
 from chatforge.service.chat import ChatService
 from chatforge.settings import Settings
@@ -33,7 +35,10 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
 
             _install(app, await asyncio.to_thread(load_catalog, settings))
         try:
-            yield
+            async with _platform(settings, app.state.catalog) as platform:
+                app.state.platform = platform
+                app.state.serving = Serving(ChatService(app.state.catalog), app.state.metrics, platform)
+                yield
         finally:
             if owned:
                 for m in app.state.catalog.models:
@@ -71,4 +76,15 @@ def _openapi(app: FastAPI) -> dict:
 def _install(app: FastAPI, catalog: ModelCatalog) -> None:
     app.state.catalog = catalog
     app.state.metrics = Metrics(catalog)
-    app.state.serving = Serving(ChatService(catalog), app.state.metrics)
+
+
+@asynccontextmanager
+async def _platform(settings: Settings, catalog: ModelCatalog):
+    """The started platform: database migrated, rate limiter connected (a wrong Redis URL stops
+    the start here), usage writer running; the served models' prices key its cost estimates,
+    so a usage row costs what the response's `usage` said."""
+    prices = {m.model_id: (m.price.input, m.price.output) for m in catalog.models}
+    async with Platform.create(settings.database_url, settings.redis_url, prices) as platform:
+        if await platform.open_mode(is_loopback_host(settings.host), settings.allow_open_remote):
+            log.warning("open mode: no API key exists, so requests need none; the first key created ends it")
+        yield platform

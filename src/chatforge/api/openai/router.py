@@ -7,6 +7,7 @@ import secrets
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from chatforge.api.deps import BearerCaller, BearerPrincipal, Caller
 from chatforge.api.errors import ApiError, dialect_route_class
 from chatforge.api.openai import translate
 from chatforge.api.openai.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
@@ -34,18 +35,20 @@ def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-async def serve_chat(request: Request, body: ChatCompletionRequest, dialect: str = DIALECT, max_tokens_cap: int | None = None):
+async def serve_chat(request: Request, body: ChatCompletionRequest, caller: Caller, dialect: str = DIALECT,
+                     max_tokens_cap: int | None = None):
     """The chat handler, shared with routes that speak this dialect under another path."""
     serving: Serving = request.app.state.serving
     catalog: ModelCatalog = request.app.state.catalog
     completion_id = new_completion_id()
     req = translate.to_internal(body, completion_id, max_tokens_cap=max_tokens_cap)
-    prep = serving.prepare(dialect, req)
+    ticket = await serving.admit(dialect, req, caller)
+    prep = ticket.prep
     model_name = body.model if body.model in catalog else prep.model.model_id
     if not body.stream:
-        result = await serving.complete(request, dialect, prep)
-        return JSONResponse(translate.to_response(result, completion_id, model_name))
-    events = await serving.open_stream(dialect, prep)
+        result = await serving.complete(request, ticket)
+        return JSONResponse(translate.to_response(result, completion_id, model_name), headers=ticket.headers)
+    events = await serving.open_stream(ticket)
     options = body.stream_options
     writer = translate.ChunkWriter(
         completion_id, model_name, prep.created, body.n,
@@ -59,7 +62,7 @@ async def serve_chat(request: Request, body: ChatCompletionRequest, dialect: str
                 yield sse_data(chunk)
         yield sse_data("[DONE]")
 
-    return sse_response(frames())
+    return sse_response(frames(), headers=ticket.headers)
 
 
 def models_body(catalog: ModelCatalog) -> dict:
@@ -83,19 +86,19 @@ def build_router() -> APIRouter:
     router = APIRouter(route_class=dialect_route_class(render_error), tags=["openai"])
 
     @router.post("/v1/chat/completions", responses=CHAT_RESPONSES, response_model=None)
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
-        return await serve_chat(request, body)
+    async def chat_completions(body: ChatCompletionRequest, request: Request, caller: BearerCaller):
+        return await serve_chat(request, body, caller)
 
     @router.post("/v1/openai/chat/completions", responses=CHAT_RESPONSES, response_model=None)
-    async def deepinfra_chat_completions(body: ChatCompletionRequest, request: Request):
-        return await serve_chat(request, body)
+    async def deepinfra_chat_completions(body: ChatCompletionRequest, request: Request, caller: BearerCaller):
+        return await serve_chat(request, body, caller)
 
     @router.get("/v1/models", response_model=ModelList)
-    async def list_models(request: Request):
+    async def list_models(request: Request, _: BearerPrincipal):
         return models_body(request.app.state.catalog)
 
     @router.get("/v1/openai/models", response_model=ModelList)
-    async def deepinfra_list_models(request: Request):
+    async def deepinfra_list_models(request: Request, _: BearerPrincipal):
         return models_body(request.app.state.catalog)
 
     return router
