@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from chatforge.engine import errors as engine_errors
-from chatforge.engine.outputs import FinishReason, TokenLogprob
+from chatforge.engine.outputs import CompletionOutput, FinishReason, TokenLogprob
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.service.catalog import ModelCatalog, ServedModel
 from chatforge.service.errors import (
@@ -55,6 +56,15 @@ class PreparedChat:
             estimated_cost=self.model.price.cost(len(self.prompt_ids), self.completion_tokens),
             cached_tokens=self.cached_tokens,
         )
+
+
+@dataclass
+class _Completion:
+    """The text-side state of one of a request's n completions."""
+
+    detok: IncrementalDetokenizer
+    generated: int = 0
+    finish_reason: FinishReason | None = None
 
 
 class ChatService:
@@ -108,41 +118,45 @@ class ChatService:
             raise _service_error(e, prep) from e
 
     async def _stream(self, prep: PreparedChat) -> AsyncIterator[ChatEvent]:
-        sp, model = prep.sampling, prep.model
-        engine, tokenizer = model.engine, model.tokenizer
+        sp, engine = prep.sampling, prep.model.engine
         rid = prep.request.request_id
-        detoks = [IncrementalDetokenizer(tokenizer, sp.stop) for _ in range(sp.n)]
-        generated = [0] * sp.n
-        prep.finish_reasons = [None] * sp.n
-        async for out in engine.generate(rid, prep.prompt_ids, sp):
-            prep.cached_tokens = out.num_cached_tokens
-            deltas = []
-            for c in out.outputs:
-                i = c.index
-                if prep.finish_reasons[i] is not None:
-                    continue  # ended on a stop string; the engine may still be finishing it
-                generated[i] = c.num_generated
-                step = detoks[i].push(c.new_token_ids)
-                text, reason = step.delta, c.finish_reason
-                if step.stop is not None:
-                    reason = FinishReason.STOP_SEQUENCE
-                elif reason is not None:
-                    text += detoks[i].flush()
-                prep.finish_reasons[i] = reason
-                lps = [self._logprobs(tokenizer, lp) for lp in c.new_logprobs] if sp.logprobs and c.new_logprobs else None
-                if text or reason is not None or lps:
-                    if text and prep.timing.first_token is None:
-                        prep.timing.first_token = time.perf_counter()
-                    deltas.append(ChoiceDelta(i, text, lps, reason))
-            prep.completion_tokens = sum(generated)
-            if deltas:
-                yield ChatEvent(deltas)
-            if all(r is not None for r in prep.finish_reasons):
-                if not out.finished:  # every completion stopped on a string: free the engine now
-                    engine.finish(rid, FinishReason.STOP_SEQUENCE)
-                break
+        completions = [_Completion(IncrementalDetokenizer(prep.model.tokenizer, sp.stop)) for _ in range(sp.n)]
+        # aclosing: leaving the loop early (stop strings) closes the engine's stream at once,
+        # instead of whenever the generator is collected.
+        async with aclosing(engine.generate(rid, prep.prompt_ids, sp)) as outputs:
+            async for out in outputs:
+                prep.cached_tokens = out.num_cached_tokens
+                deltas = [d for c in out.outputs if (d := self._delta(prep, completions[c.index], c)) is not None]
+                prep.completion_tokens = sum(c.generated for c in completions)
+                prep.finish_reasons = [c.finish_reason for c in completions]
+                if deltas:
+                    yield ChatEvent(deltas)
+                if all(c.finish_reason is not None for c in completions):
+                    if not out.finished:  # every completion stopped on a string: free the engine now
+                        engine.finish(rid, FinishReason.STOP_SEQUENCE)
+                    break
         prep.timing.end = time.perf_counter()
         yield ChatEvent([], usage=prep.usage())
+
+    def _delta(self, prep: PreparedChat, state: _Completion, out: CompletionOutput) -> ChoiceDelta | None:
+        """One completion's new tokens as text (stop strings held back and cut), or None."""
+        if state.finish_reason is not None:
+            return None  # ended on a stop string; the engine may still be finishing it
+        state.generated = out.num_generated
+        step = state.detok.push(out.new_token_ids)
+        text, reason = step.delta, out.finish_reason
+        if step.stop is not None:
+            reason = FinishReason.STOP_SEQUENCE
+        elif reason is not None:
+            text += state.detok.flush()
+        state.finish_reason = reason
+        tokenizer = prep.model.tokenizer
+        lps = [self._logprobs(tokenizer, lp) for lp in out.new_logprobs] if prep.sampling.logprobs and out.new_logprobs else None
+        if not (text or reason is not None or lps):
+            return None
+        if text and prep.timing.first_token is None:
+            prep.timing.first_token = time.perf_counter()
+        return ChoiceDelta(out.index, text, lps, reason)
 
     async def complete(self, prep: PreparedChat) -> ChatResult:
         texts = [""] * prep.sampling.n
