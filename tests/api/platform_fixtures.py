@@ -141,6 +141,42 @@ async def usage_rows(engine) -> list[dict]:
         return [dict(r._mapping) for r in await conn.execute(_USAGE.order_by(t.usage.c.id))]
 
 
+@dataclass(frozen=True)
+class Call:
+    """One chat request on one route, ready for `client.post(call.path, json=call.body, headers=call.headers)`."""
+
+    path: str
+    body: dict
+    headers: dict[str, str]
+
+
+# The chat routes: name -> the dialect its usage rows carry.
+DIALECTS = {"openai": "openai", "deepinfra": "openai", "legacy": "infomaniak", "successor": "infomaniak_openai",
+            "egp": "egp"}
+
+
+def chat_call(route: str, key: str | None, account: str | None = None, scope: int | str | None = None, *,
+              max_tokens: int = 1, stream: bool = False, prompt: str = Q[0]["content"]) -> Call:
+    """A short chat request on `route` (`scope`: the product id or deployment id in the path),
+    with the key in the route's own header."""
+    headers = {}
+    if key is not None:
+        headers["x-api-key" if route == "egp" else "Authorization"] = key if route == "egp" else f"Bearer {key}"
+    if account is not None:
+        headers["x-selected-account-id"] = account
+    messages = [{"role": "user", "content": prompt}]
+    extra = {"stream": True} if stream else {}
+    path, body = {
+        "openai": ("/v1/chat/completions", {"model": "smollm2", "messages": messages, "max_tokens": max_tokens}),
+        "deepinfra": ("/v1/openai/chat/completions", {"model": "smollm2", "messages": messages, "max_tokens": max_tokens}),
+        "legacy": (f"/1/llm/{scope}", {"messages": messages, "max_new_tokens": max_tokens}),
+        "successor": (f"/1/ai/{scope}/openai/chat/completions",
+                      {"model": "smollm2", "messages": messages, "max_tokens": max_tokens}),
+        "egp": (f"/v4/models/{scope}/chat-completions", {"chat_history": [], "prompt": prompt, "max_tokens": max_tokens}),
+    }[route]
+    return Call(path, {**body, **extra}, headers)
+
+
 def bearer(key: str, account: str | None = None) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {key}"}
     if account is not None:

@@ -17,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chatforge.platform import accounts, keys
 from chatforge.platform.db import create_engine
 
-from .platform_fixtures import MODEL, Q, Cast, live_app, postgres_server, run_sql, seed, usage_row  # noqa: F401
+from .platform_fixtures import (  # noqa: F401 - postgres_server is a fixture
+    MODEL, Q, Cast, chat_call, live_app, postgres_server, run_sql, seed, usage_row,
+)
 
-PROMPT = "What is the capital of France?"
 FORGED = "cf-AAAAAAAA_" + "B" * 32  # well formed, never issued
 
 
@@ -58,23 +59,13 @@ ROUTES = {
     "successor": ("infomaniak_openai", {"bob": 1, "carol": 2, "missing": 999}),
     "egp": ("egp", {"bob": "d-bob", "carol": "d-carol", "missing": "nope"}),
 }
+PROMPT = Q[0]["content"]
 
 
 def call(http: httpx.Client, route: str, key: str | None, account: str | None = None, scope="bob") -> httpx.Response:
-    header = "x-api-key" if route == "egp" else "Authorization"
-    headers = {} if key is None else {header: key if route == "egp" else f"Bearer {key}"}
-    if account is not None:
-        headers["x-selected-account-id"] = account
     scopes = ROUTES[route][1]
-    sid = scopes[scope] if scopes else None
-    path, body = {
-        "openai": ("/v1/chat/completions", {"model": "smollm2", "messages": Q, "max_tokens": 1}),
-        "deepinfra": ("/v1/openai/chat/completions", {"model": "smollm2", "messages": Q, "max_tokens": 1}),
-        "legacy": (f"/1/llm/{sid}", {"messages": Q, "max_new_tokens": 1}),
-        "successor": (f"/1/ai/{sid}/openai/chat/completions", {"model": "smollm2", "messages": Q, "max_tokens": 1}),
-        "egp": (f"/v4/models/{sid}/chat-completions", {"chat_history": [], "prompt": PROMPT, "max_tokens": 1}),
-    }[route]
-    return http.post(path, json=body, headers=headers)
+    c = chat_call(route, key, account, scopes[scope] if scopes else None)
+    return http.post(c.path, json=c.body, headers=c.headers)
 
 
 # (key, x-selected-account-id, scope) -> status on the scoped routes (product, deployment), status

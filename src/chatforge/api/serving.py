@@ -70,6 +70,8 @@ class Serving:
             if isinstance(e, RateLimitedError):
                 self.metrics.rate_limited.labels(dialect).inc()
             self.metrics.observe_refused(dialect, prep.model.model_id, str(e.status))
+            log.info("request %s refused dialect=%s key=%s status=%d code=%s", req.request_id, dialect,
+                     _key_prefix(caller), e.status, e.code)
             raise
         return Ticket(dialect, caller, prep, admission)
 
@@ -147,7 +149,7 @@ class Serving:
         log.info(
             "request %s dialect=%s model=%s key=%s account=%s status=%s prompt_tokens=%d completion_tokens=%d latency=%.3fs",
             record.request_id, record.dialect, record.model,
-            principal.key.prefix if principal.key is not None else "-",
+            _key_prefix(caller),
             account.name if account is not None else "-",
             status, record.prompt_tokens, record.completion_tokens, record.latency_s,
         )
@@ -155,6 +157,11 @@ class Serving:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         await asyncio.shield(task)
+
+
+def _key_prefix(caller: Caller) -> str:
+    key = caller.principal.key
+    return key.prefix if key is not None else "-"
 
 
 def _status_of(exc: BaseException) -> str:
