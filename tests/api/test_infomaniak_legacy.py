@@ -252,8 +252,10 @@ def test_invalid_json_is_a_validation_error(http):
 
 
 def test_a_product_id_must_be_a_number(http):
-    # A word in the id's place is no product route at all; /1/llm/profiles is read-only.
-    assert http.post("/1/llm/not-a-number", json={"messages": Q}).status_code == 404
+    r = http.post("/1/llm/not-a-number", json={"messages": Q})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "validation_error"
+    assert "product_id" in r.json()["error"]["description"]
+    # /1/llm/profiles is the presets' read-only path, not a product
     assert http.post("/1/llm/profiles", json={"messages": Q}).status_code == 405
 
 

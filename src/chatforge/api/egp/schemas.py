@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
@@ -22,6 +22,16 @@ MAX_TOP_LOGPROBS = 20
 SEED_MAX = 2**63 - 1
 # Template arguments the service sets itself; a request may not replace them.
 RESERVED_TEMPLATE_KWARGS = ("messages", "tools", "documents", "add_generation_prompt")
+
+
+def _whole(value):
+    # JSON Schema's "integer" includes 5.0; strict ints would refuse it, lax ones would take "5".
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
 
 
 class WireModel(BaseModel):
@@ -39,31 +49,21 @@ class EgpHistoryMessage(WireModel):
     content: str | list[EgpTextPart]
 
 
-class EgpBindings(BaseModel):
+class EgpBindings(WireModel):
     """What `model_request_parameters.bindings` may set: per-request values of known sampling
     fields (the top-level ones plus `seed`, `repetition_penalty`, `min_p`), which override the
     top-level fields of the same name. Numbers only; a whole number may come as 5.0, since the
     SDK types every binding as a float."""
 
-    model_config = ConfigDict(extra="forbid")
-
     temperature: float | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: WholeNumber | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: WholeNumber | None = Field(default=None, ge=-1)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    seed: WholeNumber | None = Field(default=None, ge=0, le=SEED_MAX)
     repetition_penalty: float | None = Field(default=None, gt=0, le=5)
     min_p: float | None = Field(default=None, ge=0, le=1)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _numbers_only(cls, value):
-        # Lax fields (so that 5.0 is a whole number) would also read true as 1 and "5" as 5.
-        if isinstance(value, (bool, str)):
-            raise ValueError("must be a number")
-        return value
 
 
 class EgpParameterBindings(WireModel):
@@ -79,18 +79,26 @@ class EgpChatRequest(WireModel):
     model_request_parameters: EgpParameterBindings | None = None
     temperature: float | None = Field(default=None, ge=0, description="default 0.2; 0 = greedy; clamped to the model's maximum")
     stop_sequences: list[StopSequence] | None = Field(default=None, max_length=MAX_STOP)
-    max_tokens: int | None = Field(default=None, ge=1, description="default: the rest of the context")
+    max_tokens: WholeNumber | None = Field(default=None, ge=1, description="default: the rest of the context")
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: float | None = Field(default=None, ge=-1, multiple_of=1, description="a whole number; 0 or -1 = off")
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     stream: bool = False
     logprobs: bool = Field(default=False, description="top_logprobs > 0 implies it")
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: WholeNumber | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     chat_template: str | None = Field(default=None, description="a Jinja chat template, rendered in the sandbox")
     chat_template_kwargs: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"propertyNames": {"not": {"enum": list(RESERVED_TEMPLATE_KWARGS)}}}
     )
+
+    @field_validator("top_k")
+    @classmethod
+    def _whole_top_k(cls, value: float | None) -> float | None:
+        # multipleOf's float check lets a tiny fraction such as 1e-42 through
+        if value is not None and not value.is_integer():
+            raise ValueError("must be a whole number")
+        return value
 
 
 # -- responses (documentation and golden tests; the router writes plain dicts) ----------------

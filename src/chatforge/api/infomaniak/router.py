@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import Match
 
 from chatforge.api.deps import BearerPrincipal, ProductCaller, listed_products
 from chatforge.api.errors import ApiError, dialect_route_class
@@ -30,8 +31,8 @@ log = logging.getLogger("chatforge.api.infomaniak")
 DIALECT = "infomaniak"
 SUCCESSOR_DIALECT = "infomaniak_openai"
 MAX_TOKENS = 5000  # the successor's documented max_tokens bound
-# `:int` so that a word in an id's place (`/1/llm/profiles`) is another route, not a bad id.
-SUCCESSOR_PATH = "/1/ai/{product_id:int}/openai/chat/completions"
+SUCCESSOR_PATH = "/1/ai/{product_id}/openai/chat/completions"
+PROFILES_PATH = "/1/llm/profiles"
 
 
 def render_error(err: ApiError) -> JSONResponse:
@@ -41,6 +42,13 @@ def render_error(err: ApiError) -> JSONResponse:
 
 class LegacyRoute(dialect_route_class(render_error)):
     """Every answer of the deprecated route, errors included, points at its successor."""
+
+    def matches(self, scope):
+        # `/1/llm/profiles` is the presets' read-only path, not a product id: a POST there is 405.
+        match, child = super().matches(scope)
+        if match is not Match.NONE and child.get("path_params", {}).get("product_id") == "profiles":
+            return Match.NONE, {}
+        return match, child
 
     def get_route_handler(self):
         handler = super().get_route_handler()
@@ -102,10 +110,10 @@ def build_router() -> APIRouter:
     envelope = APIRouter(route_class=dialect_route_class(render_error))
     successor = APIRouter(route_class=dialect_route_class(openai_dialect.render_error))
 
-    legacy.add_api_route("/1/llm/{product_id:int}", legacy_chat, methods=["POST"], deprecated=True,
+    legacy.add_api_route("/1/llm/{product_id}", legacy_chat, methods=["POST"], deprecated=True,
                          responses=LEGACY_RESPONSES, response_model=None, summary="Query model LLM (deprecated)")
 
-    @envelope.get("/1/llm/profiles", response_model=ProfilePresets, summary="The profile_type presets")
+    @envelope.get(PROFILES_PATH, response_model=ProfilePresets, summary="The profile_type presets (public)")
     async def profiles():
         return translate.profiles_body()
 
@@ -121,7 +129,7 @@ def build_router() -> APIRouter:
         caller.model_for(body.model, request.app.state.catalog)
         return await openai_dialect.serve_chat(request, body, caller, dialect=SUCCESSOR_DIALECT, max_tokens_cap=MAX_TOKENS)
 
-    @successor.get("/1/ai/{product_id:int}/openai/models", response_model=ModelList)
+    @successor.get("/1/ai/{product_id}/openai/models", response_model=ModelList, responses=openai_dialect.ERROR_RESPONSES)
     async def product_models(product_id: int, request: Request, caller: ProductCaller):
         catalog: ModelCatalog = request.app.state.catalog
         scope = caller.product
@@ -129,7 +137,7 @@ def build_router() -> APIRouter:
         names = [n for n in scope.model_names(catalog) if n in catalog]
         return {"object": "list", "data": [{**cards[catalog.canonical_id(n)], "id": n} for n in names]}
 
-    for sub in (envelope, legacy, successor):  # the fixed /1/llm/profiles before /1/llm/{id}
+    for sub in (envelope, legacy, successor):
         router.include_router(sub)
     return router
 

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_NEW_TOKENS = 5000
 MAX_TRUNCATE = 30000
 # A signed 64-bit bound: schema validators compare larger integers as floats, which blurs the edge.
 SEED_MAX = 2**63 - 1
 ProfileType = Literal["creative", "standard", "strict"]
+
+
+def _whole(value):
+    # JSON Schema's "integer" includes 5.0; strict ints would refuse it, lax ones would take "5".
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
 
 
 class WireModel(BaseModel):
@@ -35,15 +45,15 @@ class LegacyRequest(WireModel):
     model: str | None = Field(default=None, min_length=1, description="default: the product's model")
     system_prompt: str | None = None
     profile_type: ProfileType | None = Field(default=None, description="default: standard; see GET /1/llm/profiles")
-    max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS, description="default: the rest of the context")
+    max_new_tokens: WholeNumber | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS, description="default: the rest of the context")
     temperature: float | None = Field(default=None, ge=0, le=2, description="0 = greedy")
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=1, le=100)
+    top_k: WholeNumber | None = Field(default=None, ge=1, le=100)
     typical_p: float | None = Field(default=None, gt=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, description="1.0 = no penalty")
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    truncate: int | None = Field(default=None, ge=1, le=MAX_TRUNCATE, description="keep only the last N prompt tokens")
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    truncate: WholeNumber | None = Field(default=None, ge=1, le=MAX_TRUNCATE, description="keep only the last N prompt tokens")
+    seed: WholeNumber | None = Field(default=None, ge=0, le=SEED_MAX)
     stop: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, max_length=4, description="up to 4 sequences")
     stream: bool = False
 
