@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -71,6 +72,33 @@ def server(name: str, cmd: list[str], ready_url: str, log: Path, timeout_s: floa
             proc.kill()
 
 
+class LoadSampler:
+    """Samples the 1-minute load average every 10 s while the benchmark runs. The benchmark itself
+    accounts for about 2-3 (one server's 2 threads plus the client): more means other work shared
+    the cores and skewed the figures."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(10):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self.samples.append(os.getloadavg()[0])
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        return f"mean {sum(self.samples) / len(self.samples):.2f}, max {max(self.samples):.2f} ({len(self.samples)} samples)"
+
+
 def machine() -> dict:
     info = {}
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -107,10 +135,10 @@ def main() -> None:
     if not PEER_PY.exists():
         raise SystemExit(f"no peer in {PEER_PY.parent.parent}: run {PEER_SCRIPT} setup first")
     args.work.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
     ours, peer = f"http://127.0.0.1:{args.chatforge_port}", f"http://127.0.0.1:{args.peer_port}"
     commands, results = {}, {}
     with ExitStack() as stack:
+        load = stack.enter_context(LoadSampler())
         stack.enter_context(server("chatforge", [str(CHATFORGE), "serve", "--port", str(args.chatforge_port), "--threads", "2"],
                                    f"{ours}/health", args.work / "chatforge.log"))
         stack.enter_context(server("llama-cpp-python", [str(PEER_SCRIPT), "serve", str(args.peer_port)],
@@ -124,9 +152,7 @@ def main() -> None:
             commands[name] = shlex.join(["chatforge", "bench", "URL", "--compare", "PEER_URL", *options])
             results[name] = json.loads(out.read_text()) if out.exists() else None
     info = machine()
-    # Other work on the same cores skews everything (two 2-thread servers on 2 cores): say how busy it was.
-    info["Load average (1, 5, 15 min) before / after"] = " / ".join(
-        ", ".join(f"{x:.2f}" for x in load) for load in (load_before, os.getloadavg()))
+    info["1-minute load average during the run"] = load.summary()
     args.out.write_text(render_results(results, commands, info, versions(), dt.date.today().isoformat(), args.quick))
     print(f"wrote {args.out}")
 

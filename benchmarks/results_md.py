@@ -57,6 +57,8 @@ def _verdicts(decode: dict | None, prefix: dict | None) -> list[str]:
 
 def render_results(results: dict, commands: dict, machine: dict, versions: dict, date: str, quick: bool) -> str:
     decode, prefix = results.get("decode"), results.get("prefix")
+    load = machine.get("1-minute load average during the run", "")
+    busy = load.startswith("mean ") and float(load.split("max ")[1].split()[0]) > 3.0
     lines = [
         "# chatforge vs llama-cpp-python: measured side by side",
         "",
@@ -64,6 +66,10 @@ def render_results(results: dict, commands: dict, machine: dict, versions: dict,
         "`benchmarks/compare.py`, which starts both servers on the bundled SmolLM2-135M-Instruct Q4_1 GGUF and "
         "runs `chatforge bench --compare`, alternating the two servers level by level (never loaded at once).",
         "",
+        *(["**The machine was shared with other work during this run** (1-minute load average: "
+            f"{load}; the benchmark alone accounts for about 2-3 on these 2 cores). Both servers lost time to it, "
+            "llama.cpp's spinning threads more than most: treat these figures as a lower bound for both and "
+            "rerun on a quiet machine before quoting them.", ""] if busy else []),
         "## Goals",
         "",
         "| goal | target | measured | |", "|---|---:|---:|---|",
