@@ -53,6 +53,8 @@ class EngineSettings(BaseModel):
     max_waiting: int = Field(default=256, ge=0, description="queued requests before 503")
     max_model_len: int | None = Field(default=None, ge=2)
     enable_prefix_caching: bool = True
+    batch_invariant: bool = Field(default=True, description="pad steps so results do not depend on the batch")
+    weights: str = Field(default="fp32", pattern="^(fp32|int8)$", description="fp32 | int8 (int8 for small steps)")
 
 
 class Settings(BaseSettings):

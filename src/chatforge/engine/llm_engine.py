@@ -74,7 +74,9 @@ class LLMEngine:
             stop_token_ids=self.stop_token_ids,
         )
         self.sampler = Sampler(self.vocab_size, self.stop_token_ids, device, seed)
-        self.runner = ModelRunner(model, num_blocks, config.block_size, self.sampler, config.batch_invariant)
+        self.runner = ModelRunner(
+            model, num_blocks, config.block_size, self.sampler, config.batch_invariant, config.weights
+        )
         self._requests: dict[str, _Request] = {}
         self.num_aborts = 0
         self.num_prompt_tokens_total = 0

@@ -22,6 +22,15 @@ low bits through SDPA's key blocking (a context of 193 padded to 256 alone, to 7
 an online softmax closed that gap in a prototype (contexts up to 1500, any padding); it belongs
 in models/attention.py. The padding costs 4 tokens of compute per step (-40% tokens/s at batch
 1, -18% at 8 and 32, benchmarks/offline_decode.py); `batch_invariant=False` turns it off.
+
+Weights (`weights`, models/packed_linear.py): the runner fuses q/k/v and gate/up once (bit-identical
+logits) and, with "int8", multiplies steps of at most 8 rows by int8 copies of the weights with
+bfloat16 activations. That path is not batch-invariant whatever the padding (its rounding depends
+on the row count, and the padding itself pushes small steps over or under the threshold), so
+`batch_invariant=True` with "int8" buys nothing but cost: the deterministic configuration is
+fp32 + batch_invariant, the fast one int8 (or fp32) without it. Both stay the defaults' choice to
+make in EngineConfig; README "Determinism vs speed" gives the trade-off, benchmarks/RESULTS.md
+the figures.
 """
 
 from __future__ import annotations
@@ -57,20 +66,36 @@ def kv_block_bytes(num_layers: int, block_size: int, num_kv_heads: int, head_dim
 
 class ModelRunner:
     def __init__(
-        self, model: nn.Module, num_blocks: int, block_size: int, sampler: Sampler, batch_invariant: bool = True
+        self,
+        model: nn.Module,
+        num_blocks: int,
+        block_size: int,
+        sampler: Sampler,
+        batch_invariant: bool = True,
+        weights: str = "fp32",
     ):
         self.model = model
         self.block_size = block_size
         self.sampler = sampler
         self.batch_invariant = batch_invariant
+        self.weights = weights
         self.device = next(model.parameters()).device
+        self._prepare_weights()
         # Block ids 0..num_blocks-1 belong to the block manager; the one past them is scratch.
         self.scratch_block = num_blocks
         self.kv_caches = model.allocate_kv_caches(num_blocks + 1, block_size)
 
+    def _prepare_weights(self) -> None:
+        # Fused projections, int8 or not (models/packed_linear.py). Engines may share one model
+        # (tests, benchmarks), so the mode is re-applied whenever another runner changed it.
+        prepare = getattr(self.model, "prepare_for_inference", None)
+        if prepare is not None and getattr(self.model, "weights_mode", None) != self.weights:
+            prepare(self.weights)
+
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> SamplerOutput:
         """One forward pass over the batch, then one token for each of batch.sample_seqs."""
+        self._prepare_weights()
         input_ids, meta = self._prepare(batch)
         hidden = self.model(input_ids, meta.positions, meta, self.kv_caches)  # [T, D]
         if not batch.sample_indices:

@@ -16,6 +16,7 @@ from torch import nn
 
 from chatforge.models.attention import AttentionMetadata, allocate_kv_caches, paged_attention
 from chatforge.models.config import ModelConfig
+from chatforge.models.packed_linear import DEFAULT_INT8_MAX_ROWS, WEIGHT_MODES, PackedLinear
 from chatforge.models.rotary import RotaryEmbedding, apply_rotary
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -48,11 +49,26 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=config.o_proj_bias)
 
+        self.qkv_proj: PackedLinear | None = None  # set by `fuse`
+
+    def fuse(self) -> None:
+        """Replace q/k/v with one [(H + 2 Hkv) * D, d] matmul and o with a PackedLinear (inference
+        only; the HF parameter names are gone afterwards)."""
+        if self.qkv_proj is None:
+            self.qkv_proj = PackedLinear.fuse([self.q_proj, self.k_proj, self.v_proj])
+            o_proj = PackedLinear.fuse([self.o_proj])
+            del self.q_proj, self.k_proj, self.v_proj, self.o_proj
+            self.o_proj = o_proj
+
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
         T = x.shape[0]
-        q = self.q_proj(x).view(T, self.num_heads, self.head_dim)  # [T, H, D]
-        k = self.k_proj(x).view(T, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v = self.v_proj(x).view(T, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj.split(self.qkv_proj(x))  # views of one [T, (H + 2 Hkv) * D]
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(T, self.num_heads, self.head_dim)  # [T, H, D]
+        k = k.view(T, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        v = v.view(T, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = paged_attention(q, k, v, meta, kv_cache, self.scale, self.sliding_window)  # [T, H, D]
         return self.o_proj(out.reshape(T, self.num_heads * self.head_dim))
@@ -67,9 +83,22 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(d, ff, bias=bias)
         self.up_proj = nn.Linear(d, ff, bias=bias)
         self.down_proj = nn.Linear(ff, d, bias=bias)
+        self.gate_up_proj: PackedLinear | None = None  # set by `fuse`
+
+    def fuse(self) -> None:
+        """Replace gate/up with one [2 ff, d] matmul and down with a PackedLinear (inference only)."""
+        if self.gate_up_proj is None:
+            self.gate_up_proj = PackedLinear.fuse([self.gate_proj, self.up_proj])
+            down = PackedLinear.fuse([self.down_proj])
+            del self.gate_proj, self.up_proj, self.down_proj
+            self.down_proj = down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj.split(self.gate_up_proj(x))
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -115,6 +144,27 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(config)
         # Tied models have no lm_head parameter (HF files omit it too); logits reuse the embedding.
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.logits_proj: PackedLinear | None = None  # set by `prepare_for_inference`
+        self.weights_mode: str | None = None  # None: unfused HF layout
+
+    def prepare_for_inference(self, weights: str = "fp32", int8_max_rows: int = DEFAULT_INT8_MAX_ROWS) -> None:
+        """Fuse q/k/v and gate/up (once; the HF parameter names are gone afterwards) and choose the
+        weights of the matmuls: "fp32" only, or "int8" for inputs of at most `int8_max_rows` rows
+        (models/packed_linear.py). May be called again to switch modes."""
+        if weights not in WEIGHT_MODES:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
+        if self.logits_proj is None:
+            for layer in self.model.layers:
+                layer.self_attn.fuse()
+                layer.mlp.fuse()
+            # Shares the (tied) embedding's storage: no copy of the float32 weight.
+            head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+            self.logits_proj = PackedLinear(head.detach())
+        max_rows = int8_max_rows if weights == "int8" else 0
+        for module in self.modules():
+            if isinstance(module, PackedLinear):
+                module.set_int8(max_rows)
+        self.weights_mode = weights
 
     def forward(
         self,
@@ -130,6 +180,8 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden_size] -> float32 logits [N, vocab]. Called on the sampled rows only."""
+        if self.logits_proj is not None:
+            return self.logits_proj(hidden).float()
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()
 

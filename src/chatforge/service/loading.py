@@ -31,6 +31,8 @@ def engine_config(s: EngineSettings) -> EngineConfig:
         device=s.device,
         dtype=s.dtype,
         enable_prefix_caching=s.enable_prefix_caching,
+        batch_invariant=s.batch_invariant,
+        weights=s.weights,
     )
 
 
