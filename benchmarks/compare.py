@@ -118,7 +118,7 @@ def versions() -> dict:
         return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
     return {
-        "chatforge": out(["git", "rev-parse", "--short", "HEAD"]),
+        "chatforge commit": out(["git", "rev-parse", "--short", "HEAD"]),
         "torch": out([sys.executable, "-c", "import torch; print(torch.__version__)"]),
         "llama-cpp-python": out([str(PEER_PY), "-c", "import llama_cpp; print(llama_cpp.__version__)"]),
     }

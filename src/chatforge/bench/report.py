@@ -75,10 +75,11 @@ def render(report: BenchReport, console: Console) -> None:
             d = getattr(s, lat)
             latency.add_row(s.label if i == 0 else "", str(s.concurrency) if i == 0 else "", lat,
                             *(_ms(d, f) for f in ("mean", "p50", "p90", "p99")), end_section=i == len(LATENCIES) - 1)
-    console.print(throughput)
-    if any(not s.usage_reported for s in report.levels if s.requests > s.failed):
-        console.print("* no usage chunk from this server: output tokens counted as content chunks")
-    console.print(latency)
+    if report.levels:  # none when only the prefix probe ran
+        console.print(throughput)
+        if any(not s.usage_reported for s in report.levels if s.requests > s.failed):
+            console.print("* no usage chunk from this server: output tokens counted as content chunks")
+        console.print(latency)
 
     if report.prefix:
         prefix = Table(title=f"TTFT in ms, shared {report.prefix[0].prefix_tokens}-token prefix")
