@@ -124,6 +124,16 @@ def versions() -> dict:
     }
 
 
+# Sections of RESULTS.md written by other scripts (benchmarks/offline_decode.py): kept as they are.
+KEPT_FROM = "## Offline decode, engine only"
+
+
+def kept_sections(path: Path) -> str:
+    text = path.read_text() if path.exists() else ""
+    start = text.find(KEPT_FROM)
+    return "" if start < 0 else "\n" + text[start:]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
@@ -153,7 +163,8 @@ def main() -> None:
             results[name] = json.loads(out.read_text()) if out.exists() else None
     info = machine()
     info["1-minute load average during the run"] = load.summary()
-    args.out.write_text(render_results(results, commands, info, versions(), dt.date.today().isoformat(), args.quick))
+    report = render_results(results, commands, info, versions(), dt.date.today().isoformat(), args.quick)
+    args.out.write_text(report + kept_sections(args.out))
     print(f"wrote {args.out}")
 
 
