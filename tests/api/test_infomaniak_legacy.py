@@ -9,6 +9,11 @@ import json
 
 import pytest
 
+from chatforge.api.infomaniak.router import frames
+from chatforge.api.infomaniak.translate import StreamWriter
+from chatforge.service.errors import OverloadedError
+from chatforge.service.protocol import ChatEvent, ChoiceDelta
+
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 URL = "/1/llm/10775"  # the page's own example product id
 Q = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
@@ -286,3 +291,17 @@ def test_profiles_endpoint_publishes_all_three(http):
 def test_metrics_count_the_dialect(http):
     legacy(http, {"messages": Q, "max_new_tokens": 1})
     assert f'chatforge_requests_total{{dialect="infomaniak",model="{MODEL}",status="200"}}' in http.get("/metrics").text
+
+
+async def test_an_error_mid_stream_is_an_error_event():
+    async def events():  # one text delta, then the engine fails
+        yield ChatEvent([ChoiceDelta(0, "Hel")])
+        raise OverloadedError()
+
+    raw = b"".join([f async for f in frames(events(), StreamWriter("m", 7))])
+    assert raw == (
+        b'data: {"model":"m","created":7,"choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},'
+        b'"finish_reason":null}],"usage":null}\n\n'
+        b'event: error\ndata: {"result":"error","error":{"code":"service_unavailable",'
+        b'"description":"the server is overloaded; retry shortly"}}\n\n'
+    )
