@@ -42,13 +42,13 @@ def test_schemathesis_finds_no_server_error(small_server, tmp_path):
         "--checks", "all",
         "--exclude-checks", "positive_data_acceptance",
         "--max-response-time", "600",
-        "--max-examples", os.environ.get("CHATFORGE_FUZZ_EXAMPLES", "25"),
+        "--max-examples", os.environ.get("CHATFORGE_FUZZ_EXAMPLES", "15"),
         "--seed", "1",
         "--workers", "1",
         "--request-timeout", "60",
         "--no-color",
         "--output-sanitize", "false",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "No issues found" in proc.stdout or "passed" in proc.stdout.lower()
