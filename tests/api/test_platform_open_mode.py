@@ -13,9 +13,10 @@ import pytest
 
 from chatforge.cli import open_remote_refusal
 from chatforge.platform import accounts, keys
+from chatforge.platform.db import create_engine
 from chatforge.platform.migrations import upgrade
 
-from .platform_fixtures import DIALECTS, chat_call, live_app, run_sql
+from .platform_fixtures import DIALECTS, chat_call, live_app, run_sql, usage_row
 
 ANY_IDS = {"legacy": 10775, "successor": 10775, "egp": "my-deployment"}  # the providers' own examples
 
@@ -81,3 +82,23 @@ def test_serve_refuses_to_listen_beyond_loopback_without_keys(tmp_path):
     assert "error: refusing to serve on 0.0.0.0 without API keys" in proc.stderr
     assert "--allow-open-remote" in proc.stderr
     assert "chatforge serving" not in proc.stdout  # it stopped before loading any model
+
+
+async def test_open_mode_meters_ids_the_database_cannot_hold(tmp_path, api_settings, catalog):
+    """Open mode runs any product or deployment id; one too large for the database is metered
+    without it instead of failing the usage writer (which would lose its whole batch)."""
+    url = f"sqlite:///{tmp_path / 'ids.db'}"
+    settings = api_settings.model_copy(update={"database_url": url})
+    engine = create_engine(url)
+    try:
+        with live_app(settings, catalog) as (live, _), httpx.Client(base_url=live.url, timeout=120) as http:
+            for route, scope, stored in [("legacy", 10**20, None), ("successor", 2**31, None), ("legacy", 2**31 - 1, 2**31 - 1),
+                                         ("egp", "d" * 201, None), ("egp", "d" * 200, "d" * 200)]:
+                c = chat_call(route, None, scope=scope)
+                r = http.post(c.path, json=c.body, headers=c.headers)
+                assert r.status_code == 200, r.text
+                row = await usage_row(engine, r.headers["x-request-id"])
+                assert row["status"] == "completed"
+                assert row["deployment_id" if route == "egp" else "product_id"] == stored
+    finally:
+        await engine.dispose()

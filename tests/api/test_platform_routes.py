@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatforge.platform import accounts, keys
 from chatforge.platform.db import create_engine
+from chatforge.platform.migrations import current_revision
 
 from .platform_fixtures import (  # noqa: F401 - postgres_server is a fixture
     MODEL, Q, Cast, chat_call, live_app, postgres_server, run_sql, seed, usage_row,
@@ -38,17 +39,19 @@ class Closed:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 async def closed(request, tmp_path_factory, api_settings, catalog):
-    """A live server on a brand-new database of each kind, seeded before it starts."""
+    """A live server started on a brand-new database of each kind (a file that does not exist
+    yet, an empty PostgreSQL database: its start migrates them), then seeded while it runs."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('routes') / 'platform.db'}"
     else:
         url = request.getfixturevalue("postgres_server").create_database()
-    cast = await seed(url)
-    engine = create_engine(url)
     settings = api_settings.model_copy(update={"database_url": url})
     with live_app(settings, catalog) as (live, _), httpx.Client(base_url=live.url, timeout=120) as http:
+        assert await current_revision(url) is not None  # the start migrated the empty database
+        cast = await seed(url)
+        engine = create_engine(url)
         yield Closed(http, cast, url, engine)
-    await engine.dispose()
+        await engine.dispose()
 
 
 # route -> (dialect in the usage row, scope ids for bob's, carol's and a missing one)

@@ -32,10 +32,19 @@ from chatforge.service.catalog import ModelCatalog
 from chatforge.service.errors import ChatError, ModelNotFoundError
 from chatforge.settings import Settings
 
-# The ids the database can hold: products.id is a 32-bit INTEGER, deployments.id a VARCHAR(200).
-# Anything else cannot exist there, and must not reach the database as a query parameter.
+# The ids the database can hold: products.id is a 32-bit INTEGER, deployments.id a VARCHAR(200)
+# (PostgreSQL refuses NUL in text). Anything else cannot exist there and must not reach it, as a
+# query parameter or in a usage row: open mode accepts such ids, and meters them without one.
 MAX_PRODUCT_ID = 2**31 - 1
 MAX_DEPLOYMENT_ID_CHARS = 200
+
+
+def storable_product_id(product_id: int) -> bool:
+    return 1 <= product_id <= MAX_PRODUCT_ID
+
+
+def storable_deployment_id(deployment_id: str) -> bool:
+    return len(deployment_id) <= MAX_DEPLOYMENT_ID_CHARS and "\x00" not in deployment_id
 
 
 class ProductNotFoundError(ChatError):
@@ -74,12 +83,21 @@ class ProductScope:
     def model_names(self, catalog: ModelCatalog) -> list[str]:
         return list(self.models) or [m.model_id for m in catalog.models]
 
+    @property
+    def usage_id(self) -> int | None:
+        """The id for the usage row (None: one the database cannot hold)."""
+        return self.id if storable_product_id(self.id) else None
+
 
 @dataclass(frozen=True)
 class DeploymentScope:
     id: str
     model: str | None  # None: the server's default
     record: Deployment | None = None  # the database's deployment; None when configured
+
+    @property
+    def usage_id(self) -> str | None:
+        return self.id if storable_deployment_id(self.id) else None
 
 
 @dataclass(frozen=True)
@@ -116,7 +134,7 @@ def configured_deployment(settings: Settings, deployment_id: str) -> DeploymentS
 
 
 async def resolve_product(platform: Platform, settings: Settings, principal: Principal, product_id: int) -> ProductScope:
-    if 1 <= product_id <= MAX_PRODUCT_ID:
+    if storable_product_id(product_id):
         try:
             return ProductScope.of(await platform.resolve_product(principal, product_id))
         except platform_errors.ProductNotFoundError:
@@ -128,7 +146,7 @@ async def resolve_product(platform: Platform, settings: Settings, principal: Pri
 
 async def resolve_deployment(platform: Platform, settings: Settings, principal: Principal,
                              deployment_id: str) -> DeploymentScope:
-    if len(deployment_id) <= MAX_DEPLOYMENT_ID_CHARS and "\x00" not in deployment_id:
+    if storable_deployment_id(deployment_id):
         try:
             found = await platform.resolve_deployment(principal, deployment_id)
             return DeploymentScope(found.id, found.model, found)

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from chatforge.api.deps import Caller
 from chatforge.api.disconnect import ClientDisconnected, until_disconnect
 from chatforge.api.metrics import Metrics
+from chatforge.platform.accounts import Account
 from chatforge.platform.errors import PlatformError, RateLimitedError
 from chatforge.platform.gate import Platform
 from chatforge.platform.metering import UsageRecord, UsageStatus
@@ -122,41 +123,48 @@ class Serving:
 
     async def _end(self, ticket: Ticket, status: str) -> None:
         """Once per admitted request. Everything but the settlement is synchronous, so it all
-        happens even in the `finally` of a task cancelled because its client went away; the
-        settlement (a Redis round trip) runs as its own task for the same reason."""
-        prep, caller = ticket.prep, ticket.caller
-        self.metrics.observe(ticket.dialect, prep, status)
-        principal = caller.principal
-        product = caller.product.record if caller.product is not None else None
-        deployment = caller.deployment.record if caller.deployment is not None else None
-        account = principal.billed_account(product, deployment)
-        usage = prep.usage()
-        end = prep.timing.end if prep.timing.end is not None else time.perf_counter()
-        record = UsageRecord(
-            request_id=prep.request.request_id,
-            model=prep.model.model_id,
-            dialect=ticket.dialect,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            latency_s=end - prep.timing.start,
-            status=_usage_status(status),
-            key_id=principal.key.id if principal.key is not None else None,
-            account_id=account.id if account is not None else None,
-            product_id=caller.product.id if caller.product is not None else None,
-            deployment_id=caller.deployment.id if caller.deployment is not None else None,
-        )
+        happens even in the `finally` of a task cancelled because its client went away. The
+        settlement (a Redis round trip) runs as a task of its own behind a shield: a cancelled
+        request stops waiting for it, and it completes all the same."""
+        self.metrics.observe(ticket.dialect, ticket.prep, status)
+        record, account = _usage_record(ticket, status)
         await self.platform.record_usage(record)
         log.info(
             "request %s dialect=%s model=%s key=%s account=%s status=%s prompt_tokens=%d completion_tokens=%d latency=%.3fs",
-            record.request_id, record.dialect, record.model,
-            _key_prefix(caller),
+            record.request_id, record.dialect, record.model, _key_prefix(ticket.caller),
             account.name if account is not None else "-",
             status, record.prompt_tokens, record.completion_tokens, record.latency_s,
         )
-        task = asyncio.get_running_loop().create_task(ticket.admission.settle(usage.total_tokens))
+        total = record.prompt_tokens + record.completion_tokens
+        task = asyncio.get_running_loop().create_task(ticket.admission.settle(total))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         await asyncio.shield(task)
+
+
+def _usage_record(ticket: Ticket, status: str) -> tuple[UsageRecord, Account | None]:
+    """The request's usage row, and the account it bills: the product's or deployment's owner,
+    else the caller's acting account (None in open mode)."""
+    prep, caller = ticket.prep, ticket.caller
+    product = caller.product.record if caller.product is not None else None
+    deployment = caller.deployment.record if caller.deployment is not None else None
+    account = caller.principal.billed_account(product, deployment)
+    key = caller.principal.key
+    end = prep.timing.end if prep.timing.end is not None else time.perf_counter()
+    record = UsageRecord(
+        request_id=prep.request.request_id,
+        model=prep.model.model_id,
+        dialect=ticket.dialect,
+        prompt_tokens=len(prep.prompt_ids),
+        completion_tokens=prep.completion_tokens,
+        latency_s=end - prep.timing.start,
+        status=_usage_status(status),
+        key_id=key.id if key is not None else None,
+        account_id=account.id if account is not None else None,
+        product_id=caller.product.usage_id if caller.product is not None else None,
+        deployment_id=caller.deployment.usage_id if caller.deployment is not None else None,
+    )
+    return record, account
 
 
 def _key_prefix(caller: Caller) -> str:
