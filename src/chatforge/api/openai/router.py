@@ -93,11 +93,11 @@ def build_router() -> APIRouter:
     async def deepinfra_chat_completions(body: ChatCompletionRequest, request: Request, caller: BearerCaller):
         return await serve_chat(request, body, caller)
 
-    @router.get("/v1/models", response_model=ModelList)
+    @router.get("/v1/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
     async def list_models(request: Request, _: BearerPrincipal):
         return models_body(request.app.state.catalog)
 
-    @router.get("/v1/openai/models", response_model=ModelList)
+    @router.get("/v1/openai/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
     async def deepinfra_list_models(request: Request, _: BearerPrincipal):
         return models_body(request.app.state.catalog)
 
