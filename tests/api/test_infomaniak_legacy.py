@@ -262,6 +262,8 @@ def test_a_product_id_must_be_a_number(http):
     assert "product_id" in r.json()["error"]["description"]
     # /1/llm/profiles is the presets' read-only path, not a product
     assert http.post("/1/llm/profiles", json={"messages": Q}).status_code == 405
+    r = http.post("/1/llm/%C3%A9t%C3%A9", json={"messages": Q})  # the successor link quotes what it got
+    assert r.status_code == 400 and r.headers["Link"] == '</1/ai/%C3%A9t%C3%A9/openai/chat/completions>; rel="successor-version"'
 
 
 def test_over_long_prompt_is_context_length_exceeded(http, catalog):

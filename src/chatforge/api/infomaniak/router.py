@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -55,7 +56,9 @@ class LegacyRoute(dialect_route_class(render_error)):
 
         async def route(request: Request):
             response = await handler(request)
-            successor = f"/1/ai/{request.path_params.get('product_id', '')}/openai/chat/completions"
+            # the id as sent (a bad one is answered too), quoted: headers are latin-1
+            product_id = quote(str(request.path_params.get("product_id", "")), safe="")
+            successor = f"/1/ai/{product_id}/openai/chat/completions"
             response.headers["Deprecation"] = "true"
             response.headers["Link"] = f'<{successor}>; rel="successor-version"'
             return response
