@@ -35,6 +35,7 @@ def post(http, body, path="/v1/chat/completions"):
         ({"model": MODEL, "messages": []}, "messages"),
         ({"messages": MSG}, "model"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": MODEL, "messages": MSG, "chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
     ],
 )
 def test_bad_input_gets_a_400_in_openai_envelope(http, body, param):

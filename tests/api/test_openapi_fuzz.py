@@ -1,7 +1,7 @@
 """schemathesis against /openapi.json: generated and schema-violating requests never get a server
 error, and what the server answers conforms to what it documents. A bounded run.
 
-The server here has a 128-token context so that generated requests finish quickly. Two checks
+The server here has a 64-token context so that generated requests finish quickly. Two checks
 are left out on purpose: `positive_data_acceptance` (a schema-valid request may still be refused
 for what no schema can say: a prompt longer than the context, an unknown model), and the
 response-time limit (a generation's duration is the model's, not the API's)."""
@@ -24,7 +24,7 @@ from .conftest import LiveServer
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    settings = load_settings(engine={"torch_threads": 1, "max_model_len": 128, "kv_cache_mb": 64, "max_num_seqs": 8},
+    settings = load_settings(engine={"torch_threads": 1, "max_model_len": 64, "kv_cache_mb": 64, "max_num_seqs": 8},
                              database_url=f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'chatforge.db'}")
     catalog = load_catalog(settings)
     try:

@@ -58,6 +58,10 @@ class PreparedChat:
         )
 
 
+# Set by the service itself; a caller's template kwargs may not override them.
+_RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "add_generation_prompt", "tools", "documents"})
+
+
 @dataclass
 class _Completion:
     """The text-side state of one of a request's n completions."""
@@ -101,6 +105,11 @@ class ChatService:
 
     @staticmethod
     def _render(template: ChatTemplate, messages: list[ChatMessage], req: ChatRequest) -> str:
+        clash = _RESERVED_TEMPLATE_VARIABLES.intersection(req.chat_template_kwargs)
+        if clash:
+            raise InvalidRequestError(
+                f"chat_template_kwargs may not set {sorted(clash)}", param="chat_template_kwargs"
+            )
         wire = [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in messages]
         try:
             return template.render(wire, add_generation_prompt=req.add_generation_prompt, **req.chat_template_kwargs)
