@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import torch
+
 from chatforge.engine.errors import EngineDeadError
 from chatforge.engine.llm_engine import LLMEngine
 from chatforge.engine.outputs import FinishReason, RequestOutput
@@ -126,6 +128,11 @@ class AsyncEngine:
     # -- the loop (engine thread) ------------------------------------------------------------
 
     def _run(self) -> None:
+        threads = self.engine.config.torch_threads
+        if threads is not None:
+            # OpenMP's thread count is a per-thread setting: the constructor's call, made on
+            # the loading thread, does not reach this one.
+            torch.set_num_threads(threads)
         try:
             while self._handle_commands(block=not self.engine.has_unfinished()):
                 outputs = self.engine.step() if self.engine.has_unfinished() else []

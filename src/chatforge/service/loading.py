@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from chatforge.engine.async_engine import AsyncEngine
@@ -60,6 +61,31 @@ def load_served_model(path_or_id: str | None, engine_settings: EngineSettings, p
 
 
 def load_catalog(settings: Settings) -> ModelCatalog:
+    """Load every model of `settings` and start its engine, on a thread of its own that ends
+    before this returns (call it from any thread).
+
+    Why: loading runs torch's parallel kernels, and a thread that has run them keeps an OpenMP
+    team for as long as it lives. Once libgomp manages more threads than there are CPUs it stops
+    letting idle workers spin, and every parallel region of an engine thread then waits on a
+    futex wake-up: with the server's main thread holding such a team, single-stream decoding ran
+    at half speed on 2 cores. A loader thread that exits takes its team with it."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["catalog"] = _load_catalog(settings)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the calling thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="chatforge-loader")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["catalog"]
+
+
+def _load_catalog(settings: Settings) -> ModelCatalog:
     models = []
     for path_or_id in settings.models or [None]:
         served = load_served_model(path_or_id, settings.engine)
