@@ -31,6 +31,15 @@ CHATFORGE = ROOT / ".venv" / "bin" / "chatforge"
 PEER_SCRIPT = HERE / "peer_llamacpp.sh"
 PEER_PY = HERE / ".peer-venv" / "bin" / "python"
 
+# chatforge's engine settings per --engine (environment variables of `chatforge serve`).
+# "fast": int4 weights (the GGUF's own Q4_1 grid) for steps of up to 8 rows and no
+# batch-invariance padding, the configuration comparable with llama.cpp (4-bit weights, not
+# batch-invariant); "default": the deterministic defaults (float32, batch-invariant).
+ENGINES = {
+    "fast": {"CHATFORGE_ENGINE__WEIGHTS": "int4", "CHATFORGE_ENGINE__BATCH_INVARIANT": "false"},
+    "default": {},
+}
+
 # The issue's workloads. Each is one `chatforge bench` run; both servers get the same requests.
 WORKLOADS = {
     "decode": ["--concurrency", "1,32", "--prompt-tokens", "32", "--output-tokens", "128"],
@@ -45,11 +54,12 @@ QUICK = {  # a smoke run of this script: the same shapes, a few requests
 
 
 @contextmanager
-def server(name: str, cmd: list[str], ready_url: str, log: Path, timeout_s: float = 300):
-    """Runs `cmd` until the block ends; waits until `ready_url` answers 200."""
-    print(f"starting {name}: {shlex.join(cmd)}", flush=True)
+def server(name: str, cmd: list[str], ready_url: str, log: Path, timeout_s: float = 300, env: dict | None = None):
+    """Runs `cmd` (with `env` added to the environment) until the block ends; waits until
+    `ready_url` answers 200."""
+    print(f"starting {name}: {' '.join(f'{k}={v}' for k, v in (env or {}).items())} {shlex.join(cmd)}", flush=True)
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
     try:
         deadline = time.time() + timeout_s
         while True:
@@ -141,6 +151,7 @@ def main() -> None:
     ap.add_argument("--chatforge-port", type=int, default=18000)
     ap.add_argument("--peer-port", type=int, default=18001)
     ap.add_argument("--quick", action="store_true", help="a few small requests, to check the set-up")
+    ap.add_argument("--engine", choices=list(ENGINES), default="fast", help="chatforge's engine settings (see ENGINES)")
     args = ap.parse_args()
     if not PEER_PY.exists():
         raise SystemExit(f"no peer in {PEER_PY.parent.parent}: run {PEER_SCRIPT} setup first")
@@ -150,7 +161,7 @@ def main() -> None:
     with ExitStack() as stack:
         load = stack.enter_context(LoadSampler())
         stack.enter_context(server("chatforge", [str(CHATFORGE), "serve", "--port", str(args.chatforge_port), "--threads", "2"],
-                                   f"{ours}/health", args.work / "chatforge.log"))
+                                   f"{ours}/health", args.work / "chatforge.log", env=ENGINES[args.engine]))
         stack.enter_context(server("llama-cpp-python", [str(PEER_SCRIPT), "serve", str(args.peer_port)],
                                    f"{peer}/v1/models", args.work / "peer.log"))
         for name, options in (QUICK if args.quick else WORKLOADS).items():
@@ -163,7 +174,8 @@ def main() -> None:
             results[name] = json.loads(out.read_text()) if out.exists() else None
     info = machine()
     info["1-minute load average during the run"] = load.summary()
-    report = render_results(results, commands, info, versions(), dt.date.today().isoformat(), args.quick)
+    engine = " ".join(f"{k}={v}" for k, v in ENGINES[args.engine].items())
+    report = render_results(results, commands, info, versions(), dt.date.today().isoformat(), args.quick, engine)
     args.out.write_text(report + kept_sections(args.out))
     print(f"wrote {args.out}")
 

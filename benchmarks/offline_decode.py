@@ -32,6 +32,7 @@ VARIANTS = {
     "fp32": dict(weights="fp32", batch_invariant=False),
     "int8": dict(weights="int8", batch_invariant=False),
     "int8-inv": dict(weights="int8", batch_invariant=True),
+    "int4": dict(weights="int4", batch_invariant=False),
 }
 
 

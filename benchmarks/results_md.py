@@ -55,7 +55,8 @@ def _verdicts(decode: dict | None, prefix: dict | None) -> list[str]:
     return out
 
 
-def render_results(results: dict, commands: dict, machine: dict, versions: dict, date: str, quick: bool) -> str:
+def render_results(results: dict, commands: dict, machine: dict, versions: dict, date: str, quick: bool,
+                   engine_env: str = "") -> str:
     decode, prefix = results.get("decode"), results.get("prefix")
     load = machine.get("1-minute load average during the run", "")
     busy = load.startswith("mean ") and float(load.split("max ")[1].split()[0]) > 3.0
@@ -79,7 +80,8 @@ def render_results(results: dict, commands: dict, machine: dict, versions: dict,
         "",
         *(f"- {k}: {v}" for k, v in machine.items()),
         *(f"- {k}: {v}" for k, v in versions.items()),
-        "- chatforge: `chatforge serve --threads 2` (engine defaults: max 64 running sequences, prefix caching on)",
+        f"- chatforge: `{engine_env + ' ' if engine_env else ''}chatforge serve --threads 2` (otherwise the engine "
+        "defaults: max 64 running sequences, prefix caching on)",
         "- llama-cpp-python: `benchmarks/peer_llamacpp.sh serve` = `python -m llama_cpp.server --n_threads 2 "
         "--n_threads_batch 2 --n_ctx 4096 --interrupt_requests false` (one request at a time; by default a new "
         "request would cut the stream in progress short instead of queueing)",

@@ -23,8 +23,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     # Pad each step so that a sequence's logits do not depend on its batch (model_runner.py).
     batch_invariant: bool = True
-    # Matmul weights: "fp32", or "int8" weight-only for steps of few rows (models/packed_linear.py);
-    # int8 is faster at small batches but its results depend on the batch (model_runner.py).
+    # Matmul weights: "fp32", or "int8" / "int4" weight-only for steps of few rows
+    # (models/packed_linear.py); faster at small batches, but results depend on the batch (model_runner.py).
     weights: str = "fp32"
 
     def __post_init__(self) -> None:
@@ -45,7 +45,7 @@ class EngineConfig:
             raise ValueError("max_model_len must be >= 2")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError("torch_threads must be >= 1")
-        if self.weights not in ("fp32", "int8"):
-            raise ValueError("weights must be fp32 or int8")
+        if self.weights not in ("fp32", "int8", "int4"):
+            raise ValueError("weights must be fp32, int8 or int4")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError("dtype must be float32, bfloat16 or float16")

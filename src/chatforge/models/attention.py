@@ -179,13 +179,18 @@ def paged_attention(
     elif meta.uses_cache:
         raise AttentionMetadataError("the metadata has block tables but no KV cache was passed")
     B, Lq = meta.query_index.shape
-    queries = q[meta.query_index].transpose(1, 2)  # [B, H, Lq, D]
+    if Lq == 1:  # one new token per sequence (decoding): rows are already in batch order
+        queries = q[:, :, None, :]  # [B, H, 1, D], a view
+    else:
+        queries = q[meta.query_index].transpose(1, 2)  # [B, H, Lq, D]
     keys = k[meta.key_index].transpose(1, 2)  # [B, Hkv, Lk, D]
     values = v[meta.key_index].transpose(1, 2)  # [B, Hkv, Lk, D]
     out = F.scaled_dot_product_attention(
         queries, keys, values, attn_mask=meta.mask(sliding_window, queries.dtype), scale=scale,
         enable_gqa=keys.shape[1] != queries.shape[1],
     )  # [B, H, Lq, D]
+    if Lq == 1:
+        return out[:, :, 0, :]  # [T, H, D]
     out = out.transpose(1, 2).reshape(B * Lq, q.shape[1], q.shape[2])
     return out[meta.output_index]  # [T, H, D]
 

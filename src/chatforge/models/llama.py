@@ -61,15 +61,15 @@ class Attention(nn.Module):
             self.o_proj = o_proj
 
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
-        T = x.shape[0]
+        T, H, Hkv, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         if self.qkv_proj is not None:
-            q, k, v = self.qkv_proj.split(self.qkv_proj(x))  # views of one [T, (H + 2 Hkv) * D]
+            qkv = self.qkv_proj(x).view(T, H + 2 * Hkv, D)
+            qk = apply_rotary(qkv[:, : H + Hkv], cos, sin)  # q and k rotated in one pass
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv :]  # [T, H, D], [T, Hkv, D], [T, Hkv, D]
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(T, self.num_heads, self.head_dim)  # [T, H, D]
-        k = k.view(T, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v = v.view(T, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q = apply_rotary(self.q_proj(x).view(T, H, D), cos, sin)
+            k = apply_rotary(self.k_proj(x).view(T, Hkv, D), cos, sin)
+            v = self.v_proj(x).view(T, Hkv, D)
         out = paged_attention(q, k, v, meta, kv_cache, self.scale, self.sliding_window)  # [T, H, D]
         return self.o_proj(out.reshape(T, self.num_heads * self.head_dim))
 
@@ -149,8 +149,8 @@ class LlamaForCausalLM(nn.Module):
 
     def prepare_for_inference(self, weights: str = "fp32", int8_max_rows: int = DEFAULT_INT8_MAX_ROWS) -> None:
         """Fuse q/k/v and gate/up (once; the HF parameter names are gone afterwards) and choose the
-        weights of the matmuls: "fp32" only, or "int8" for inputs of at most `int8_max_rows` rows
-        (models/packed_linear.py). May be called again to switch modes."""
+        weights of the matmuls: "fp32" only, or "int8" / "int4" for inputs of at most
+        `int8_max_rows` rows (models/packed_linear.py). May be called again to switch modes."""
         if weights not in WEIGHT_MODES:
             raise ValueError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
         if self.logits_proj is None:
@@ -160,10 +160,14 @@ class LlamaForCausalLM(nn.Module):
             # Shares the (tied) embedding's storage: no copy of the float32 weight.
             head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
             self.logits_proj = PackedLinear(head.detach())
-        max_rows = int8_max_rows if weights == "int8" else 0
+        # "int4": the layers' matmuls in int4 (a Q4_1 checkpoint's own grid), the lm_head in int8:
+        # GGUF files keep the embedding at 8 bits or more, and int4 there would add error.
+        max_rows = int8_max_rows if weights != "fp32" else 0
         for module in self.modules():
             if isinstance(module, PackedLinear):
-                module.set_int8(max_rows)
+                int4 = weights == "int4" and module is not self.logits_proj
+                module.set_int4(max_rows if int4 else 0)
+                module.set_int8(0 if int4 else max_rows)
         self.weights_mode = weights
 
     def forward(

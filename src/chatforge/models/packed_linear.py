@@ -1,5 +1,5 @@
 """Inference-only linear layers: several projections fused into one matmul, and an optional
-int8 weight-only copy for the small-M matmuls of decoding.
+int8 or int4 weight-only copy for the small-M matmuls of decoding.
 
 Why fuse: a decode step is ~80% matmuls of a few rows each; q/k/v (and gate/up) read the same
 input, so one [q + 2 kv, d] matmul replaces three and the output is split with views.
@@ -12,6 +12,15 @@ and multiplied by `aten._weight_int8pack_mm`, which wants bfloat16 activations a
 `int8_max_rows` take the float32 weight instead: there the matmul is compute-bound and MKL's
 sgemm is faster, so both copies are kept (+25% weight memory). The int8 path rounds the
 activations to bfloat16, so its results depend on the row count: it is not batch-invariant.
+
+Why int4: half the bytes of int8 again, and torch's `_weight_int4pack_mm_for_cpu` is the fastest
+kernel for one to eight rows on this project's CPU (benchmarks/RESULTS.md). The weight is
+quantized in groups of 32 input channels, asymmetrically: w ~= (q - 8) * scale + zero with q in
+[0, 15] and one (scale, zero) per group and output channel. GGUF's Q4_1 stores exactly that form
+(w = d * q + m in blocks of 32), so a Q4_1 checkpoint's grid is recovered from its dequantized
+values: each block's minimum is m and its maximum 15 d + m. What is not exact is the kernel's
+bfloat16 scale, zero and activations (the same rounding as the int8 path, and the same
+consequence for batch invariance).
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WEIGHT_MODES = ("fp32", "int8")
-# Rows at or below which the int8 copy is used (benchmarks/RESULTS.md, "Offline decode").
+WEIGHT_MODES = ("fp32", "int8", "int4")
+# Rows at or below which the int8/int4 copy is used (benchmarks/RESULTS.md, "Offline decode").
 DEFAULT_INT8_MAX_ROWS = 8
+INT4_GROUP_SIZE = 32
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +41,21 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # an all-zero row keeps q = 0
     q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, scales
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int = INT4_GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [N, K] float -> (q int32 [N, K] in [0, 15], scales_and_zeros float32 [K / group, N, 2])
+    with weight[n, k] ~= (q[n, k] - 8) * scale[k // group, n] + zero[k // group, n]."""
+    N, K = weight.shape
+    if K % group_size:
+        raise ValueError(f"int4 needs the input size ({K}) to be a multiple of {group_size}")
+    groups = weight.detach().float().reshape(N, K // group_size, group_size)
+    low, high = groups.amin(-1), groups.amax(-1)  # [N, G]
+    scale = (high - low) / 15
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant group: q = 0, w = low
+    q = torch.round((groups - low[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32).reshape(N, K)
+    zero = low + 8 * scale
+    return q, torch.stack([scale.t(), zero.t()], dim=-1).contiguous()
 
 
 class PackedLinear(nn.Module):
@@ -45,6 +70,9 @@ class PackedLinear(nn.Module):
         self.int8_max_rows = 0  # 0: int8 off
         self.weight_int8: torch.Tensor | None = None
         self.scales: torch.Tensor | None = None
+        self.int4_max_rows = 0  # 0: int4 off
+        self.weight_int4: torch.Tensor | None = None  # the kernel's packed layout
+        self.scales_and_zeros: torch.Tensor | None = None  # bfloat16 [K / group, N, 2]
 
     @classmethod
     def fuse(cls, linears: list[nn.Linear]) -> PackedLinear:
@@ -73,7 +101,27 @@ class PackedLinear(nn.Module):
             self.weight_int8 = self.scales = None
         self.int8_max_rows = max_rows
 
+    def set_int4(self, max_rows: int) -> None:
+        """Use an int4 copy for inputs of at most `max_rows` rows (before int8, if both are set);
+        0 drops the copy."""
+        if max_rows < 0:
+            raise ValueError(f"int4 max_rows must be >= 0, got {max_rows}")
+        if max_rows and self.weight.device.type != "cpu":
+            raise ValueError("int4 weights are implemented for the CPU only")
+        if max_rows and self.weight_int4 is None:
+            q, scales_and_zeros = quantize_int4(self.weight)
+            self.weight_int4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
+            self.scales_and_zeros = scales_and_zeros.to(torch.bfloat16)
+        elif not max_rows:
+            self.weight_int4 = self.scales_and_zeros = None
+        self.int4_max_rows = max_rows
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_int4 is not None and x.dim() == 2 and x.shape[0] <= self.int4_max_rows:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.to(torch.bfloat16), self.weight_int4, INT4_GROUP_SIZE, self.scales_and_zeros
+            ).to(x.dtype)
+            return y if self.bias is None else y + self.bias
         if self.weight_int8 is not None and x.dim() == 2 and x.shape[0] <= self.int8_max_rows:
             y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight_int8, self.scales).to(x.dtype)
             return y if self.bias is None else y + self.bias
