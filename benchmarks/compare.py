@@ -32,7 +32,7 @@ PEER_SCRIPT = HERE / "peer_llamacpp.sh"
 PEER_PY = HERE / ".peer-venv" / "bin" / "python"
 
 # chatforge's engine settings per --engine (environment variables of `chatforge serve`).
-# "fast": int4 weights (the GGUF's own Q4_1 grid) for steps of up to 8 rows and no
+# "fast": int4 weights (the GGUF's own Q4_1 grid) for steps of up to 16 rows and no
 # batch-invariance padding, the configuration comparable with llama.cpp (4-bit weights, not
 # batch-invariant); "default": the deterministic defaults (float32, batch-invariant).
 ENGINES = {

@@ -167,7 +167,7 @@ def low_bit_accuracy(bundled_gguf, hf_bundled_tokenizer):
         meta = AttentionMetadata.build([len(ids)], [len(ids)], None, 16)
         logits = {}
         for mode, rows in (("fp32", 0), ("int8", len(ids)), ("int4", len(ids))):
-            model.prepare_for_inference(mode, int8_max_rows=rows)
+            model.prepare_for_inference(mode, max_rows=rows)
             with torch.inference_mode():
                 logits[mode] = model.compute_logits(model(ids, meta.positions, meta))[len(prompt) - 1 : -1]
         for mode in ("int8", "int4"):

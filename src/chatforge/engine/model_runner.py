@@ -24,9 +24,9 @@ in models/attention.py. The padding costs 4 tokens of compute per step (-40% tok
 1, -18% at 8 and 32, benchmarks/offline_decode.py); `batch_invariant=False` turns it off.
 
 Weights (`weights`, models/packed_linear.py): the runner fuses q/k/v and gate/up once (bit-identical
-logits) and, with "int8" or "int4", multiplies steps of at most 8 rows by low-bit copies of the
+logits) and, with "int8" or "int4", multiplies steps of at most 8 or 16 rows by low-bit copies of the
 weights with bfloat16 activations. That path is not batch-invariant whatever the padding (a step
-of 8 rows or fewer takes other arithmetic than a larger one, and the padding itself pushes small
+of few rows takes other arithmetic than a larger one, and the padding itself pushes small
 steps over or under the threshold), so `batch_invariant=True` with a low-bit mode buys nothing
 but cost: the deterministic configuration is fp32 + batch_invariant, the fast one int4 without it. Both stay the defaults' choice to
 make in EngineConfig; README "Determinism vs speed" gives the trade-off, benchmarks/RESULTS.md

@@ -16,7 +16,7 @@ from torch import nn
 
 from chatforge.models.attention import AttentionMetadata, allocate_kv_caches, paged_attention
 from chatforge.models.config import ModelConfig
-from chatforge.models.packed_linear import DEFAULT_INT8_MAX_ROWS, WEIGHT_MODES, PackedLinear
+from chatforge.models.packed_linear import DEFAULT_MAX_ROWS, WEIGHT_MODES, PackedLinear
 from chatforge.models.rotary import RotaryEmbedding, apply_rotary
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -147,10 +147,11 @@ class LlamaForCausalLM(nn.Module):
         self.logits_proj: PackedLinear | None = None  # set by `prepare_for_inference`
         self.weights_mode: str | None = None  # None: unfused HF layout
 
-    def prepare_for_inference(self, weights: str = "fp32", int8_max_rows: int = DEFAULT_INT8_MAX_ROWS) -> None:
+    def prepare_for_inference(self, weights: str = "fp32", max_rows: int | None = None) -> None:
         """Fuse q/k/v and gate/up (once; the HF parameter names are gone afterwards) and choose the
         weights of the matmuls: "fp32" only, or "int8" / "int4" for inputs of at most
-        `int8_max_rows` rows (models/packed_linear.py). May be called again to switch modes."""
+        `max_rows` rows (default: the mode's DEFAULT_MAX_ROWS, models/packed_linear.py). May be
+        called again to switch modes."""
         if weights not in WEIGHT_MODES:
             raise ValueError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
         if self.logits_proj is None:
@@ -162,7 +163,7 @@ class LlamaForCausalLM(nn.Module):
             self.logits_proj = PackedLinear(head.detach())
         # "int4": the layers' matmuls in int4 (a Q4_1 checkpoint's own grid), the lm_head in int8:
         # GGUF files keep the embedding at 8 bits or more, and int4 there would add error.
-        max_rows = int8_max_rows if weights != "fp32" else 0
+        max_rows = 0 if weights == "fp32" else DEFAULT_MAX_ROWS[weights] if max_rows is None else max_rows
         for module in self.modules():
             if isinstance(module, PackedLinear):
                 int4 = weights == "int4" and module is not self.logits_proj

@@ -9,7 +9,7 @@ quarter of the float32 bytes (the lm_head of a 49k vocabulary: 113 MB -> 28 MB).
 are quantized symmetrically per output channel, w ~= scale[n] * q[n, k] with q in [-127, 127],
 and multiplied by `aten._weight_int8pack_mm`, which wants bfloat16 activations and scales
 (with float32 activations that kernel is several times slower than float32 MKL). Rows above
-`int8_max_rows` take the float32 weight instead: there the matmul is compute-bound and MKL's
+`max_rows` take the float32 weight instead: there the matmul is compute-bound and MKL's
 sgemm is faster, so both copies are kept (+25% weight memory). The int8 path rounds the
 activations to bfloat16, so its results depend on the row count: it is not batch-invariant.
 
@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHT_MODES = ("fp32", "int8", "int4")
-# Rows at or below which the int8/int4 copy is used (benchmarks/RESULTS.md, "Offline decode").
-DEFAULT_INT8_MAX_ROWS = 8
+# Rows at or below which the low-bit copy is used: where its kernel beat MKL's float32 sgemm on
+# this project's CPU (int8 up to 8 rows; int4 up to ~20, e.g. 54 vs 79 ms per step of 16 rows).
+DEFAULT_MAX_ROWS = {"int8": 8, "int4": 16}
 INT4_GROUP_SIZE = 32
 
 
