@@ -209,8 +209,8 @@ def test_request_chat_template_and_kwargs(http, catalog):
 def test_a_template_that_escapes_or_fails_is_a_400(http, template):
     out = egp(http, {"chat_history": [], "prompt": "Hello", "chat_template": template, "max_tokens": 2}, status=400)
     assert out["code"] == "invalid_request_error"
-    # compile errors name the template; sandbox refusals happen while rendering the conversation
-    assert out["param"] in ("chat_template", "chat_history")
+    # compile errors and refusals while rendering alike: the request's own template is named
+    assert out["param"] == "chat_template"
     assert "Hello" not in out["detail"]
 
 
@@ -263,6 +263,7 @@ BAD = [
     ({"chat_history": [], "prompt": PROMPT, "model_request_parameters": {"bindings": {"top_k": 2.5}}},
      "model_request_parameters.bindings.top_k"),
     ({"chat_history": [], "prompt": PROMPT, "seed": 5}, "seed"),  # a binding, not a top-level field
+    ({"chat_history": [{"role": "user", "content": 5}], "prompt": PROMPT}, "chat_history.0.content"),
     ({"chat_history": [], "prompt": PROMPT, "chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
 ]
 
@@ -272,6 +273,7 @@ def test_bad_input_is_a_400_naming_the_field(http, body, param):
     out = egp(http, body, status=400)
     assert set(out) == {"detail", "code", "param"}
     assert out["code"] == "invalid_request_error" and out["param"].startswith(param) and out["detail"]
+    assert ".str" not in out["param"] and "[" not in out["param"]
 
 
 def test_a_binding_overrides_the_top_level_field(http):

@@ -35,6 +35,9 @@ def post(http, body, path="/v1/chat/completions"):
         ({"model": MODEL, "messages": []}, "messages"),
         ({"messages": MSG}, "model"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        # union fields: the member pydantic tried ("str", "list[...]") is no part of the name
+        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        ({"model": MODEL, "messages": MSG, "stop": 5}, "stop"),
         ({"model": MODEL, "messages": MSG, "chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
     ],
 )

@@ -39,9 +39,18 @@ class ApiError:
         return KIND.get(self.status, "invalid_request_error")
 
 
+# Pydantic puts the member of a union it tried into the error's location ("content", "str";
+# "stop", "list[str]"); those are types, not parameters, and stay out of `param`.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
+
+
+def _is_type_tag(part: str) -> bool:
+    return part in _TYPE_TAGS or "[" in part or part.startswith(("function-", "constrained-", "json-or-python"))
+
+
 def from_validation(exc: RequestValidationError) -> ApiError:
     err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(str(p))]
     param = ".".join(loc) or None
     if err.get("type") == "json_invalid":
         return ApiError(400, "invalid_request_error", "the request body is not valid JSON")

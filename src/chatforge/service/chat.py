@@ -114,7 +114,10 @@ class ChatService:
         try:
             return template.render(wire, add_generation_prompt=req.add_generation_prompt, **req.chat_template_kwargs)
         except ChatTemplateError as e:
-            raise InvalidRequestError(f"the chat template refused the conversation: {e}", param="messages") from None
+            # The model's own template can only refuse the messages; a template sent with the
+            # request may just as well be at fault itself, so that is the parameter named.
+            param = "chat_template" if req.chat_template is not None else "messages"
+            raise InvalidRequestError(f"the chat template refused the conversation: {e}", param=param) from None
 
     # -- on the engine -------------------------------------------------------------------------
     async def stream(self, prep: PreparedChat) -> AsyncIterator[ChatEvent]:
