@@ -144,6 +144,32 @@ def kept_sections(path: Path) -> str:
     return "" if start < 0 else "\n" + text[start:]
 
 
+def light_single_stream(urls: dict[str, str], rounds: int, output_tokens: int) -> dict:
+    """Single-stream decode speed seen by the lightest client we have: one synchronous httpx
+    stream at a time, alternating the servers request by request. Per request: (content chunks
+    - 1) / (last chunk - first chunk). Both servers' threads share the 2 cores with the client,
+    and llama.cpp's spinning workers are the more sensitive to it, so this is the second opinion
+    on the single-stream ratio beside `chatforge bench`'s asyncio client."""
+    body = {"messages": [{"role": "user", "content": "Write a long story about a dragon and a knight."}],
+            "max_tokens": output_tokens, "min_tokens": output_tokens, "ignore_eos": True, "temperature": 0,
+            "stream": True}
+    speeds: dict[str, list[float]] = {name: [] for name in urls}
+    with httpx.Client(timeout=600) as client:
+        for _ in range(rounds):
+            for name, url in urls.items():
+                model = client.get(f"{url}/v1/models").json()["data"][0]["id"]
+                stamps = []
+                with client.stream("POST", f"{url}/v1/chat/completions", json={**body, "model": model}) as r:
+                    for line in r.iter_lines():
+                        if line.startswith("data: {"):
+                            choices = json.loads(line[6:]).get("choices") or [{}]
+                            if choices[0].get("delta", {}).get("content"):
+                                stamps.append(time.perf_counter())
+                if len(stamps) > 1:
+                    speeds[name].append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    return speeds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
@@ -172,6 +198,9 @@ def main() -> None:
             subprocess.run(cmd, check=False, cwd=ROOT)
             commands[name] = shlex.join(["chatforge", "bench", "URL", "--compare", "PEER_URL", *options])
             results[name] = json.loads(out.read_text()) if out.exists() else None
+        rounds = 2 if args.quick else 8
+        print(f"running: light single-stream client, {rounds} rounds", flush=True)
+        results["light"] = light_single_stream({"chatforge": ours, "llama-cpp-python": peer}, rounds, 128)
     info = machine()
     info["1-minute load average during the run"] = load.summary()
     engine = " ".join(f"{k}={v}" for k, v in ENGINES[args.engine].items())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 TARGETS = "chatforge ÷ llama-cpp-python"
 
 
@@ -41,18 +43,37 @@ def _prefix_table(run: dict) -> list[str]:
     return rows
 
 
-def _verdicts(decode: dict | None, prefix: dict | None) -> list[str]:
+def _verdicts(decode: dict | None, prefix: dict | None, light: dict | None = None) -> list[str]:
     out = []
     ratios = {c["concurrency"]: c["output_throughput"] for c in (decode or {}).get("comparisons", [])}
     for conc, goal in ((32, 5.0), (1, 0.7)):
         got = ratios.get(conc)
         verdict = "not measured" if got is None else ("met" if got >= goal else "not met")
         out.append(f"| output tok/s at {conc} stream{'s' if conc > 1 else ''}, {TARGETS} | >= {goal}x | {_x(got)} | {verdict} |")
+    if light and all(light.get(k) for k in ("chatforge", "llama-cpp-python")):
+        got = statistics.median(light["chatforge"]) / statistics.median(light["llama-cpp-python"])
+        out.append(f"| decode tok/s at 1 stream, minimal client, {TARGETS} | >= 0.7x | {_x(got)} | "
+                   f"{'met' if got >= 0.7 else 'not met'} |")
     ours = next((p for p in (prefix or {}).get("prefix", []) if p["label"] == "chatforge"), None)
     got = ours["warm_over_cold"] if ours else None
     verdict = "not measured" if got is None else ("met" if got <= 0.2 else "not met")
     out.append(f"| chatforge TTFT warm ÷ cold, 1,000-token shared prefix | <= 0.2x | {_x(got)} | {verdict} |")
     return out
+
+
+def _light_table(light: dict) -> list[str]:
+    rows = ["| server | requests | decode tok/s median | min | max |", "|---|---:|---:|---:|---:|"]
+    medians = {}
+    for name, speeds in light.items():
+        if not speeds:
+            rows.append(f"| {name} | 0 | - | - | - |")
+            continue
+        medians[name] = statistics.median(speeds)
+        rows.append(f"| {name} | {len(speeds)} | {medians[name]:.1f} | {min(speeds):.1f} | {max(speeds):.1f} |")
+    if len(medians) == 2:
+        (a, ma), (b, mb) = medians.items()
+        rows += ["", f"Median ratio, {a} ÷ {b}: {ma / mb:.2f}x."]
+    return rows
 
 
 def render_results(results: dict, commands: dict, machine: dict, versions: dict, date: str, quick: bool,
@@ -74,7 +95,7 @@ def render_results(results: dict, commands: dict, machine: dict, versions: dict,
         "## Goals",
         "",
         "| goal | target | measured | |", "|---|---:|---:|---|",
-        *_verdicts(decode, prefix),
+        *_verdicts(decode, prefix, results.get("light")),
         "",
         "## Machine and versions",
         "",
@@ -94,6 +115,13 @@ def render_results(results: dict, commands: dict, machine: dict, versions: dict,
         lines += ["## Prefix cache: a repeated 1,000-token system prompt", "", f"`{commands['prefix']}`", "",
                   "Each pair sends two requests with the same (new) system prompt and different user turns, one after "
                   "the other: the first meets a cold cache, the second a warm one.", "", *_prefix_table(prefix), ""]
+    light = results.get("light")
+    if light:
+        lines += ["## Single stream, seen by a minimal client", "",
+                  "`benchmarks/compare.py` again, with one synchronous httpx stream at a time instead of "
+                  "`chatforge bench`'s asyncio client, alternating the servers request by request (128 output "
+                  "tokens; decode tok/s = (content chunks - 1) / (last chunk - first chunk), no TTFT).", "",
+                  *_light_table(light), ""]
     lines += [
         "## How the figures are taken",
         "",
