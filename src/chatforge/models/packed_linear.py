@@ -14,7 +14,8 @@ sgemm is faster, so both copies are kept (+25% weight memory). The int8 path rou
 activations to bfloat16, so its results depend on the row count: it is not batch-invariant.
 
 Why int4: half the bytes of int8 again, and torch's `_weight_int4pack_mm_for_cpu` is the fastest
-kernel for one to eight rows on this project's CPU (benchmarks/RESULTS.md). The weight is
+kernel for one to sixteen rows on this project's CPU (benchmarks/RESULTS.md); the float32 weight
+is kept for larger steps (+12.5% weight memory). Input sizes must be multiples of 32. The weight is
 quantized in groups of 32 input channels, asymmetrically: w ~= (q - 8) * scale + zero with q in
 [0, 15] and one (scale, zero) per group and output channel. GGUF's Q4_1 stores exactly that form
 (w = d * q + m in blocks of 32), so a Q4_1 checkpoint's grid is recovered from its dequantized
@@ -111,6 +112,7 @@ class PackedLinear(nn.Module):
             raise ValueError("int4 weights are implemented for the CPU only")
         if max_rows and self.weight_int4 is None:
             q, scales_and_zeros = quantize_int4(self.weight)
+            # 2: the packing's inner K tiles (the value measured and tested here).
             self.weight_int4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
             self.scales_and_zeros = scales_and_zeros.to(torch.bfloat16)
         elif not max_rows:
