@@ -117,3 +117,59 @@ def test_metrics_and_health(http):
                  "chatforge_prefix_cache_hit_tokens_total", "chatforge_waiting_requests"):
         assert name in text
     assert http.get("/health").json()["status"] == "ok"
+
+
+def test_a_failing_engine_step_is_a_500_and_the_server_goes_on(http, catalog):
+    """A bug in a model step ends the requests of that step with 500 internal_error, frees
+    their KV blocks, and leaves the server serving (engine/llm_engine.py, LLMEngine.step)."""
+    engine = catalog.get(None).engine
+    runner = engine.engine.runner
+    calls = {"left": 1}
+    execute = runner.execute
+
+    def fail_once(batch):
+        if calls["left"]:
+            calls["left"] -= 1
+            raise RuntimeError("injected step failure")
+        return execute(batch)
+
+    runner.execute = fail_once
+    try:
+        r = post(http, {"model": MODEL, "messages": MSG, "max_tokens": 4})
+        assert r.status_code == 500, r.text
+        err = r.json()["error"]
+        assert err["type"] == "server_error" and err["code"] == "internal_error"
+        assert "injected" not in err["message"] and "Traceback" not in err["message"]
+        assert engine.stats().num_blocks_used == 0 and engine.is_running
+        assert http.get("/health").json()["status"] == "ok"
+        ok = post(http, {"model": MODEL, "messages": MSG, "max_tokens": 4})
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+    finally:
+        del runner.execute
+
+
+def test_a_step_failing_mid_stream_ends_the_stream_with_an_error_object(http, catalog):
+    engine = catalog.get(None).engine
+    runner = engine.engine.runner
+    calls = {"n": 0}
+    execute = runner.execute
+
+    def fail_third_step(batch):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the prefill and one decode step have streamed text by then
+            raise RuntimeError("injected step failure")
+        return execute(batch)
+
+    runner.execute = fail_third_step
+    try:
+        body = {"model": MODEL, "messages": MSG, "max_tokens": 20, "stream": True, "ignore_eos": True}
+        with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        objs = [json.loads(e) for e in events[:-1]]
+        assert events[-1] == "[DONE]"
+        assert any(o.get("choices") and o["choices"][0]["delta"].get("content") for o in objs[:-1])
+        assert objs[-1]["error"]["code"] == "internal_error" and objs[-1]["error"]["type"] == "server_error"
+        assert engine.stats().num_blocks_used == 0 and engine.is_running
+    finally:
+        del runner.execute

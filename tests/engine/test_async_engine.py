@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from chatforge.engine.async_engine import AsyncEngine
-from chatforge.engine.errors import EngineDeadError, PromptTooLongError
+from chatforge.engine.errors import EngineDeadError, PromptTooLongError, StepFailedError
 from chatforge.engine.outputs import FinishReason
 from chatforge.engine.sampling_params import SamplingParams
 
@@ -125,5 +125,50 @@ async def test_shutdown_aborts_in_flight_requests_and_refuses_new_ones(async_eng
     assert rest[-1].finished and rest[-1].outputs[0].finish_reason is FinishReason.ABORT
     assert not async_engine.is_running and not async_engine.thread.is_alive()
     assert async_engine.stats().num_blocks_used == 0
+    with pytest.raises(EngineDeadError):
+        await collect(async_engine, "late", prompts[0], SamplingParams())
+
+
+class FailingSteps:
+    """Wraps a runner's `execute` so that the next `times` steps raise, as a bug in the model
+    or sampler would; later steps run normally."""
+
+    def __init__(self, runner, times: int):
+        self.runner, self.left, self.execute = runner, times, runner.execute
+
+    def __call__(self, batch):
+        if self.left > 0:
+            self.left -= 1
+            raise RuntimeError("injected step failure")
+        return self.execute(batch)
+
+
+async def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(async_engine, prompts):
+    runner = async_engine.engine.runner
+    async_engine.start()
+    first = async_engine.generate("inflight", prompts[0], LONG)
+    assert (await anext(first)).outputs[0].num_generated == 1
+    runner.execute = FailingSteps(runner, times=1)  # the engine thread calls it on its next step
+    try:
+        with pytest.raises(StepFailedError) as failed:
+            async for _ in first:
+                pass
+        assert failed.value.request_ids == ["inflight"]
+        assert async_engine.is_running
+        assert async_engine.stats().num_blocks_used == 0  # its KV blocks went back to the pool
+        tokens, outputs = await collect(async_engine, "after", prompts[1], SamplingParams(temperature=0, max_tokens=5))
+        assert len(tokens) == 5 and outputs[-1].finished
+    finally:
+        del runner.execute  # back to the class's method
+
+
+async def test_steps_that_keep_failing_stop_the_engine(async_engine, prompts):
+    runner = async_engine.engine.runner
+    runner.execute = FailingSteps(runner, times=100)
+    async_engine.start()
+    for i in range(3):  # each request's step fails; the third failure in a row stops the loop
+        with pytest.raises((StepFailedError, EngineDeadError)):
+            await collect(async_engine, f"r{i}", prompts[i], SamplingParams(max_tokens=3))
+    await wait_until(lambda: not async_engine.is_running)
     with pytest.raises(EngineDeadError):
         await collect(async_engine, "late", prompts[0], SamplingParams())

@@ -10,6 +10,7 @@ cancelled), the request is aborted on the thread's next pass and its blocks retu
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -18,11 +19,17 @@ from dataclasses import dataclass
 
 import torch
 
-from chatforge.engine.errors import EngineDeadError
+from chatforge.engine.errors import EngineDeadError, StepFailedError
 from chatforge.engine.llm_engine import LLMEngine
 from chatforge.engine.outputs import FinishReason, RequestOutput
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.engine.stats import EngineStats
+
+
+log = logging.getLogger("chatforge.engine")
+
+# Failed steps in a row after which the loop stops (then /health reports it and requests get 503).
+_MAX_CONSECUTIVE_FAILURES = 3
 
 
 @dataclass
@@ -133,9 +140,25 @@ class AsyncEngine:
             # OpenMP's thread count is a per-thread setting: the constructor's call, made on
             # the loading thread, does not reach this one.
             torch.set_num_threads(threads)
+        failures = 0  # consecutive failed steps
         try:
             while self._handle_commands(block=not self.engine.has_unfinished()):
-                outputs = self.engine.step() if self.engine.has_unfinished() else []
+                try:
+                    outputs = self.engine.step() if self.engine.has_unfinished() else []
+                except StepFailedError as e:
+                    # The step's requests are ended; their consumers hear why, the rest go on.
+                    # Steps that keep failing whatever they hold mean the engine itself is broken.
+                    failures += 1
+                    if failures >= _MAX_CONSECUTIVE_FAILURES:
+                        raise
+                    log.error("engine step failed; ended requests %s", e.request_ids, exc_info=e.__cause__)
+                    for request_id in e.request_ids:
+                        stream = self._streams.pop(request_id, None)
+                        if stream is not None:
+                            self._send(stream, e)
+                    outputs = []
+                else:
+                    failures = 0
                 self._stats = self.engine.stats()  # before delivery: a consumer may read it at once
                 self._deliver(outputs)
         except BaseException as e:  # noqa: BLE001 - every waiting consumer must hear of it

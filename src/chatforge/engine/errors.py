@@ -25,7 +25,16 @@ class DuplicateRequestError(EngineError):
 
 
 class EngineDeadError(EngineError):
-    """The engine loop stopped (shut down, or a step raised); no request can be served."""
+    """The engine loop stopped (shut down, or steps kept failing); no request can be served."""
+
+
+class StepFailedError(EngineError):
+    """A model step raised. Every request in that step was ended (its blocks freed); the engine
+    goes on serving the others. `request_ids`: the requests that were ended."""
+
+    def __init__(self, message: str, *, request_ids: list[str]):
+        super().__init__(message)
+        self.request_ids = request_ids
 
 
 class InvalidRequestError(EngineError, ValueError):

@@ -16,7 +16,7 @@ from torch import nn
 from chatforge.engine.batch import ScheduledBatch
 from chatforge.engine.block_manager import BlockManager
 from chatforge.engine.config import EngineConfig
-from chatforge.engine.errors import DuplicateRequestError, InvalidRequestError, PromptTooLongError
+from chatforge.engine.errors import DuplicateRequestError, InvalidRequestError, PromptTooLongError, StepFailedError
 from chatforge.engine.model_runner import ModelRunner, kv_block_bytes, pick_device, pick_dtype
 from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutput
 from chatforge.engine.sampler import Sampler, SamplerOutput
@@ -173,8 +173,19 @@ class LLMEngine:
     # -- the loop ----------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        """One step. When the model or the sampler raises, every request in the step is ended
+        (blocks freed, nothing registered in the prefix cache: that happens only after a step
+        succeeds) and StepFailedError names them; the engine stays usable for the others."""
         batch = self.scheduler.schedule()
-        sampled = self.runner.execute(batch) if not batch.is_empty else SamplerOutput([], [])
+        if batch.is_empty:
+            return self._postprocess(batch, SamplerOutput([], []))
+        try:
+            sampled = self.runner.execute(batch)
+        except Exception as e:
+            failed = list(dict.fromkeys(s.request_id for s in [*batch.seqs, *batch.sample_seqs]))
+            for request_id in failed:
+                self._end(request_id, FinishReason.ABORT)
+            raise StepFailedError(f"a model step failed: {type(e).__name__}: {e}", request_ids=failed) from e
         return self._postprocess(batch, sampled)
 
     def _postprocess(self, batch: ScheduledBatch, sampled: SamplerOutput) -> list[RequestOutput]:

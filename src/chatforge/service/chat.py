@@ -18,7 +18,8 @@ from chatforge.engine.outputs import CompletionOutput, FinishReason, TokenLogpro
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.service.catalog import ModelCatalog, ServedModel
 from chatforge.service.errors import (
-    ChatError, ContextLengthExceededError, EngineUnavailableError, InvalidRequestError, OverloadedError,
+    ChatError, ContextLengthExceededError, EngineUnavailableError, GenerationFailedError, InvalidRequestError,
+    OverloadedError,
 )
 from chatforge.service.protocol import (
     ChatEvent, ChatMessage, ChatRequest, ChatResult, Choice, ChoiceDelta, TokenInfo, TokenLogprobs, Usage,
@@ -201,6 +202,8 @@ def _service_error(e: engine_errors.EngineError, prep: PreparedChat) -> ChatErro
         return _context_error(e.max_prompt_tokens + max(1, prep.sampling.min_tokens), e.prompt_tokens, prep.sampling.max_tokens)
     if isinstance(e, engine_errors.InvalidRequestError):
         return InvalidRequestError(str(e))
+    if isinstance(e, engine_errors.StepFailedError):
+        return GenerationFailedError("the engine failed while generating this response; the request was ended")
     return EngineUnavailableError(f"the engine cannot serve this request: {e}")
 
 

@@ -50,3 +50,11 @@ class EngineUnavailableError(ChatError):
 
     status = 503
     code = "engine_unavailable"
+
+
+class GenerationFailedError(ChatError):
+    """The engine failed while computing this request (a bug, not the caller's doing); the
+    request was ended and the server goes on serving others."""
+
+    status = 500
+    code = "internal_error"

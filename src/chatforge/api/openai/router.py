@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from chatforge.api.deps import BearerCaller, BearerPrincipal, Caller
-from chatforge.api.errors import ApiError, dialect_route_class
+from chatforge.api.errors import KIND, ApiError, dialect_route_class
 from chatforge.api.openai import translate
 from chatforge.api.openai.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from chatforge.api.serving import Serving
 from chatforge.api.sse import sse_data, sse_response
 from chatforge.service.catalog import ModelCatalog
+from chatforge.service.errors import ChatError
 
 DIALECT = "openai"
+
+
+log = logging.getLogger("chatforge.api.openai")
+
+
+class StreamFailedError(ChatError):
+    """An unexpected failure after the stream began, as the client sees it (details in the log)."""
+
+    status = 500
+    code = "internal_error"
 
 
 def render_error(err: ApiError) -> JSONResponse:
@@ -57,9 +69,17 @@ async def serve_chat(request: Request, body: ChatCompletionRequest, caller: Call
     )
 
     async def frames():
-        async for event in events:
-            for chunk in writer.chunks(event, prep.usage()):
-                yield sse_data(chunk)
+        # The status line is sent: a failure from here on becomes an `error` object in the
+        # stream (as vLLM and OpenAI send it; the openai client raises APIError on it).
+        try:
+            async for event in events:
+                for chunk in writer.chunks(event, prep.usage()):
+                    yield sse_data(chunk)
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the client
+            if not isinstance(exc, ChatError):
+                log.exception("stream failed")
+                exc = StreamFailedError("internal server error")
+            yield sse_data(translate.error_body(exc.message, KIND.get(exc.status, "server_error"), exc.code, exc.param))
         yield sse_data("[DONE]")
 
     return sse_response(frames(), headers=ticket.headers)
