@@ -162,6 +162,8 @@ async def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(async_eng
         del runner.execute  # back to the class's method
 
 
+# The loop's thread ends by raising the last failure (so the thread's excepthook logs it).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_steps_that_keep_failing_stop_the_engine(async_engine, prompts):
     runner = async_engine.engine.runner
     runner.execute = FailingSteps(runner, times=100)
