@@ -65,10 +65,11 @@ def load_catalog(settings: Settings) -> ModelCatalog:
     before this returns (call it from any thread).
 
     Why: loading runs torch's parallel kernels, and a thread that has run them keeps an OpenMP
-    team for as long as it lives. Once libgomp manages more threads than there are CPUs it stops
-    letting idle workers spin, and every parallel region of an engine thread then waits on a
-    futex wake-up: with the server's main thread holding such a team, single-stream decoding ran
-    at half speed on 2 cores. A loader thread that exits takes its team with it."""
+    team for as long as it lives. With the server's main thread holding such a team, every
+    parallel region of the engine thread ran 1.4-2.4x slower and single-stream decoding at half
+    speed on 2 cores (measured; most likely libgomp's shorter spinning once it manages more
+    threads than there are CPUs, which GOMP_SPINCOUNT and OMP_WAIT_POLICY did not undo). A
+    loader thread that exits takes its team with it, and the slowdown with it."""
     box: dict[str, object] = {}
 
     def run() -> None:
