@@ -155,11 +155,11 @@ def light_single_stream(urls: dict[str, str], rounds: int, output_tokens: int) -
             "stream": True}
     speeds: dict[str, list[float]] = {name: [] for name in urls}
     with httpx.Client(timeout=600) as client:
+        models = {name: client.get(f"{url}/v1/models").json()["data"][0]["id"] for name, url in urls.items()}
         for _ in range(rounds):
             for name, url in urls.items():
-                model = client.get(f"{url}/v1/models").json()["data"][0]["id"]
                 stamps = []
-                with client.stream("POST", f"{url}/v1/chat/completions", json={**body, "model": model}) as r:
+                with client.stream("POST", f"{url}/v1/chat/completions", json={**body, "model": models[name]}) as r:
                     for line in r.iter_lines():
                         if line.startswith("data: {"):
                             choices = json.loads(line[6:]).get("choices") or [{}]

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from chatforge.api.disconnect import ClientDisconnected
-from chatforge.service.errors import ChatError, OverloadedError
+from chatforge.service.errors import ChatError, GenerationFailedError, OverloadedError
 
 log = logging.getLogger("chatforge.api")
 
@@ -58,6 +58,16 @@ def from_validation(exc: RequestValidationError) -> ApiError:
         return ApiError(400, "invalid_request_error", f"Unrecognized request argument supplied: {param}", param)
     msg = err.get("msg", "invalid value")
     return ApiError(400, "invalid_request_error", f"{param}: {msg}" if param else msg, param)
+
+
+def stream_failure(exc: Exception) -> ChatError:
+    """What a client hears of a failure after its stream began (the status line is sent, so it
+    goes into the stream): a service error as it is; anything else is a bug, logged here with its
+    traceback and told as 500 internal_error without its text."""
+    if isinstance(exc, ChatError):
+        return exc
+    log.error("stream failed", exc_info=exc)
+    return GenerationFailedError("internal server error")
 
 
 def from_exception(exc: Exception) -> ApiError | None:

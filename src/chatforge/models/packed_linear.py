@@ -90,12 +90,15 @@ class PackedLinear(nn.Module):
             ])
         return cls(weight, bias, [lin.out_features for lin in linears])
 
+    def _check_low_bit(self, kind: str, max_rows: int) -> None:
+        if max_rows < 0:
+            raise ValueError(f"{kind} max_rows must be >= 0, got {max_rows}")
+        if max_rows and self.weight.device.type != "cpu":
+            raise ValueError(f"{kind} weights are implemented for the CPU only")
+
     def set_int8(self, max_rows: int) -> None:
         """Use an int8 copy for inputs of at most `max_rows` rows; 0 drops the copy (float32 only)."""
-        if max_rows < 0:
-            raise ValueError(f"int8 max_rows must be >= 0, got {max_rows}")
-        if max_rows and self.weight.device.type != "cpu":
-            raise ValueError("int8 weights are implemented for the CPU only")
+        self._check_low_bit("int8", max_rows)
         if max_rows and self.weight_int8 is None:
             q, scales = quantize_int8(self.weight)
             self.weight_int8, self.scales = q, scales.to(torch.bfloat16)
@@ -106,10 +109,7 @@ class PackedLinear(nn.Module):
     def set_int4(self, max_rows: int) -> None:
         """Use an int4 copy for inputs of at most `max_rows` rows (before int8, if both are set);
         0 drops the copy."""
-        if max_rows < 0:
-            raise ValueError(f"int4 max_rows must be >= 0, got {max_rows}")
-        if max_rows and self.weight.device.type != "cpu":
-            raise ValueError("int4 weights are implemented for the CPU only")
+        self._check_low_bit("int4", max_rows)
         if max_rows and self.weight_int4 is None:
             q, scales_and_zeros = quantize_int4(self.weight)
             # 2: the packing's inner K tiles (the value measured and tested here).
@@ -120,15 +120,17 @@ class PackedLinear(nn.Module):
         self.int4_max_rows = max_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight_int4 is not None and x.dim() == 2 and x.shape[0] <= self.int4_max_rows:
+        rows = x.shape[0] if x.dim() == 2 else None
+        if rows is not None and self.weight_int4 is not None and rows <= self.int4_max_rows:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.to(torch.bfloat16), self.weight_int4, INT4_GROUP_SIZE, self.scales_and_zeros
-            ).to(x.dtype)
-            return y if self.bias is None else y + self.bias
-        if self.weight_int8 is not None and x.dim() == 2 and x.shape[0] <= self.int8_max_rows:
-            y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight_int8, self.scales).to(x.dtype)
-            return y if self.bias is None else y + self.bias
-        return F.linear(x, self.weight, self.bias)
+            )
+        elif rows is not None and self.weight_int8 is not None and rows <= self.int8_max_rows:
+            y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight_int8, self.scales)
+        else:
+            return F.linear(x, self.weight, self.bias)
+        y = y.to(x.dtype)
+        return y if self.bias is None else y + self.bias
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """y [M, sum(sizes)] -> one view per fused projection."""

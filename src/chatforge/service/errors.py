@@ -53,8 +53,8 @@ class EngineUnavailableError(ChatError):
 
 
 class GenerationFailedError(ChatError):
-    """The engine failed while computing this request (a bug, not the caller's doing); the
-    request was ended and the server goes on serving others."""
+    """Producing this response failed (a bug, not the caller's doing: a model step raised, or
+    something after the stream began); the request was ended and the server goes on."""
 
     status = 500
     code = "internal_error"

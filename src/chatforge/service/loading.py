@@ -9,7 +9,6 @@ import time
 from chatforge.engine.async_engine import AsyncEngine
 from chatforge.engine.config import EngineConfig
 from chatforge.engine.llm_engine import LLMEngine
-from chatforge.models.loader import load_model
 from chatforge.models.source import BUNDLED_ALIASES, BUNDLED_MODEL_ID, resolve_model
 from chatforge.service.catalog import ModelCatalog, Price, ServedModel
 from chatforge.settings import EngineSettings, Settings

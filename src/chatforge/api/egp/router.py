@@ -6,7 +6,6 @@ parse it as a response)."""
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import AsyncIterator
 
@@ -16,26 +15,17 @@ from fastapi.responses import JSONResponse
 from chatforge.api.deps import DeploymentCaller
 from chatforge.api.egp import translate
 from chatforge.api.egp.schemas import CompletionResponse, EgpChatRequest, EgpErrorResponse
-from chatforge.api.errors import ApiError, dialect_route_class
+from chatforge.api.errors import ApiError, dialect_route_class, stream_failure
 from chatforge.api.serving import Serving
 from chatforge.api.sse import sse_data, sse_event, sse_response
-from chatforge.service.errors import ChatError
 from chatforge.service.protocol import ChatEvent
 
-log = logging.getLogger("chatforge.api.egp")
 
 DIALECT = "egp"
 
 
 def render_error(err: ApiError) -> JSONResponse:
     return JSONResponse(translate.error_body(err.code, err.message, err.param), status_code=err.status, headers=err.headers)
-
-
-class StreamFailedError(ChatError):
-    """An unexpected failure after the stream began, as the client sees it (details in the log)."""
-
-    status = 500
-    code = "internal_error"
 
 
 async def frames(events: AsyncIterator[ChatEvent], writer: translate.StreamWriter) -> AsyncIterator[bytes]:
@@ -46,10 +36,8 @@ async def frames(events: AsyncIterator[ChatEvent], writer: translate.StreamWrite
             for obj in writer.objects(event):
                 yield sse_data(obj)
     except Exception as exc:  # noqa: BLE001 - every failure must reach the client as an event
-        if not isinstance(exc, ChatError):
-            log.exception("stream failed")
-            exc = StreamFailedError("internal server error")
-        yield sse_event("error", translate.error_body(exc.code, exc.message, exc.param))
+        err = stream_failure(exc)
+        yield sse_event("error", translate.error_body(err.code, err.message, err.param))
 
 
 # One SSE event (OpenAPI 3.1 describes each event of a stream): a whole response as JSON, or

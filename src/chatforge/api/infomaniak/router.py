@@ -4,7 +4,6 @@ published profile presets. Handlers hold no logic: scope -> translate -> service
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import AsyncIterator
 from urllib.parse import quote
@@ -14,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
 from chatforge.api.deps import BearerPrincipal, ProductCaller, listed_products
-from chatforge.api.errors import ApiError, dialect_route_class
+from chatforge.api.errors import ApiError, dialect_route_class, stream_failure
 from chatforge.api.infomaniak import translate
 from chatforge.api.infomaniak.schemas import (
     InfomaniakErrorResponse, InfomaniakProductList, LegacyRequest, LegacyResponse, ProfilePresets,
@@ -24,10 +23,8 @@ from chatforge.api.openai.schemas import ChatCompletionRequest, ModelList
 from chatforge.api.serving import Serving
 from chatforge.api.sse import sse_data, sse_event, sse_response
 from chatforge.service.catalog import ModelCatalog
-from chatforge.service.errors import ChatError
 from chatforge.service.protocol import ChatEvent
 
-log = logging.getLogger("chatforge.api.infomaniak")
 
 DIALECT = "infomaniak"
 SUCCESSOR_DIALECT = "infomaniak_openai"
@@ -97,12 +94,8 @@ async def frames(events: AsyncIterator[ChatEvent], writer: translate.StreamWrite
             for data in writer.objects(event):
                 yield sse_data(data)
     except Exception as exc:  # noqa: BLE001 - every failure must reach the client as an event
-        status, code, message = 500, "internal_error", "internal server error"
-        if isinstance(exc, ChatError):
-            status, code, message = exc.status, exc.code, exc.message
-        else:
-            log.exception("stream failed")
-        yield sse_event("error", translate.error_body(status, code, message))
+        err = stream_failure(exc)
+        yield sse_event("error", translate.error_body(err.status, err.code, err.message))
         return
     yield sse_data("[DONE]")
 

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from chatforge.api.deps import BearerCaller, BearerPrincipal, Caller
-from chatforge.api.errors import KIND, ApiError, dialect_route_class
+from chatforge.api.errors import KIND, ApiError, dialect_route_class, stream_failure
 from chatforge.api.openai import translate
 from chatforge.api.openai.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from chatforge.api.serving import Serving
 from chatforge.api.sse import sse_data, sse_response
 from chatforge.service.catalog import ModelCatalog
-from chatforge.service.errors import ChatError
 
 DIALECT = "openai"
-
-
-log = logging.getLogger("chatforge.api.openai")
-
-
-class StreamFailedError(ChatError):
-    """An unexpected failure after the stream began, as the client sees it (details in the log)."""
-
-    status = 500
-    code = "internal_error"
 
 
 def render_error(err: ApiError) -> JSONResponse:
@@ -76,10 +64,8 @@ async def serve_chat(request: Request, body: ChatCompletionRequest, caller: Call
                 for chunk in writer.chunks(event, prep.usage()):
                     yield sse_data(chunk)
         except Exception as exc:  # noqa: BLE001 - every failure must reach the client
-            if not isinstance(exc, ChatError):
-                log.exception("stream failed")
-                exc = StreamFailedError("internal server error")
-            yield sse_data(translate.error_body(exc.message, KIND.get(exc.status, "server_error"), exc.code, exc.param))
+            err = stream_failure(exc)
+            yield sse_data(translate.error_body(err.message, KIND.get(err.status, "server_error"), err.code, err.param))
         yield sse_data("[DONE]")
 
     return sse_response(frames(), headers=ticket.headers)
