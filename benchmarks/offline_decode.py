@@ -33,6 +33,7 @@ VARIANTS = {
     "int8": dict(weights="int8", batch_invariant=False),
     "int8-inv": dict(weights="int8", batch_invariant=True),
     "int4": dict(weights="int4", batch_invariant=False),
+    "q4": dict(weights="q4", batch_invariant=False),
 }
 
 

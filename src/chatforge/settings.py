@@ -54,7 +54,7 @@ class EngineSettings(BaseModel):
     max_model_len: int | None = Field(default=None, ge=2)
     enable_prefix_caching: bool = True
     batch_invariant: bool = Field(default=True, description="pad steps so results do not depend on the batch")
-    weights: str = Field(default="fp32", pattern="^(fp32|int8|int4)$", description="fp32 | int8 | int4 (int8/int4 for small steps)")
+    weights: str = Field(default="fp32", pattern="^(fp32|int8|int4|q4)$", description="fp32 | int8 | int4 | q4 (the low-bit modes for small steps)")
 
 
 class Settings(BaseSettings):

@@ -1,6 +1,6 @@
-"""Fused projections and int8 weight-only matmuls (models/packed_linear.py): fusing changes no
-bit of the logits, int8 is used exactly where it should be, and its accuracy on the bundled model
-stays within measured bounds."""
+"""Fused projections and low-bit matmuls (models/packed_linear.py): fusing changes no bit of the
+logits, int8 / int4 / block-quantized copies are used exactly where they should be, and their
+accuracy on the bundled model stays within measured bounds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from torch import nn
 from chatforge.models.attention import AttentionMetadata
 from chatforge.models.generate import greedy_generate
 from chatforge.models.loader import load_model
-from chatforge.models.packed_linear import PackedLinear, quantize_int4, quantize_int8
+from chatforge.models import blockquant
+from chatforge.models.packed_linear import DEFAULT_MAX_ROWS, PackedLinear, quantize_int4, quantize_int8
 from chatforge.models.source import resolve_model
 
 from .conftest import TINY_VARIANTS
@@ -135,6 +136,41 @@ def test_int4_mode_quantizes_the_layers_and_keeps_the_lm_head_at_int8(tiny_hf_fo
     assert layer.self_attn.qkv_proj.weight_int4 is None and model.logits_proj.weight_int8 is None
 
 
+def test_block_quant_is_used_up_to_max_rows_and_float32_above():
+    g = torch.Generator().manual_seed(6)
+    weight, _ = q4_1_weight(96, 128, g)
+    bias = torch.randn(96, generator=g)
+    layer = PackedLinear(weight, bias)
+    layer.set_block_quant("q4_1", 8)
+    for rows in (1, 8, 9):
+        x = torch.randn(rows, 128, generator=g)
+        y = layer(x)
+        if rows <= 8:
+            torch.testing.assert_close(y, blockquant.q4_1_matmul(x, *layer.block_weight) + bias, rtol=0, atol=0)
+            torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=2e-2, atol=3e-2)
+        else:
+            torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=0, atol=0)
+    layer.set_block_quant("q8_0", 8)
+    assert layer.block_format == "q8_0" and layer.block_weight[0].dtype == torch.int8
+    layer.set_block_quant(None, 0)
+    assert layer.block_weight == () and layer.block_format is None
+    with pytest.raises(ValueError, match="block_format"):
+        layer.set_block_quant("q2_k", 8)
+
+
+def test_q4_mode_puts_the_layers_in_q4_1_and_the_lm_head_in_q8_0(tiny_hf_folder):
+    folder, _ = tiny_hf_folder(next(iter(TINY_VARIANTS)))
+    model, _ = load_model(resolve_model(str(folder)))
+    model.prepare_for_inference("q4")
+    layer = model.model.layers[0]
+    assert layer.self_attn.qkv_proj.block_format == "q4_1" and layer.mlp.down_proj.block_format == "q4_1"
+    assert model.logits_proj.block_format == "q8_0"
+    assert layer.self_attn.qkv_proj.weight_int4 is None and model.logits_proj.weight_int8 is None
+    assert model.logits_proj.block_max_rows == DEFAULT_MAX_ROWS["q4"]
+    model.prepare_for_inference("int4")
+    assert layer.self_attn.qkv_proj.block_format is None and model.logits_proj.block_format is None
+
+
 def test_prepare_for_inference_keeps_every_tiny_variants_logits(tiny_hf_folder, tiny_variant):
     folder, _ = tiny_hf_folder(tiny_variant)
     model, _ = load_model(resolve_model(str(folder)))
@@ -153,11 +189,11 @@ def test_prepare_for_inference_keeps_every_tiny_variants_logits(tiny_hf_folder, 
 
 @pytest.fixture(scope="module")
 def low_bit_accuracy(bundled_gguf, hf_bundled_tokenizer):
-    """Per mode ("int8", "int4") and chat: (teacher-forced argmax agreements with the float32
+    """Per mode ("int8", "int4", "q4") and chat: (teacher-forced argmax agreements with the float32
     greedy tokens, max |logit difference|) over NEW_TOKENS positions. The low-bit path is forced
     on every row, so one forward pass scores all positions with the arithmetic of a decode step."""
     model, config = load_model(resolve_model(str(bundled_gguf)))  # its own copy: modes are switched
-    results = {"int8": [], "int4": []}
+    results = {"int8": [], "int4": [], "q4": []}
     for chat in CHATS:
         prompt = hf_bundled_tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False)
         prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
@@ -166,11 +202,11 @@ def low_bit_accuracy(bundled_gguf, hf_bundled_tokenizer):
         ids = torch.tensor(prompt + tokens)
         meta = AttentionMetadata.build([len(ids)], [len(ids)], None, 16)
         logits = {}
-        for mode, rows in (("fp32", 0), ("int8", len(ids)), ("int4", len(ids))):
+        for mode, rows in (("fp32", 0), ("int8", len(ids)), ("int4", len(ids)), ("q4", len(ids))):
             model.prepare_for_inference(mode, max_rows=rows)
             with torch.inference_mode():
                 logits[mode] = model.compute_logits(model(ids, meta.positions, meta))[len(prompt) - 1 : -1]
-        for mode in ("int8", "int4"):
+        for mode in ("int8", "int4", "q4"):
             agree = int((logits[mode].argmax(-1) == torch.tensor(tokens)).sum())
             results[mode].append((agree, float((logits[mode] - logits["fp32"]).abs().max())))
     return results
@@ -179,8 +215,11 @@ def low_bit_accuracy(bundled_gguf, hf_bundled_tokenizer):
 # Measured per chat (agreements of 64, max |logit difference|): int8 60..63 and 1.33..1.88 (the
 # per-channel int8 grid cannot hold the Q4_1 blocks exactly; bfloat16 activations alone give
 # ~0.2); int4 61..64 (312 in all) and 0.71..0.93 (the Q4_1 grid is kept, so what remains is
-# bfloat16 rounding and the int8 lm_head).
-@pytest.mark.parametrize("mode, least_each, least_sum, max_diff", [("int8", 58, 300, 2.5), ("int4", 59, 305, 1.5)])
+# bfloat16 rounding and the int8 lm_head); q4 61..63 (311) and 1.14..1.92 (the Q4_1 grid is kept and
+# the lm_head's Q8_0 grid too; what remains is the 8-bit activations, as in llama.cpp).
+@pytest.mark.parametrize(
+    "mode, least_each, least_sum, max_diff", [("int8", 58, 300, 2.5), ("int4", 59, 305, 1.5), ("q4", 59, 305, 2.5)]
+)
 def test_low_bit_weights_stay_close_to_float32_on_the_bundled_model(low_bit_accuracy, mode, least_each, least_sum, max_diff):
     agreements = [a for a, _ in low_bit_accuracy[mode]]
     diffs = [d for _, d in low_bit_accuracy[mode]]

@@ -23,7 +23,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     # Pad each step so that a sequence's logits do not depend on its batch (model_runner.py).
     batch_invariant: bool = True
-    # Matmul weights: "fp32", or "int8" / "int4" weight-only for steps of few rows
+    # Matmul weights: "fp32", "int8" / "int4" weight-only, or "q4" (weights and activations
+    # block-quantized, models/blockquant.py) for steps of few rows
     # (models/packed_linear.py); faster at small batches, but results depend on the batch (model_runner.py).
     weights: str = "fp32"
 
@@ -45,7 +46,7 @@ class EngineConfig:
             raise ValueError("max_model_len must be >= 2")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError("torch_threads must be >= 1")
-        if self.weights not in ("fp32", "int8", "int4"):
-            raise ValueError("weights must be fp32, int8 or int4")
+        if self.weights not in ("fp32", "int8", "int4", "q4"):
+            raise ValueError("weights must be fp32, int8, int4 or q4")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError("dtype must be float32, bfloat16 or float16")

@@ -25,12 +25,15 @@ in models/attention.py. The padding costs 4 tokens of compute per step (-40% tok
 
 Weights (`weights`, models/packed_linear.py): the runner fuses q/k/v and gate/up once (bit-identical
 logits) and, with "int8" or "int4", multiplies steps of at most 8 or 16 rows by low-bit copies of the
-weights with bfloat16 activations. That path is not batch-invariant whatever the padding (a step
-of few rows takes other arithmetic than a larger one, and the padding itself pushes small
-steps over or under the threshold), so `batch_invariant=True` with a low-bit mode buys nothing
-but cost: the deterministic configuration is fp32 + batch_invariant, the fast one int4 without it. Both stay the defaults' choice to
-make in EngineConfig; README "Determinism vs speed" gives the trade-off, benchmarks/RESULTS.md
-the figures.
+weights with bfloat16 activations; with "q4", steps of at most 32 rows by chatforge's block-quantized
+kernels (models/blockquant.py: Q4_1 layers, a Q8_0 lm_head, 8-bit activations per block of 32).
+None of these is batch-invariant whatever the padding (a step of few rows takes other arithmetic
+than a larger one, and the padding itself pushes small steps over or under the threshold; the q4
+kernels compute a row the same way at any row count, but prefills above the threshold run in
+float32), so `batch_invariant=True` with a low-bit mode buys nothing but cost: the deterministic
+configuration is fp32 + batch_invariant, the fast one q4 without it. Both stay the defaults'
+choice to make in EngineConfig; README "Determinism vs speed" gives the trade-off,
+benchmarks/RESULTS.md the figures.
 """
 
 from __future__ import annotations
@@ -126,5 +129,8 @@ class ModelRunner:
             block_tables.append([self.scratch_block] * -(-padded_context // self.block_size))
             ids.extend([0] * _PAD_QUERY)
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        meta = AttentionMetadata.build(query_lens, context_lens, block_tables, self.block_size, self.device)
+        # Without batch invariance, decode steps may read the KV cache in place (models/attention.py).
+        meta = AttentionMetadata.build(
+            query_lens, context_lens, block_tables, self.block_size, self.device, native_decode=not self.batch_invariant
+        )
         return input_ids, meta

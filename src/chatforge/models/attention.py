@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from chatforge.models import native
 from chatforge.models.errors import AttentionMetadataError
 
 
@@ -43,6 +44,10 @@ class AttentionMetadata:
     output_index: torch.Tensor  # [T] row of each flat token in the padded output viewed as [B * Lq]
     last_token_index: torch.Tensor  # [B] flat row of each sequence's last new token (where it samples)
     query_positions: torch.Tensor  # [B, Lq] absolute position of each padded query
+    context_len_tensor: torch.Tensor  # [B] context_lens as a tensor
+    # Decode steps (one query per sequence) may use the native kernel that reads the cache in place
+    # (native/decode_attention.c); same mathematics, another summation order than SDPA's.
+    native_decode: bool = False
     _masks: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)  # (window, dtype) -> mask
 
     @property
@@ -61,6 +66,7 @@ class AttentionMetadata:
         block_tables: list[list[int]] | None,
         block_size: int,
         device: torch.device | str = "cpu",
+        native_decode: bool = False,
     ) -> AttentionMetadata:
         _validate(query_lens, context_lens, block_tables, block_size)
         B = len(query_lens)
@@ -102,6 +108,8 @@ class AttentionMetadata:
             output_index=output_index,
             last_token_index=starts + q_lens - 1,
             query_positions=query_positions,
+            context_len_tensor=ctx_lens,
+            native_decode=native_decode,
         )
 
     def mask(self, sliding_window: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -179,6 +187,8 @@ def paged_attention(
     elif meta.uses_cache:
         raise AttentionMetadataError("the metadata has block tables but no KV cache was passed")
     B, Lq = meta.query_index.shape
+    if Lq == 1 and kv_cache is not None and meta.native_decode and _native_decode_applies(q, k):
+        return _native_decode(q, k, v, meta, scale, sliding_window)
     if Lq == 1:  # one new token per sequence (decoding): rows are already in batch order
         queries = q[:, :, None, :]  # [B, H, 1, D], a view
     else:
@@ -193,6 +203,28 @@ def paged_attention(
         return out[:, :, 0, :]  # [T, H, D]
     out = out.transpose(1, 2).reshape(B * Lq, q.shape[1], q.shape[2])
     return out[meta.output_index]  # [T, H, D]
+
+
+def _native_decode_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    return (
+        q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
+        and q.shape[-1] % 8 == 0 and k_cache.is_contiguous() and native.available()
+    )
+
+
+def _native_decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float, sliding_window: int | None) -> torch.Tensor:
+    """One query per sequence, keys and values read from the cache where they lie -> [B, H, D]."""
+    q = q.contiguous()
+    B, H, D = q.shape
+    out = torch.empty_like(q)
+    key_slots = meta.key_index.contiguous()
+    failed = native.library().decode_attention(
+        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_slots.data_ptr(), meta.context_len_tensor.data_ptr(),
+        B, H, k_cache.shape[1], D, key_slots.shape[1], scale, sliding_window or 0, out.data_ptr(),
+    )
+    if failed:
+        raise MemoryError("decode_attention: no memory for the attention scores")
+    return out
 
 
 def allocate_kv_caches(

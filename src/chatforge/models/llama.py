@@ -149,7 +149,7 @@ class LlamaForCausalLM(nn.Module):
 
     def prepare_for_inference(self, weights: str = "fp32", max_rows: int | None = None) -> None:
         """Fuse q/k/v and gate/up (once; the HF parameter names are gone afterwards) and choose the
-        weights of the matmuls: "fp32" only, or "int8" / "int4" for inputs of at most
+        weights of the matmuls: "fp32" only, or "int8" / "int4" / "q4" for inputs of at most
         `max_rows` rows (default: the mode's DEFAULT_MAX_ROWS, models/packed_linear.py). May be
         called again to switch modes."""
         if weights not in WEIGHT_MODES:
@@ -164,11 +164,15 @@ class LlamaForCausalLM(nn.Module):
         # "int4": the layers' matmuls in int4 (a Q4_1 checkpoint's own grid), the lm_head in int8:
         # GGUF files keep the embedding at 8 bits or more, and int4 there would add error.
         max_rows = 0 if weights == "fp32" else DEFAULT_MAX_ROWS[weights] if max_rows is None else max_rows
+        # "q4": llama.cpp's arithmetic, chatforge's kernels (blockquant.py): the layers in Q4_1, the
+        # lm_head in Q8_0, activations in 8 bits per block of 32.
         for module in self.modules():
             if isinstance(module, PackedLinear):
-                int4 = weights == "int4" and module is not self.logits_proj
+                head = module is self.logits_proj
+                int4 = weights == "int4" and not head
                 module.set_int4(max_rows if int4 else 0)
-                module.set_int8(0 if int4 else max_rows)
+                module.set_int8(max_rows if weights == "int8" or (weights == "int4" and head) else 0)
+                module.set_block_quant(("q8_0" if head else "q4_1") if weights == "q4" else None, max_rows)
         self.weights_mode = weights
 
     def forward(

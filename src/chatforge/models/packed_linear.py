@@ -1,5 +1,6 @@
 """Inference-only linear layers: several projections fused into one matmul, and an optional
-int8 or int4 weight-only copy for the small-M matmuls of decoding.
+low-bit copy for the small-M matmuls of decoding: int8 or int4 weight-only (torch's kernels), or
+block-quantized weights and activations (chatforge's kernels, blockquant.py).
 
 Why fuse: a decode step is ~80% matmuls of a few rows each; q/k/v (and gate/up) read the same
 input, so one [q + 2 kv, d] matmul replaces three and the output is split with views.
@@ -22,6 +23,12 @@ quantized in groups of 32 input channels, asymmetrically: w ~= (q - 8) * scale +
 values: each block's minimum is m and its maximum 15 d + m. What is not exact is the kernel's
 bfloat16 scale, zero and activations (the same rounding as the int8 path, and the same
 consequence for batch invariance).
+
+Why block quantization ("q4" mode: Q4_1 layers, a Q8_0 lm_head, 8-bit activations per block of
+32, llama.cpp's arithmetic): the dot product of a block is integer, so a weight costs half a byte
+of reading and a few instructions, where torch's int4 kernel converts every weight to bfloat16.
+Fastest of all modes at every decode batch size measured (1 to 32 rows); accuracy in
+tests/models/test_packed_linear.py. A row's result does not depend on the other rows.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WEIGHT_MODES = ("fp32", "int8", "int4")
+from chatforge.models import blockquant
+
+WEIGHT_MODES = ("fp32", "int8", "int4", "q4")
 # Rows at or below which the low-bit copy is used: where its kernel beat MKL's float32 sgemm on
 # this project's CPU (int8 up to 8 rows; int4 up to ~20, e.g. 54 vs 79 ms per step of 16 rows).
-DEFAULT_MAX_ROWS = {"int8": 8, "int4": 16}
+DEFAULT_MAX_ROWS = {"int8": 8, "int4": 16, "q4": 32}
 INT4_GROUP_SIZE = 32
 
 
@@ -47,17 +56,13 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize_int4(weight: torch.Tensor, group_size: int = INT4_GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """weight [N, K] float -> (q int32 [N, K] in [0, 15], scales_and_zeros float32 [K / group, N, 2])
-    with weight[n, k] ~= (q[n, k] - 8) * scale[k // group, n] + zero[k // group, n]."""
-    N, K = weight.shape
-    if K % group_size:
-        raise ValueError(f"int4 needs the input size ({K}) to be a multiple of {group_size}")
-    groups = weight.detach().float().reshape(N, K // group_size, group_size)
-    low, high = groups.amin(-1), groups.amax(-1)  # [N, G]
-    scale = (high - low) / 15
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant group: q = 0, w = low
-    q = torch.round((groups - low[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32).reshape(N, K)
+    with weight[n, k] ~= (q[n, k] - 8) * scale[k // group, n] + zero[k // group, n]: the Q4_1 grid
+    (blockquant.q4_1_grid) in the form torch's int4 kernel takes."""
+    if group_size != blockquant.BLOCK:
+        raise ValueError(f"int4 groups are {blockquant.BLOCK} input channels, got {group_size}")
+    q, scale, low = blockquant.q4_1_grid(weight)  # [N, G, 32], [N, G], [N, G]
     zero = low + 8 * scale
-    return q, torch.stack([scale.t(), zero.t()], dim=-1).contiguous()
+    return q.reshape(weight.shape), torch.stack([scale.t(), zero.t()], dim=-1).contiguous()
 
 
 class PackedLinear(nn.Module):
@@ -75,6 +80,9 @@ class PackedLinear(nn.Module):
         self.int4_max_rows = 0  # 0: int4 off
         self.weight_int4: torch.Tensor | None = None  # the kernel's packed layout
         self.scales_and_zeros: torch.Tensor | None = None  # bfloat16 [K / group, N, 2]
+        self.block_max_rows = 0  # 0: block quantization off
+        self.block_format: str | None = None  # "q4_1" or "q8_0" (blockquant.py)
+        self.block_weight: tuple[torch.Tensor, ...] = ()  # the kernel's layout
 
     @classmethod
     def fuse(cls, linears: list[nn.Linear]) -> PackedLinear:
@@ -119,8 +127,31 @@ class PackedLinear(nn.Module):
             self.weight_int4 = self.scales_and_zeros = None
         self.int4_max_rows = max_rows
 
+    def set_block_quant(self, block_format: str | None, max_rows: int) -> None:
+        """Use chatforge's block-quantized kernels (blockquant.py; weights in `block_format`,
+        "q4_1" or "q8_0", activations in 8 bits per block) for inputs of at most `max_rows` rows,
+        before any other copy; None or 0 rows drops them."""
+        if block_format not in (None, "q4_1", "q8_0"):
+            raise ValueError(f"block_format must be q4_1 or q8_0, got {block_format!r}")
+        self._check_low_bit(block_format or "block", max_rows)
+        if not max_rows or block_format is None:
+            self.block_format, self.block_weight, self.block_max_rows = None, (), 0
+            return
+        blockquant.ensure_available()
+        if block_format != self.block_format:
+            quantize = blockquant.quantize_q4_1 if block_format == "q4_1" else blockquant.quantize_q8_0
+            self.block_weight = quantize(self.weight)
+            self.block_format = block_format
+        self.block_max_rows = max_rows
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0] if x.dim() == 2 else None
+        if rows is not None and self.block_weight and rows <= self.block_max_rows and x.dtype == torch.float32:
+            if self.block_format == "q4_1":
+                y = blockquant.q4_1_matmul(x, *self.block_weight)
+            else:
+                y = blockquant.q8_0_matmul(x, *self.block_weight)
+            return y if self.bias is None else y + self.bias
         if rows is not None and self.weight_int4 is not None and rows <= self.int4_max_rows:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.to(torch.bfloat16), self.weight_int4, INT4_GROUP_SIZE, self.scales_and_zeros

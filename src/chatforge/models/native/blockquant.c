@@ -1,0 +1,206 @@
+/* Block-quantized matmuls for x86 CPUs with AVX2 and FMA: y[M, N] = x[M, K] . W[N, K]^T.
+
+   Weights and activations are both quantized in blocks of 32 along K, the scheme of GGUF's
+   Q4_1 / Q8_0 / Q8_1 formats:
+   - Q4_1 weights: w = d * q + m, q in [0, 15]; block b of row n is 16 bytes holding element j in
+     the low nibble of byte j and element j + 16 in the high nibble; d and m are float32 [N, K/32].
+   - Q8_0 weights: w = d * q, q in [-127, 127]; 32 bytes per block, d float32 [N, K/32].
+   - activations, quantized here on each call: x = dx * qx, qx in [-127, 127], dx = max|x| / 127
+     per block, and sx = dx * sum(qx) (for the Q4_1 offset term m * sum(x)).
+   A block's dot product is then integer (maddubs: u8 x s8 pairs -> s16; madd: -> s32) times one
+   float scale, so each weight byte is read once per step and unpacked with a few instructions.
+
+   Every output element is computed by the same sequence of operations whatever M is and
+   wherever its row sits in x (rows are processed in groups of up to 4 by kernels that differ
+   only in how many rows they carry; compiled with -ffp-contract=off so no scalar expression
+   is fused differently in one of them): results do not depend on the batch.
+
+   Threads: OpenMP over the N output columns (native/__init__.py: torch's own thread pool). */
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define QK 32
+
+static void quantize_rows_q8(const float *x, int64_t M, int64_t K, int8_t *qx, float *dx, float *sx) {
+    int64_t blocks = M * (K / QK);
+    for (int64_t i = 0; i < blocks; i++) {
+        const float *v = x + i * QK;
+        float amax = 0.f;
+        for (int j = 0; j < QK; j++) {
+            float a = fabsf(v[j]);
+            amax = a > amax ? a : amax;
+        }
+        float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
+        int sum = 0;
+        for (int j = 0; j < QK; j++) {
+            int q = (int)nearbyintf(v[j] * inv);  /* round half to even, like torch.round */
+            qx[i * QK + j] = (int8_t)q;
+            sum += q;
+        }
+        dx[i] = d;
+        sx[i] = d * (float)sum;
+    }
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __m256i unpack_q4(const uint8_t *p) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0xF));
+}
+
+/* sum over 32 pairs of u[i] * s[i] (u unsigned, s signed bytes) as 8 float lanes */
+static inline __m256 dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+static inline __m256i load32(const int8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* One Q4_1 weight row against R activation rows. Two accumulators per row (even and odd blocks),
+   so that consecutive FMAs do not wait on each other. */
+#define Q4_1_ROWS(R)                                                                                   \
+    static inline void q4_1_rows_##R(const int8_t *qx, const float *dx, const float *sx, int64_t nb, \
+                                     const uint8_t *wq, const float *wd, const float *wm, float *out,   \
+                                     int64_t ldo) {                                                     \
+        __m256 even[R], odd[R];                                                                         \
+        float offset[R];                                                                                \
+        for (int r = 0; r < R; r++) {                                                                   \
+            even[r] = _mm256_setzero_ps();                                                              \
+            odd[r] = _mm256_setzero_ps();                                                               \
+            offset[r] = 0.f;                                                                            \
+        }                                                                                               \
+        int64_t b = 0;                                                                                  \
+        for (; b + 1 < nb; b += 2) {                                                                    \
+            __m256i w0 = unpack_q4(wq + b * 16), w1 = unpack_q4(wq + (b + 1) * 16);                    \
+            for (int r = 0; r < R; r++) {                                                               \
+                const int8_t *x = qx + (r * nb + b) * QK;                                               \
+                const float *xd = dx + r * nb + b, *xs = sx + r * nb + b;                               \
+                even[r] = _mm256_fmadd_ps(dot_u8s8(w0, load32(x)), _mm256_set1_ps(wd[b] * xd[0]), even[r]); \
+                odd[r] = _mm256_fmadd_ps(dot_u8s8(w1, load32(x + QK)), _mm256_set1_ps(wd[b + 1] * xd[1]), odd[r]); \
+                offset[r] += wm[b] * xs[0];                                                             \
+                offset[r] += wm[b + 1] * xs[1];                                                         \
+            }                                                                                           \
+        }                                                                                               \
+        for (; b < nb; b++) {                                                                           \
+            __m256i w0 = unpack_q4(wq + b * 16);                                                        \
+            for (int r = 0; r < R; r++) {                                                               \
+                even[r] = _mm256_fmadd_ps(dot_u8s8(w0, load32(qx + (r * nb + b) * QK)),                 \
+                                          _mm256_set1_ps(wd[b] * dx[r * nb + b]), even[r]);             \
+                offset[r] += wm[b] * sx[r * nb + b];                                                    \
+            }                                                                                           \
+        }                                                                                               \
+        for (int r = 0; r < R; r++) out[r * ldo] = hsum(_mm256_add_ps(even[r], odd[r])) + offset[r];   \
+    }
+Q4_1_ROWS(1)
+Q4_1_ROWS(2)
+Q4_1_ROWS(3)
+Q4_1_ROWS(4)
+
+/* Q8_0 x Q8: maddubs needs an unsigned operand, so |w| times x with w's sign moved onto x. */
+#define Q8_0_ROWS(R)                                                                                   \
+    static inline void q8_0_rows_##R(const int8_t *qx, const float *dx, int64_t nb, const int8_t *wq,  \
+                                     const float *wd, float *out, int64_t ldo) {                        \
+        __m256 even[R], odd[R];                                                                         \
+        for (int r = 0; r < R; r++) {                                                                   \
+            even[r] = _mm256_setzero_ps();                                                              \
+            odd[r] = _mm256_setzero_ps();                                                               \
+        }                                                                                               \
+        int64_t b = 0;                                                                                  \
+        for (; b + 1 < nb; b += 2) {                                                                    \
+            __m256i w0 = load32(wq + b * QK), w1 = load32(wq + (b + 1) * QK);                           \
+            __m256i u0 = _mm256_sign_epi8(w0, w0), u1 = _mm256_sign_epi8(w1, w1);                       \
+            for (int r = 0; r < R; r++) {                                                               \
+                const int8_t *x = qx + (r * nb + b) * QK;                                               \
+                const float *xd = dx + r * nb + b;                                                      \
+                even[r] = _mm256_fmadd_ps(dot_u8s8(u0, _mm256_sign_epi8(load32(x), w0)),                \
+                                          _mm256_set1_ps(wd[b] * xd[0]), even[r]);                      \
+                odd[r] = _mm256_fmadd_ps(dot_u8s8(u1, _mm256_sign_epi8(load32(x + QK), w1)),            \
+                                         _mm256_set1_ps(wd[b + 1] * xd[1]), odd[r]);                    \
+            }                                                                                           \
+        }                                                                                               \
+        for (; b < nb; b++) {                                                                           \
+            __m256i w0 = load32(wq + b * QK), u0 = _mm256_sign_epi8(w0, w0);                            \
+            for (int r = 0; r < R; r++)                                                                 \
+                even[r] = _mm256_fmadd_ps(dot_u8s8(u0, _mm256_sign_epi8(load32(qx + (r * nb + b) * QK), w0)), \
+                                          _mm256_set1_ps(wd[b] * dx[r * nb + b]), even[r]);             \
+        }                                                                                               \
+        for (int r = 0; r < R; r++) out[r * ldo] = hsum(_mm256_add_ps(even[r], odd[r]));                \
+    }
+Q8_0_ROWS(1)
+Q8_0_ROWS(2)
+Q8_0_ROWS(3)
+Q8_0_ROWS(4)
+
+/* Scratch for the quantized activations: M * K bytes + 2 * M * K / 32 floats. 0 on success. */
+static int quantize_input(const float *x, int64_t M, int64_t K, int8_t **qx, float **dx, float **sx) {
+    int64_t blocks = M * (K / QK);
+    *qx = malloc((size_t)(M * K));
+    *dx = malloc((size_t)blocks * sizeof(float));
+    *sx = malloc((size_t)blocks * sizeof(float));
+    if (!*qx || !*dx || !*sx) {
+        free(*qx), free(*dx), free(*sx);
+        return -1;
+    }
+    quantize_rows_q8(x, M, K, *qx, *dx, *sx);
+    return 0;
+}
+
+/* Returns 0, or -1 when the scratch could not be allocated (y untouched). K % 32 == 0. */
+int q4_1_matmul(const float *x, int64_t M, int64_t K, const uint8_t *qs, const float *d, const float *m,
+                int64_t N, float *y) {
+    int8_t *qx;
+    float *dx, *sx;
+    if (quantize_input(x, M, K, &qx, &dx, &sx)) return -1;
+    int64_t nb = K / QK;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *wq = qs + n * nb * 16;
+        const float *wd = d + n * nb, *wm = m + n * nb;
+        for (int64_t r0 = 0; r0 < M; r0 += 4) {
+            const int8_t *xq = qx + r0 * nb * QK;
+            const float *xd = dx + r0 * nb, *xs = sx + r0 * nb;
+            float *out = y + r0 * N + n;
+            switch (M - r0 < 4 ? M - r0 : 4) {
+                case 1: q4_1_rows_1(xq, xd, xs, nb, wq, wd, wm, out, N); break;
+                case 2: q4_1_rows_2(xq, xd, xs, nb, wq, wd, wm, out, N); break;
+                case 3: q4_1_rows_3(xq, xd, xs, nb, wq, wd, wm, out, N); break;
+                default: q4_1_rows_4(xq, xd, xs, nb, wq, wd, wm, out, N); break;
+            }
+        }
+    }
+    free(qx), free(dx), free(sx);
+    return 0;
+}
+
+int q8_0_matmul(const float *x, int64_t M, int64_t K, const int8_t *qs, const float *d, int64_t N, float *y) {
+    int8_t *qx;
+    float *dx, *sx;
+    if (quantize_input(x, M, K, &qx, &dx, &sx)) return -1;
+    int64_t nb = K / QK;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const int8_t *wq = qs + n * nb * QK;
+        const float *wd = d + n * nb;
+        for (int64_t r0 = 0; r0 < M; r0 += 4) {
+            const int8_t *xq = qx + r0 * nb * QK;
+            const float *xd = dx + r0 * nb;
+            float *out = y + r0 * N + n;
+            switch (M - r0 < 4 ? M - r0 : 4) {
+                case 1: q8_0_rows_1(xq, xd, nb, wq, wd, out, N); break;
+                case 2: q8_0_rows_2(xq, xd, nb, wq, wd, out, N); break;
+                case 3: q8_0_rows_3(xq, xd, nb, wq, wd, out, N); break;
+                default: q8_0_rows_4(xq, xd, nb, wq, wd, out, N); break;
+            }
+        }
+    }
+    free(qx), free(dx), free(sx);
+    return 0;
+}
