@@ -32,11 +32,12 @@ PEER_SCRIPT = HERE / "peer_llamacpp.sh"
 PEER_PY = HERE / ".peer-venv" / "bin" / "python"
 
 # chatforge's engine settings per --engine (environment variables of `chatforge serve`).
-# "fast": int4 weights (the GGUF's own Q4_1 grid) for steps of up to 16 rows and no
-# batch-invariance padding, the configuration comparable with llama.cpp (4-bit weights, not
-# batch-invariant); "default": the deterministic defaults (float32, batch-invariant).
+# "fast": q4 (the GGUF's own Q4_1 grid for the layers, Q8_0 for the lm_head, 8-bit activations in
+# blocks of 32: llama.cpp's arithmetic) for steps of up to 32 rows and no batch-invariance
+# padding, the configuration comparable with llama.cpp; "default": the deterministic defaults
+# (float32, batch-invariant).
 ENGINES = {
-    "fast": {"CHATFORGE_ENGINE__WEIGHTS": "int4", "CHATFORGE_ENGINE__BATCH_INVARIANT": "false"},
+    "fast": {"CHATFORGE_ENGINE__WEIGHTS": "q4", "CHATFORGE_ENGINE__BATCH_INVARIANT": "false"},
     "default": {},
 }
 
