@@ -31,6 +31,9 @@ def serve(
 
     from chatforge.api.app import create_app
     from chatforge.logs import configure_logging
+    from chatforge.models.errors import ModelError
+    from chatforge.models.native import NativeKernelsUnavailable
+    from chatforge.models.source import ModelNotFoundError
     from chatforge.service.loading import load_catalog
     from chatforge.settings import load_settings
 
@@ -43,7 +46,11 @@ def serve(
     if refusal is not None:
         typer.echo(f"error: {refusal}", err=True)
         raise typer.Exit(1)
-    catalog = load_catalog(settings)
+    try:
+        catalog = load_catalog(settings)
+    except (ModelError, ModelNotFoundError, NativeKernelsUnavailable) as exc:  # a wrong path or setting: say it in one line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     app_ = create_app(settings, catalog)
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"chatforge serving {', '.join(m.model_id for m in catalog.models)} at {url}/v1")

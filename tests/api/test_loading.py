@@ -1,9 +1,12 @@
 """service/loading.py: models load on a thread that ends before load_catalog returns (engine
-threads then keep OpenMP's workers spinning; see load_catalog), and a failure there reaches the
-caller."""
+threads then keep OpenMP's workers spinning; see load_catalog), a failure there reaches the
+caller, and `chatforge serve` states it in one line."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -26,3 +29,24 @@ def test_a_loading_error_is_raised_in_the_caller(tmp_path):
     with pytest.raises(ModelNotFoundError):
         load_catalog(settings)
     assert "chatforge-loader" not in [t.name for t in threading.enumerate()]
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--model", "/no/such/model"], {}, "error: no model at /no/such/model"),
+        ([], {"CHATFORGE_ENGINE__WEIGHTS": "q4", "CC": "no-such-cc"},
+         "error: no C compiler ('no-such-cc' not found) to build chatforge's CPU kernels"),
+    ],
+)
+def test_serve_states_a_start_up_error_in_one_line(tmp_path, args, env, message):
+    """A wrong model path, or q4 weights where the kernels cannot be built: exit 1 and one line
+    on stderr, not a traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "chatforge.cli", "serve", "--port", "1", "--database-url", f"sqlite:///{tmp_path / 'db'}", *args],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "CHATFORGE_CACHE_DIR": str(tmp_path / "cache"), **env},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr
