@@ -72,7 +72,7 @@ def test_quantize_q4_1_recovers_the_grid():
     assert qs.dtype == torch.uint8 and qs.shape == (40, 3, 16)
     low, high = (qs & 0xF).long(), (qs >> 4).long()
     q = torch.cat([low, high], dim=-1).float()  # byte j: element j (low nibble), j + 16 (high)
-    torch.testing.assert_close((q * d[..., None] + m[..., None]).reshape(40, 96), w, rtol=0, atol=1e-6)
+    torch.testing.assert_close((q * d[..., None] + m.t()[..., None]).reshape(40, 96), w, rtol=0, atol=1e-6)
 
 
 def test_quantize_q8_0_recovers_the_grid():

@@ -44,11 +44,12 @@ def q4_1_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def quantize_q4_1(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> the kernel's Q4_1 layout: (qs uint8 [N, K / 32, 16], d, m float32 [N, K / 32]);
-    byte j of a block holds element j in its low nibble and element j + 16 in its high nibble."""
+    """weight [N, K] -> the kernel's Q4_1 layout: (qs uint8 [N, K / 32, 16], d float32 [N, K / 32],
+    m float32 [K / 32, N], transposed); byte j of a block holds element j in its low nibble and
+    element j + 16 in its high nibble."""
     q, d, m = q4_1_grid(weight)
     q = q.to(torch.uint8)
-    return (q[..., :16] | (q[..., 16:] << 4)).contiguous(), d.contiguous(), m.contiguous()
+    return (q[..., :16] | (q[..., 16:] << 4)).contiguous(), d.contiguous(), m.t().contiguous()
 
 
 def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@
    Weights and activations are both quantized in blocks of 32 along K, the scheme of GGUF's
    Q4_1 / Q8_0 / Q8_1 formats:
    - Q4_1 weights: w = d * q + m, q in [0, 15]; block b of row n is 16 bytes holding element j in
-     the low nibble of byte j and element j + 16 in the high nibble; d and m are float32 [N, K/32].
+     the low nibble of byte j and element j + 16 in the high nibble; d is float32 [N, K/32], m is
+     float32 [K/32, N] (transposed: the offset term is summed for eight columns at a time).
    - Q8_0 weights: w = d * q, q in [-127, 127]; 32 bytes per block, d float32 [N, K/32].
    - activations, quantized here on each call: x = dx * qx, qx in [-127, 127], dx = max|x| / 127
      per block, and sx = dx * sum(qx) (for the Q4_1 offset term m * sum(x)).
@@ -64,40 +65,36 @@ static inline __m256 dot_u8s8(__m256i u, __m256i s) {
 
 static inline __m256i load32(const int8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
-/* One Q4_1 weight row against R activation rows. Two accumulators per row (even and odd blocks),
-   so that consecutive FMAs do not wait on each other. */
+/* The integer part of one Q4_1 weight row against R activation rows: sum_b d_b dx_b (q_b . qx_b);
+   the offset term m * sum(x) is added afterwards for all rows at once (add_q4_1_offsets). Two
+   accumulators per row (even and odd blocks), so that consecutive FMAs do not wait on each other. */
 #define Q4_1_ROWS(R)                                                                                   \
-    static inline void q4_1_rows_##R(const int8_t *qx, const float *dx, const float *sx, int64_t nb, \
-                                     const uint8_t *wq, const float *wd, const float *wm, float *out,   \
-                                     int64_t ldo) {                                                     \
+    static inline void q4_1_rows_##R(const int8_t *qx, const float *dx, int64_t nb, const uint8_t *wq, \
+                                     const float *wd, float *out, int64_t ldo) {                        \
         __m256 even[R], odd[R];                                                                         \
-        float offset[R];                                                                                \
         for (int r = 0; r < R; r++) {                                                                   \
             even[r] = _mm256_setzero_ps();                                                              \
             odd[r] = _mm256_setzero_ps();                                                               \
-            offset[r] = 0.f;                                                                            \
         }                                                                                               \
         int64_t b = 0;                                                                                  \
         for (; b + 1 < nb; b += 2) {                                                                    \
             __m256i w0 = unpack_q4(wq + b * 16), w1 = unpack_q4(wq + (b + 1) * 16);                    \
+            __m256 d0 = _mm256_broadcast_ss(wd + b), d1 = _mm256_broadcast_ss(wd + b + 1);              \
             for (int r = 0; r < R; r++) {                                                               \
                 const int8_t *x = qx + (r * nb + b) * QK;                                               \
-                const float *xd = dx + r * nb + b, *xs = sx + r * nb + b;                               \
-                even[r] = _mm256_fmadd_ps(dot_u8s8(w0, load32(x)), _mm256_set1_ps(wd[b] * xd[0]), even[r]); \
-                odd[r] = _mm256_fmadd_ps(dot_u8s8(w1, load32(x + QK)), _mm256_set1_ps(wd[b + 1] * xd[1]), odd[r]); \
-                offset[r] += wm[b] * xs[0];                                                             \
-                offset[r] += wm[b + 1] * xs[1];                                                         \
+                const float *xd = dx + r * nb + b;                                                      \
+                even[r] = _mm256_fmadd_ps(dot_u8s8(w0, load32(x)), _mm256_mul_ps(d0, _mm256_broadcast_ss(xd)), even[r]); \
+                odd[r] = _mm256_fmadd_ps(dot_u8s8(w1, load32(x + QK)), _mm256_mul_ps(d1, _mm256_broadcast_ss(xd + 1)), odd[r]); \
             }                                                                                           \
         }                                                                                               \
         for (; b < nb; b++) {                                                                           \
             __m256i w0 = unpack_q4(wq + b * 16);                                                        \
-            for (int r = 0; r < R; r++) {                                                               \
+            __m256 d0 = _mm256_broadcast_ss(wd + b);                                                    \
+            for (int r = 0; r < R; r++)                                                                 \
                 even[r] = _mm256_fmadd_ps(dot_u8s8(w0, load32(qx + (r * nb + b) * QK)),                 \
-                                          _mm256_set1_ps(wd[b] * dx[r * nb + b]), even[r]);             \
-                offset[r] += wm[b] * sx[r * nb + b];                                                    \
-            }                                                                                           \
+                                          _mm256_mul_ps(d0, _mm256_broadcast_ss(dx + r * nb + b)), even[r]); \
         }                                                                                               \
-        for (int r = 0; r < R; r++) out[r * ldo] = hsum(_mm256_add_ps(even[r], odd[r])) + offset[r];   \
+        for (int r = 0; r < R; r++) out[r * ldo] = hsum(_mm256_add_ps(even[r], odd[r]));                \
     }
 Q4_1_ROWS(1)
 Q4_1_ROWS(2)
@@ -153,28 +150,51 @@ static int quantize_input(const float *x, int64_t M, int64_t K, int8_t **qx, flo
     return 0;
 }
 
-/* Returns 0, or -1 when the scratch could not be allocated (y untouched). K % 32 == 0. */
+/* y[r, n] += sum_b sx[r, b] * m[b, n] (m stored [K / 32, N]): eight columns per FMA. */
+static inline void add_q4_1_offsets(const float *sx, int64_t nb, const float *mt, int64_t N, int64_t n0, float *y_row) {
+    if (n0 + 8 <= N) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(sx + b), _mm256_loadu_ps(mt + b * N + n0), acc);
+        _mm256_storeu_ps(y_row + n0, _mm256_add_ps(_mm256_loadu_ps(y_row + n0), acc));
+        return;
+    }
+    for (int64_t n = n0; n < N; n++) {  /* the last N % 8 columns, whatever the row count */
+        float acc = 0.f;
+        for (int64_t b = 0; b < nb; b++) acc = fmaf(sx[b], mt[b * N + n], acc);
+        y_row[n] += acc;
+    }
+}
+
+/* Q4_1 weights: qs [N, K/32, 16], d [N, K/32], m [K/32, N] (transposed: the offsets are summed
+   eight columns at a time). Returns 0, or -1 when the scratch could not be allocated (y untouched).
+   K % 32 == 0. */
 int q4_1_matmul(const float *x, int64_t M, int64_t K, const uint8_t *qs, const float *d, const float *m,
                 int64_t N, float *y) {
     int8_t *qx;
     float *dx, *sx;
     if (quantize_input(x, M, K, &qx, &dx, &sx)) return -1;
     int64_t nb = K / QK;
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const uint8_t *wq = qs + n * nb * 16;
-        const float *wd = d + n * nb, *wm = m + n * nb;
-        for (int64_t r0 = 0; r0 < M; r0 += 4) {
-            const int8_t *xq = qx + r0 * nb * QK;
-            const float *xd = dx + r0 * nb, *xs = sx + r0 * nb;
-            float *out = y + r0 * N + n;
-            switch (M - r0 < 4 ? M - r0 : 4) {
-                case 1: q4_1_rows_1(xq, xd, xs, nb, wq, wd, wm, out, N); break;
-                case 2: q4_1_rows_2(xq, xd, xs, nb, wq, wd, wm, out, N); break;
-                case 3: q4_1_rows_3(xq, xd, xs, nb, wq, wd, wm, out, N); break;
-                default: q4_1_rows_4(xq, xd, xs, nb, wq, wd, wm, out, N); break;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            const uint8_t *wq = qs + n * nb * 16;
+            const float *wd = d + n * nb;
+            for (int64_t r0 = 0; r0 < M; r0 += 4) {
+                const int8_t *xq = qx + r0 * nb * QK;
+                const float *xd = dx + r0 * nb;
+                float *out = y + r0 * N + n;
+                switch (M - r0 < 4 ? M - r0 : 4) {
+                    case 1: q4_1_rows_1(xq, xd, nb, wq, wd, out, N); break;
+                    case 2: q4_1_rows_2(xq, xd, nb, wq, wd, out, N); break;
+                    case 3: q4_1_rows_3(xq, xd, nb, wq, wd, out, N); break;
+                    default: q4_1_rows_4(xq, xd, nb, wq, wd, out, N); break;
+                }
             }
         }
+#pragma omp for schedule(static)
+        for (int64_t chunk = 0; chunk < (N + 7) / 8; chunk++)
+            for (int64_t r = 0; r < M; r++) add_q4_1_offsets(sx + r * nb, nb, m, N, chunk * 8, y + r * N);
     }
     free(qx), free(dx), free(sx);
     return 0;
