@@ -49,6 +49,16 @@ def test_the_library_is_built_once_into_the_cache_dir(tmp_path):
     assert built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
+def test_an_unwritable_cache_dir_falls_back_to_a_temporary_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = "from chatforge.models import native\nprint(native.library()._name)\n"
+    env = {**os.environ, "CHATFORGE_CACHE_DIR": str(blocker / "cache"), "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(str(tmp_path / f"chatforge-{os.getuid()}" / "chatforge-kernels-"))
+
+
 def q4_1_weight(n: int, k: int, g: torch.Generator) -> torch.Tensor:
     """Weights on a Q4_1 grid (w = d * q + m per block of 32), as a Q4_1 checkpoint dequantizes."""
     q = torch.randint(0, 16, (n, k // 32, 32), generator=g).float()

@@ -11,8 +11,9 @@ process that has loaded torch, the library binds to torch's own libgomp (same so
 kernels share torch's thread pool and its torch.set_num_threads setting (a second OpenMP runtime
 would spin its own threads against torch's). x86 with AVX2 and FMA only.
 
-The library is cached under `$CHATFORGE_CACHE_DIR` (default `~/.cache/chatforge`), named by a
-hash of the sources, flags and compiler, and written atomically: processes can share it.
+The library is cached under `$CHATFORGE_CACHE_DIR` (default `~/.cache/chatforge`; a per-user
+temporary folder where that cannot be written), named by a hash of the sources, flags and
+compiler, and written atomically: processes can share it.
 """
 
 from __future__ import annotations
@@ -60,10 +61,19 @@ def _build(compiler: str) -> Path:
     digest = hashlib.sha256(" ".join(CFLAGS).encode() + version.encode())
     for source in SOURCES:
         digest.update(source.name.encode() + source.read_bytes())
-    target = cache_dir() / f"chatforge-kernels-{digest.hexdigest()[:16]}.so"
+    name = f"chatforge-kernels-{digest.hexdigest()[:16]}.so"
+    target = cache_dir() / name
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(target.parent, os.W_OK):
+            raise PermissionError(target.parent)
+    except OSError:  # a read-only home (some CI runners, containers): a per-user temporary folder
+        target = Path(tempfile.gettempdir()) / f"chatforge-{os.getuid()}" / name
+        if target.exists():
+            return target
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
