@@ -11,7 +11,9 @@ Position p of sequence i lives in slot `block_tables[i][p // block_size] * block
 
 `AttentionMetadata.build` turns the lists into index tensors once per forward pass; every layer
 then does: write the new K/V at `slot_mapping` -> gather each sequence's whole context with one
-index op into a padded [B, Lk] batch -> one `scaled_dot_product_attention` -> unpad.
+index op into a padded [B, Lk] batch -> one `scaled_dot_product_attention` -> unpad. Decode-only
+steps built with `native_decode=True` (the runner does so without batch invariance) skip the
+gather: native/decode_attention.c reads each key and value where it lies, through `key_index`.
 
 Padding, and why it never changes a real row:
 - key positions k >= context_len[i] point at a real slot of the same sequence (clamped), but the
