@@ -1,4 +1,4 @@
-"""chatforge's own CPU kernels in C (this folder's *.c files), built with the system's C compiler
+"""chatforge's own CPU kernels in C (this folder's *.c files, simd.h shared), built with the system's C compiler
 on first use into one shared library and loaded with ctypes.
 
 - blockquant.c: matmuls with weights and activations quantized in blocks of 32 (models/blockquant.py);
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 SOURCES = sorted(Path(__file__).parent.glob("*.c"))
+HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 # -ffp-contract=off: the compiler may not fuse a scalar expression into an FMA in one variant of
 # a kernel and not in another (blockquant.c's results must not depend on the batch).
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
@@ -59,7 +60,7 @@ def cache_dir() -> Path:
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     digest = hashlib.sha256(" ".join(CFLAGS).encode() + version.encode())
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update(source.name.encode() + source.read_bytes())
     name = f"chatforge-kernels-{digest.hexdigest()[:16]}.so"
     target = cache_dir() / name

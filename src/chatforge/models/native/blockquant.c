@@ -23,6 +23,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "simd.h"
+
 #define QK 32
 
 static void quantize_rows_q8(const float *x, int64_t M, int64_t K, int8_t *qx, float *dx, float *sx) {
@@ -44,13 +46,6 @@ static void quantize_rows_q8(const float *x, int64_t M, int64_t K, int8_t *qx, f
         dx[i] = d;
         sx[i] = d * (float)sum;
     }
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 static inline __m256i unpack_q4(const uint8_t *p) {
@@ -94,7 +89,7 @@ static inline __m256i load32(const int8_t *p) { return _mm256_loadu_si256((const
                 even[r] = _mm256_fmadd_ps(dot_u8s8(w0, load32(qx + (r * nb + b) * QK)),                 \
                                           _mm256_mul_ps(d0, _mm256_broadcast_ss(dx + r * nb + b)), even[r]); \
         }                                                                                               \
-        for (int r = 0; r < R; r++) out[r * ldo] = hsum(_mm256_add_ps(even[r], odd[r]));                \
+        for (int r = 0; r < R; r++) out[r * ldo] = hsum8(_mm256_add_ps(even[r], odd[r]));                \
     }
 Q4_1_ROWS(1)
 Q4_1_ROWS(2)
@@ -129,7 +124,7 @@ Q4_1_ROWS(4)
                 even[r] = _mm256_fmadd_ps(dot_u8s8(u0, _mm256_sign_epi8(load32(qx + (r * nb + b) * QK), w0)), \
                                           _mm256_set1_ps(wd[b] * dx[r * nb + b]), even[r]);             \
         }                                                                                               \
-        for (int r = 0; r < R; r++) out[r * ldo] = hsum(_mm256_add_ps(even[r], odd[r]));                \
+        for (int r = 0; r < R; r++) out[r * ldo] = hsum8(_mm256_add_ps(even[r], odd[r]));                \
     }
 Q8_0_ROWS(1)
 Q8_0_ROWS(2)

@@ -15,12 +15,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#include "simd.h"
 
 /* e^x for x <= 0 (scores minus their maximum), 8 lanes: x = k ln2 + r with |r| <= ln2 / 2, e^r by
    its degree-6 Taylor polynomial (relative error < 2e-7 there), times 2^k built in the exponent
