@@ -60,12 +60,20 @@ static inline __m256 dot_u8s8(__m256i u, __m256i s) {
 
 static inline __m256i load32(const int8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
-/* The integer part of one Q4_1 weight row against R activation rows: sum_b d_b dx_b (q_b . qx_b);
-   the offset term m * sum(x) is added afterwards for all rows at once (add_q4_1_offsets). Two
+/* How each format turns a weight block into the operands of one integer block dot product. Q4_1:
+   the 32 nibbles, unsigned, times x. Q8_0: maddubs needs an unsigned operand, so |w| times x with
+   w's sign moved onto x. */
+static inline __m256i q4_1_block(const uint8_t *wq, int64_t b) { return unpack_q4(wq + b * 16); }
+static inline __m256 q4_1_dot(__m256i w, __m256i x) { return dot_u8s8(w, x); }
+static inline __m256i q8_0_block(const int8_t *wq, int64_t b) { return load32(wq + b * QK); }
+static inline __m256 q8_0_dot(__m256i w, __m256i x) { return dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)); }
+
+/* One weight row of format F against R activation rows: sum_b d_b dx_b (q_b . qx_b) (for Q4_1 the
+   offset term m * sum(x) is added afterwards for all rows at once, add_q4_1_offsets). Two
    accumulators per row (even and odd blocks), so that consecutive FMAs do not wait on each other. */
-#define Q4_1_ROWS(R)                                                                                   \
-    static inline void q4_1_rows_##R(const int8_t *qx, const float *dx, int64_t nb, const uint8_t *wq, \
-                                     const float *wd, float *out, int64_t ldo) {                        \
+#define BLOCK_ROWS(F, WTYPE, R)                                                                        \
+    static inline void F##_rows_##R(const int8_t *qx, const float *dx, int64_t nb, const WTYPE *wq,   \
+                                    const float *wd, float *out, int64_t ldo) {                        \
         __m256 even[R], odd[R];                                                                         \
         for (int r = 0; r < R; r++) {                                                                   \
             even[r] = _mm256_setzero_ps();                                                              \
@@ -73,63 +81,32 @@ static inline __m256i load32(const int8_t *p) { return _mm256_loadu_si256((const
         }                                                                                               \
         int64_t b = 0;                                                                                  \
         for (; b + 1 < nb; b += 2) {                                                                    \
-            __m256i w0 = unpack_q4(wq + b * 16), w1 = unpack_q4(wq + (b + 1) * 16);                    \
+            __m256i w0 = F##_block(wq, b), w1 = F##_block(wq, b + 1);                                   \
             __m256 d0 = _mm256_broadcast_ss(wd + b), d1 = _mm256_broadcast_ss(wd + b + 1);              \
             for (int r = 0; r < R; r++) {                                                               \
                 const int8_t *x = qx + (r * nb + b) * QK;                                               \
                 const float *xd = dx + r * nb + b;                                                      \
-                even[r] = _mm256_fmadd_ps(dot_u8s8(w0, load32(x)), _mm256_mul_ps(d0, _mm256_broadcast_ss(xd)), even[r]); \
-                odd[r] = _mm256_fmadd_ps(dot_u8s8(w1, load32(x + QK)), _mm256_mul_ps(d1, _mm256_broadcast_ss(xd + 1)), odd[r]); \
+                even[r] = _mm256_fmadd_ps(F##_dot(w0, load32(x)), _mm256_mul_ps(d0, _mm256_broadcast_ss(xd)), even[r]); \
+                odd[r] = _mm256_fmadd_ps(F##_dot(w1, load32(x + QK)), _mm256_mul_ps(d1, _mm256_broadcast_ss(xd + 1)), odd[r]); \
             }                                                                                           \
         }                                                                                               \
         for (; b < nb; b++) {                                                                           \
-            __m256i w0 = unpack_q4(wq + b * 16);                                                        \
+            __m256i w0 = F##_block(wq, b);                                                              \
             __m256 d0 = _mm256_broadcast_ss(wd + b);                                                    \
             for (int r = 0; r < R; r++)                                                                 \
-                even[r] = _mm256_fmadd_ps(dot_u8s8(w0, load32(qx + (r * nb + b) * QK)),                 \
+                even[r] = _mm256_fmadd_ps(F##_dot(w0, load32(qx + (r * nb + b) * QK)),                  \
                                           _mm256_mul_ps(d0, _mm256_broadcast_ss(dx + r * nb + b)), even[r]); \
         }                                                                                               \
         for (int r = 0; r < R; r++) out[r * ldo] = hsum8(_mm256_add_ps(even[r], odd[r]));                \
     }
-Q4_1_ROWS(1)
-Q4_1_ROWS(2)
-Q4_1_ROWS(3)
-Q4_1_ROWS(4)
-
-/* Q8_0 x Q8: maddubs needs an unsigned operand, so |w| times x with w's sign moved onto x. */
-#define Q8_0_ROWS(R)                                                                                   \
-    static inline void q8_0_rows_##R(const int8_t *qx, const float *dx, int64_t nb, const int8_t *wq,  \
-                                     const float *wd, float *out, int64_t ldo) {                        \
-        __m256 even[R], odd[R];                                                                         \
-        for (int r = 0; r < R; r++) {                                                                   \
-            even[r] = _mm256_setzero_ps();                                                              \
-            odd[r] = _mm256_setzero_ps();                                                               \
-        }                                                                                               \
-        int64_t b = 0;                                                                                  \
-        for (; b + 1 < nb; b += 2) {                                                                    \
-            __m256i w0 = load32(wq + b * QK), w1 = load32(wq + (b + 1) * QK);                           \
-            __m256i u0 = _mm256_sign_epi8(w0, w0), u1 = _mm256_sign_epi8(w1, w1);                       \
-            for (int r = 0; r < R; r++) {                                                               \
-                const int8_t *x = qx + (r * nb + b) * QK;                                               \
-                const float *xd = dx + r * nb + b;                                                      \
-                even[r] = _mm256_fmadd_ps(dot_u8s8(u0, _mm256_sign_epi8(load32(x), w0)),                \
-                                          _mm256_set1_ps(wd[b] * xd[0]), even[r]);                      \
-                odd[r] = _mm256_fmadd_ps(dot_u8s8(u1, _mm256_sign_epi8(load32(x + QK), w1)),            \
-                                         _mm256_set1_ps(wd[b + 1] * xd[1]), odd[r]);                    \
-            }                                                                                           \
-        }                                                                                               \
-        for (; b < nb; b++) {                                                                           \
-            __m256i w0 = load32(wq + b * QK), u0 = _mm256_sign_epi8(w0, w0);                            \
-            for (int r = 0; r < R; r++)                                                                 \
-                even[r] = _mm256_fmadd_ps(dot_u8s8(u0, _mm256_sign_epi8(load32(qx + (r * nb + b) * QK), w0)), \
-                                          _mm256_set1_ps(wd[b] * dx[r * nb + b]), even[r]);             \
-        }                                                                                               \
-        for (int r = 0; r < R; r++) out[r * ldo] = hsum8(_mm256_add_ps(even[r], odd[r]));                \
-    }
-Q8_0_ROWS(1)
-Q8_0_ROWS(2)
-Q8_0_ROWS(3)
-Q8_0_ROWS(4)
+BLOCK_ROWS(q4_1, uint8_t, 1)
+BLOCK_ROWS(q4_1, uint8_t, 2)
+BLOCK_ROWS(q4_1, uint8_t, 3)
+BLOCK_ROWS(q4_1, uint8_t, 4)
+BLOCK_ROWS(q8_0, int8_t, 1)
+BLOCK_ROWS(q8_0, int8_t, 2)
+BLOCK_ROWS(q8_0, int8_t, 3)
+BLOCK_ROWS(q8_0, int8_t, 4)
 
 /* Scratch for the quantized activations: M * K bytes + 2 * M * K / 32 floats. 0 on success. */
 static int quantize_input(const float *x, int64_t M, int64_t K, int8_t **qx, float **dx, float **sx) {
