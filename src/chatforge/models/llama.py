@@ -170,9 +170,11 @@ class LlamaForCausalLM(nn.Module):
             if isinstance(module, PackedLinear):
                 head = module is self.logits_proj
                 int4 = weights == "int4" and not head
+                int8 = weights == "int8" or (weights == "int4" and head)
+                block = ("q8_0" if head else "q4_1") if weights == "q4" else None
                 module.set_int4(max_rows if int4 else 0)
-                module.set_int8(max_rows if weights == "int8" or (weights == "int4" and head) else 0)
-                module.set_block_quant(("q8_0" if head else "q4_1") if weights == "q4" else None, max_rows)
+                module.set_int8(max_rows if int8 else 0)
+                module.set_block_quant(block, max_rows)
         self.weights_mode = weights
 
     def forward(

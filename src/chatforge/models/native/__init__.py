@@ -93,6 +93,8 @@ def _build(compiler: str) -> Path:
 def library() -> ctypes.CDLL:
     """The loaded kernels (built on the first call); NativeKernelsUnavailable says why not."""
     global _library, _error
+    if _library is not None:  # the hot path (every matmul and attention call): no lock once loaded
+        return _library
     with _lock:
         if _library is not None:
             return _library
@@ -120,6 +122,8 @@ def library() -> ctypes.CDLL:
 
 
 def available() -> bool:
+    if _library is not None or _error is not None:  # decided: asked once per layer and step
+        return _library is not None
     try:
         library()
     except NativeKernelsUnavailable:

@@ -108,6 +108,27 @@ BLOCK_ROWS(q8_0, int8_t, 2)
 BLOCK_ROWS(q8_0, int8_t, 3)
 BLOCK_ROWS(q8_0, int8_t, 4)
 
+/* Output column n of format F for all M rows: the rows in groups of four, then the rest. */
+#define BLOCK_COLUMN(F, WTYPE, BLOCK_BYTES)                                                            \
+    static inline void F##_column(const int8_t *qx, const float *dx, int64_t M, int64_t nb, const WTYPE *qs, \
+                                  const float *d, int64_t n, int64_t N, float *y) {                     \
+        const WTYPE *wq = qs + n * nb * (BLOCK_BYTES);                                                  \
+        const float *wd = d + n * nb;                                                                   \
+        for (int64_t r0 = 0; r0 < M; r0 += 4) {                                                         \
+            const int8_t *xq = qx + r0 * nb * QK;                                                       \
+            const float *xd = dx + r0 * nb;                                                             \
+            float *out = y + r0 * N + n;                                                                \
+            switch (M - r0 < 4 ? M - r0 : 4) {                                                          \
+                case 1: F##_rows_1(xq, xd, nb, wq, wd, out, N); break;                                  \
+                case 2: F##_rows_2(xq, xd, nb, wq, wd, out, N); break;                                  \
+                case 3: F##_rows_3(xq, xd, nb, wq, wd, out, N); break;                                  \
+                default: F##_rows_4(xq, xd, nb, wq, wd, out, N); break;                                 \
+            }                                                                                           \
+        }                                                                                               \
+    }
+BLOCK_COLUMN(q4_1, uint8_t, 16)
+BLOCK_COLUMN(q8_0, int8_t, QK)
+
 /* Scratch for the quantized activations: M * K bytes + 2 * M * K / 32 floats. 0 on success. */
 static int quantize_input(const float *x, int64_t M, int64_t K, int8_t **qx, float **dx, float **sx) {
     int64_t blocks = M * (K / QK);
@@ -149,21 +170,7 @@ int q4_1_matmul(const float *x, int64_t M, int64_t K, const uint8_t *qs, const f
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n++) {
-            const uint8_t *wq = qs + n * nb * 16;
-            const float *wd = d + n * nb;
-            for (int64_t r0 = 0; r0 < M; r0 += 4) {
-                const int8_t *xq = qx + r0 * nb * QK;
-                const float *xd = dx + r0 * nb;
-                float *out = y + r0 * N + n;
-                switch (M - r0 < 4 ? M - r0 : 4) {
-                    case 1: q4_1_rows_1(xq, xd, nb, wq, wd, out, N); break;
-                    case 2: q4_1_rows_2(xq, xd, nb, wq, wd, out, N); break;
-                    case 3: q4_1_rows_3(xq, xd, nb, wq, wd, out, N); break;
-                    default: q4_1_rows_4(xq, xd, nb, wq, wd, out, N); break;
-                }
-            }
-        }
+        for (int64_t n = 0; n < N; n++) q4_1_column(qx, dx, M, nb, qs, d, n, N, y);
 #pragma omp for schedule(static)
         for (int64_t chunk = 0; chunk < (N + 7) / 8; chunk++)
             for (int64_t r = 0; r < M; r++) add_q4_1_offsets(sx + r * nb, nb, m, N, chunk * 8, y + r * N);
@@ -178,21 +185,7 @@ int q8_0_matmul(const float *x, int64_t M, int64_t K, const int8_t *qs, const fl
     if (quantize_input(x, M, K, &qx, &dx, &sx)) return -1;
     int64_t nb = K / QK;
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const int8_t *wq = qs + n * nb * QK;
-        const float *wd = d + n * nb;
-        for (int64_t r0 = 0; r0 < M; r0 += 4) {
-            const int8_t *xq = qx + r0 * nb * QK;
-            const float *xd = dx + r0 * nb;
-            float *out = y + r0 * N + n;
-            switch (M - r0 < 4 ? M - r0 : 4) {
-                case 1: q8_0_rows_1(xq, xd, nb, wq, wd, out, N); break;
-                case 2: q8_0_rows_2(xq, xd, nb, wq, wd, out, N); break;
-                case 3: q8_0_rows_3(xq, xd, nb, wq, wd, out, N); break;
-                default: q8_0_rows_4(xq, xd, nb, wq, wd, out, N); break;
-            }
-        }
-    }
+    for (int64_t n = 0; n < N; n++) q8_0_column(qx, dx, M, nb, qs, d, n, N, y);
     free(qx), free(dx), free(sx);
     return 0;
 }
