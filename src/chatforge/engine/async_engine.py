@@ -143,6 +143,7 @@ class AsyncEngine:
         failures = 0  # consecutive failed steps
         try:
             while self._handle_commands(block=not self.engine.has_unfinished()):
+                failed: StepFailedError | None = None
                 try:
                     outputs = self.engine.step() if self.engine.has_unfinished() else []
                 except StepFailedError as e:
@@ -152,14 +153,16 @@ class AsyncEngine:
                     if failures >= _MAX_CONSECUTIVE_FAILURES:
                         raise
                     log.error("engine step failed; ended requests %s", e.request_ids, exc_info=e.__cause__)
-                    for request_id in e.request_ids:
-                        stream = self._streams.pop(request_id, None)
-                        if stream is not None:
-                            self._send(stream, e)
-                    outputs = []
+                    failed, outputs = e, []
                 else:
                     failures = 0
-                self._stats = self.engine.stats()  # before delivery: a consumer may read it at once
+                # Before delivery, failures included: a consumer may read the stats at once.
+                self._stats = self.engine.stats()
+                if failed is not None:
+                    for request_id in failed.request_ids:
+                        stream = self._streams.pop(request_id, None)
+                        if stream is not None:
+                            self._send(stream, failed)
                 self._deliver(outputs)
         except BaseException as e:  # noqa: BLE001 - every waiting consumer must hear of it
             self._error = e
