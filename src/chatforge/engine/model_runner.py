@@ -131,6 +131,6 @@ class ModelRunner:
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         # Without batch invariance, decode steps may read the KV cache in place (models/attention.py).
         meta = AttentionMetadata.build(
-            query_lens, context_lens, block_tables, self.block_size, self.device, native_decode=not self.batch_invariant
+            query_lens, context_lens, block_tables, self.block_size, self.device, native_kernels=not self.batch_invariant
         )
         return input_ids, meta

@@ -12,7 +12,7 @@ Position p of sequence i lives in slot `block_tables[i][p // block_size] * block
 `AttentionMetadata.build` turns the lists into index tensors once per forward pass; every layer
 then does: write the new K/V at `slot_mapping` -> gather each sequence's whole context with one
 index op into a padded [B, Lk] batch -> one `scaled_dot_product_attention` -> unpad. Decode-only
-steps built with `native_decode=True` (the runner does so without batch invariance) skip the
+steps built with `native_kernels=True` (the runner does so without batch invariance) skip the
 gather: native/decode_attention.c reads each key and value where it lies, through `key_index`.
 
 Padding, and why it never changes a real row:
@@ -47,10 +47,16 @@ class AttentionMetadata:
     last_token_index: torch.Tensor  # [B] flat row of each sequence's last new token (where it samples)
     query_positions: torch.Tensor  # [B, Lq] absolute position of each padded query
     context_len_tensor: torch.Tensor  # [B] context_lens as a tensor
-    # Decode steps (one query per sequence) may use the native kernel that reads the cache in place
-    # (native/decode_attention.c); same mathematics, another summation order than SDPA's.
-    native_decode: bool = False
+    # The step may use chatforge's C kernels (models/native/): decode steps (one query per sequence)
+    # read the cache in place (native/decode_attention.c; same mathematics, another summation order
+    # than SDPA's), and the layers fuse their small operations (models/fused_ops.py).
+    native_kernels: bool = False
     _masks: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)  # (window, dtype) -> mask
+
+    @property
+    def decode_only(self) -> bool:
+        """One new token per sequence."""
+        return self.query_index.shape[1] == 1
 
     @property
     def uses_cache(self) -> bool:
@@ -68,7 +74,7 @@ class AttentionMetadata:
         block_tables: list[list[int]] | None,
         block_size: int,
         device: torch.device | str = "cpu",
-        native_decode: bool = False,
+        native_kernels: bool = False,
     ) -> AttentionMetadata:
         _validate(query_lens, context_lens, block_tables, block_size)
         B = len(query_lens)
@@ -111,7 +117,7 @@ class AttentionMetadata:
             last_token_index=starts + q_lens - 1,
             query_positions=query_positions,
             context_len_tensor=ctx_lens,
-            native_decode=native_decode,
+            native_kernels=native_kernels,
         )
 
     def mask(self, sliding_window: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -189,8 +195,8 @@ def paged_attention(
     elif meta.uses_cache:
         raise AttentionMetadataError("the metadata has block tables but no KV cache was passed")
     B, Lq = meta.query_index.shape
-    if Lq == 1 and kv_cache is not None and meta.native_decode and _native_decode_applies(q, k):
-        return _native_decode(q, k, v, meta, scale, sliding_window)
+    if Lq == 1 and kv_cache is not None and meta.native_kernels and native_decode_fits(q, k):
+        return decode_attention_in_place(q, k, v, meta, scale, sliding_window)
     if Lq == 1:  # one new token per sequence (decoding): rows are already in batch order
         queries = q[:, :, None, :]  # [B, H, 1, D], a view
     else:
@@ -207,15 +213,16 @@ def paged_attention(
     return out[meta.output_index]  # [T, H, D]
 
 
-def _native_decode_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+def native_decode_fits(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     return (
         q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
         and q.shape[-1] % 8 == 0 and k_cache.is_contiguous() and native.available()
     )
 
 
-def _native_decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float, sliding_window: int | None) -> torch.Tensor:
-    """One query per sequence, keys and values read from the cache where they lie -> [B, H, D]."""
+def decode_attention_in_place(q, k_cache, v_cache, meta: AttentionMetadata, scale: float, sliding_window: int | None) -> torch.Tensor:
+    """One query per sequence, keys and values read from the cache where they lie (the new ones
+    already written) -> [B, H, D]."""
     q = q.contiguous()
     B, H, D = q.shape
     out = torch.empty_like(q)

@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chatforge.models.attention import AttentionMetadata, allocate_kv_caches, paged_attention
+from chatforge.models import fused_ops
+from chatforge.models.attention import (
+    AttentionMetadata,
+    allocate_kv_caches,
+    decode_attention_in_place,
+    native_decode_fits,
+    paged_attention,
+)
 from chatforge.models.config import ModelConfig
 from chatforge.models.packed_linear import DEFAULT_MAX_ROWS, WEIGHT_MODES, PackedLinear
 from chatforge.models.rotary import RotaryEmbedding, apply_rotary
@@ -73,6 +80,16 @@ class Attention(nn.Module):
         out = paged_attention(q, k, v, meta, kv_cache, self.scale, self.sliding_window)  # [T, H, D]
         return self.o_proj(out.reshape(T, self.num_heads * self.head_dim))
 
+    def forward_fused(self, x, cos, sin, meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
+        """`forward` on the fused kernels (fused_ops.py): a decode step rotates q and k and writes
+        the cache in one call, then reads the cache in place; other steps take `forward`."""
+        if not (meta.decode_only and kv_cache is not None and self.qkv_proj is not None and native_decode_fits(x, kv_cache[0])):
+            return self.forward(x, cos, sin, meta, kv_cache)
+        k_cache, v_cache = kv_cache
+        q = fused_ops.rotary_cache_write(self.qkv_proj(x), cos, sin, meta.slot_mapping, k_cache, v_cache, self.num_heads)
+        out = decode_attention_in_place(q, k_cache, v_cache, meta, self.scale, self.sliding_window)  # [T, H, D]
+        return self.o_proj(out.view(x.shape[0], self.num_heads * self.head_dim))
+
 
 class MLP(nn.Module):
     """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
@@ -100,6 +117,11 @@ class MLP(nn.Module):
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)
 
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is None:
+            return self.forward(x)
+        return self.down_proj(fused_ops.swiglu(self.gate_up_proj(x)))
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
@@ -112,6 +134,14 @@ class DecoderLayer(nn.Module):
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, kv_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_fused(self, x, pending, cos, sin, meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
+        """The same layer on the fused kernels. x, the residual stream, is updated in place: first
+        by `pending` (the previous layer's output, None before the first layer), then by the
+        attention's; returns the MLP's output, for the next layer (or the final norm) to add."""
+        attn_norm, mlp_norm = self.input_layernorm, self.post_attention_layernorm
+        h = self.self_attn.forward_fused(fused_ops.add_rms_norm(x, pending, attn_norm.weight, attn_norm.eps), cos, sin, meta, kv_cache)
+        return self.mlp.forward_fused(fused_ops.add_rms_norm(x, h, mlp_norm.weight, mlp_norm.eps))
 
 
 class LlamaModel(nn.Module):
@@ -130,6 +160,11 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids, positions, meta: AttentionMetadata, kv_caches: list[KVCache] | None):
         x = self.embed_tokens(input_ids)  # [T, d]
         cos, sin = self.rotary_emb(positions, x.dtype)  # [T, head_dim] each, shared by all layers
+        if meta.native_kernels and fused_ops.applies(x):
+            pending = None
+            for i, layer in enumerate(self.layers):
+                pending = layer.forward_fused(x, pending, cos, sin, meta, None if kv_caches is None else kv_caches[i])
+            return fused_ops.add_rms_norm(x, pending, self.norm.weight, self.norm.eps)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, meta, None if kv_caches is None else kv_caches[i])
         return self.norm(x)

@@ -3,7 +3,9 @@ on first use into one shared library and loaded with ctypes.
 
 - blockquant.c: matmuls with weights and activations quantized in blocks of 32 (models/blockquant.py);
 - decode_attention.c: attention of one new token per sequence read straight from the paged KV cache
-  (models/attention.py).
+  (models/attention.py);
+- layer_ops.c: a decoder layer's small operations fused (residual add + RMSNorm, RoPE + KV cache
+  write, SwiGLU; models/fused_ops.py).
 
 Why not a torch C++ extension: compiling against torch's headers takes about a minute and needs
 ninja; these files include no torch header and compile in about a second. They use OpenMP; in a
@@ -49,7 +51,11 @@ _SIGNATURES = {
     "q4_1_matmul": [_p, _i64, _i64, _p, _p, _p, _i64, _p],
     "q8_0_matmul": [_p, _i64, _i64, _p, _p, _i64, _p],
     "decode_attention": [_p, _p, _p, _p, _p, _i64, _i64, _i64, _i64, _i64, _f32, _i64, _p],
+    "add_rms_norm": [_p, _p, _p, _i64, _i64, _f32, _p],
+    "swiglu": [_p, _i64, _i64, _p],
+    "rotary_cache_write": [_p, _i64, _i64, _i64, _i64, _p, _p, _p, _p, _p, _p],
 }
+_VOID = ("add_rms_norm", "swiglu", "rotary_cache_write")
 
 
 def cache_dir() -> Path:
@@ -116,7 +122,7 @@ def library() -> ctypes.CDLL:
             raise NativeKernelsUnavailable(_error) from exc
         for name, argtypes in _SIGNATURES.items():
             function = getattr(lib, name)
-            function.argtypes, function.restype = argtypes, ctypes.c_int
+            function.argtypes, function.restype = argtypes, None if name in _VOID else ctypes.c_int
         _library = lib
         return lib
 
