@@ -77,19 +77,27 @@ def q8_0_weight(n: int, k: int, g: torch.Generator) -> torch.Tensor:
 
 def test_quantize_q4_1_recovers_the_grid():
     g = torch.Generator().manual_seed(1)
-    w = q4_1_weight(40, 96, g)
+    w = q4_1_weight(37, 96, g)  # 37 columns: the last group of eight is padded
     qs, d, m = blockquant.quantize_q4_1(w)
-    assert qs.dtype == torch.uint8 and qs.shape == (40, 3, 16)
-    low, high = (qs & 0xF).long(), (qs >> 4).long()
-    q = torch.cat([low, high], dim=-1).float()  # byte j: element j (low nibble), j + 16 (high)
-    torch.testing.assert_close((q * d[..., None] + m.t()[..., None]).reshape(40, 96), w, rtol=0, atol=1e-6)
+    assert qs.dtype == torch.uint8 and qs.shape == (5, 3, 128) and d.shape == m.shape == (5, 3, 8)
+    torch.testing.assert_close(blockquant.dequantize_q4_1(qs, d, m, 37), w, rtol=0, atol=1e-6)
+    # the layout itself: byte 32 c + 4 i + t of a block holds positions 4 c + t (low nibble) and
+    # 16 + 4 c + t (high) of column i of the group
+    q, _, _ = blockquant.q4_1_grid(w)
+    column, block, c, t = 10, 2, 3, 1  # column 10: group 1, column 2 in it
+    byte = int(qs[1, block, 32 * c + 4 * 2 + t])
+    assert (byte & 0xF, byte >> 4) == (int(q[column, block, 4 * c + t]), int(q[column, block, 16 + 4 * c + t]))
+    assert (d[4, :, 5:] == 0).all() and (m[4, :, 5:] == 0).all()
 
 
 def test_quantize_q8_0_recovers_the_grid():
     g = torch.Generator().manual_seed(2)
-    w = q8_0_weight(24, 64, g)
+    w = q8_0_weight(21, 64, g)
     qs, d = blockquant.quantize_q8_0(w)
-    torch.testing.assert_close((qs.float() * d[..., None]).reshape(24, 64), w, rtol=0, atol=1e-6)
+    assert qs.dtype == torch.int8 and qs.shape == (3, 2, 256) and d.shape == (3, 2, 8)
+    torch.testing.assert_close(blockquant.dequantize_q8_0(qs, d, 21), w, rtol=0, atol=1e-6)
+    # byte 32 c + 4 i + t of a block holds position 4 c + t of column i of the group
+    assert int(qs[2, 1, 32 * 7 + 4 * 4 + 3]) == round(float(w[20, 32 + 4 * 7 + 3] / (w[20, 32:64].abs().max() / 127)))
     with pytest.raises(ValueError, match="multiple of 32"):
         blockquant.quantize_q8_0(torch.ones(4, 48))
 
@@ -104,16 +112,16 @@ def exact_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
-@pytest.mark.parametrize("rows, k, n", [(1, 576, 960), (3, 64, 37), (9, 1536, 70)])
+@pytest.mark.parametrize("rows, k, n", [(1, 576, 960), (3, 64, 37), (9, 1536, 70), (32, 576, 64)])
 def test_block_matmul_equals_the_quantized_arithmetic(fmt, rows, k, n):
     g = torch.Generator().manual_seed(rows * 1000 + n)
     w = q4_1_weight(n, k, g) if fmt == "q4_1" else q8_0_weight(n, k, g)
     x = torch.randn(rows, k, generator=g)
     x[0, :32] = 0  # an all-zero block (scale 0)
     if fmt == "q4_1":
-        y = blockquant.q4_1_matmul(x, *blockquant.quantize_q4_1(w))
+        y = blockquant.q4_1_matmul(x, *blockquant.quantize_q4_1(w), n)
     else:
-        y = blockquant.q8_0_matmul(x, *blockquant.quantize_q8_0(w))
+        y = blockquant.q8_0_matmul(x, *blockquant.quantize_q8_0(w), n)
     assert y.dtype == torch.float32 and y.shape == (rows, n)
     # float32 accumulation of exact integer block sums: within a few float32 ulps of the magnitudes
     ref = exact_product(x, w)
@@ -130,12 +138,12 @@ def test_a_row_gets_the_same_bits_alone_or_in_any_batch(fmt):
     packed = blockquant.quantize_q4_1(w) if fmt == "q4_1" else blockquant.quantize_q8_0(w)
     matmul = blockquant.q4_1_matmul if fmt == "q4_1" else blockquant.q8_0_matmul
     x = torch.randn(11, 192, generator=g)
-    whole = matmul(x, *packed)
+    whole = matmul(x, *packed, 100)
     for start, end in [(0, 1), (3, 5), (2, 9), (4, 11)]:  # every row-group variant, rows at other offsets
-        assert torch.equal(matmul(x[start:end], *packed), whole[start:end])
+        assert torch.equal(matmul(x[start:end], *packed, 100), whole[start:end])
 
 
 def test_block_matmul_rejects_a_wrong_input_shape():
     packed = blockquant.quantize_q4_1(torch.randn(8, 64))
     with pytest.raises(ValueError, match=r"shape \[M, 64\]"):
-        blockquant.q4_1_matmul(torch.randn(2, 32), *packed)
+        blockquant.q4_1_matmul(torch.randn(2, 32), *packed, 8)

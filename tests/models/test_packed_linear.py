@@ -146,7 +146,7 @@ def test_block_quant_is_used_up_to_max_rows_and_float32_above():
         x = torch.randn(rows, 128, generator=g)
         y = layer(x)
         if rows <= 8:
-            torch.testing.assert_close(y, blockquant.q4_1_matmul(x, *layer.block_weight) + bias, rtol=0, atol=0)
+            torch.testing.assert_close(y, blockquant.q4_1_matmul(x, *layer.block_weight, 96) + bias, rtol=0, atol=0)
             torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=2e-2, atol=3e-2)
         else:
             torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=0, atol=0)

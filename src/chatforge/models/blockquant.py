@@ -43,22 +43,64 @@ def q4_1_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return q, d, low
 
 
+def _interleave(values: torch.Tensor) -> torch.Tensor:
+    """[N, K / 32, 32] per-column block values -> [N8 / 8, K / 32, 8 * 32]: for each group of eight
+    columns and each block, 4 positions of column 0, the same 4 of column 1, ... of column 7, then
+    the next 4 positions (native/blockquant.c's layout). N is padded to N8, a multiple of 8, with
+    zeros."""
+    N, nb, width = values.shape
+    padded = -(-N // 8) * 8
+    if padded != N:
+        values = torch.cat([values, values.new_zeros(padded - N, nb, width)])
+    groups = values.reshape(padded // 8, 8, nb, width // 4, 4)  # [G, column, block, chunk, 4]
+    return groups.permute(0, 2, 3, 1, 4).reshape(padded // 8, nb, 8 * width).contiguous()
+
+
+def _interleave_scales(scales: torch.Tensor) -> torch.Tensor:
+    """[N, K / 32] -> [N8 / 8, K / 32, 8], padded with zeros like _interleave."""
+    return _interleave(scales[..., None].expand(*scales.shape, 4).contiguous())[..., ::4].contiguous()
+
+
+def _deinterleave(packed: torch.Tensor, N: int) -> torch.Tensor:
+    """_interleave's inverse: [N8 / 8, K / 32, 8 * width] -> [N, K / 32, width]."""
+    G, nb, size = packed.shape
+    width = size // 8
+    groups = packed.reshape(G, nb, width // 4, 8, 4).permute(0, 3, 1, 2, 4)  # [G, column, block, chunk, 4]
+    return groups.reshape(G * 8, nb, width)[:N]
+
+
 def quantize_q4_1(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> the kernel's Q4_1 layout: (qs uint8 [N, K / 32, 16], d float32 [N, K / 32],
-    m float32 [K / 32, N], transposed); byte j of a block holds element j in its low nibble and
-    element j + 16 in its high nibble."""
+    """weight [N, K] -> the kernel's Q4_1 layout (qs uint8 [N8 / 8, K / 32, 128], d and m float32
+    [N8 / 8, K / 32, 8]): element j of a block in the low nibble, element j + 16 in the high nibble,
+    eight columns interleaved (_interleave)."""
     q, d, m = q4_1_grid(weight)
     q = q.to(torch.uint8)
-    return (q[..., :16] | (q[..., 16:] << 4)).contiguous(), d.contiguous(), m.t().contiguous()
+    nibbles = q[..., :16] | (q[..., 16:] << 4)  # [N, K / 32, 16]
+    return _interleave(nibbles), _interleave_scales(d), _interleave_scales(m)
+
+
+def dequantize_q4_1(qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, N: int) -> torch.Tensor:
+    """quantize_q4_1's inverse: the [N, K] weights the kernel multiplies by."""
+    nibbles = _deinterleave(qs, N)
+    q = torch.cat([nibbles & 0xF, nibbles >> 4], dim=-1).float()  # [N, K / 32, 32]
+    d, m = _deinterleave(d.repeat_interleave(4, -1), N)[..., ::4], _deinterleave(m.repeat_interleave(4, -1), N)[..., ::4]
+    return (q * d + m).reshape(N, -1)
 
 
 def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> (qs int8 [N, K / 32, 32], d float32 [N, K / 32]) with w ~= d * q, d = max|w| / 127
-    per block (a Q8_0 checkpoint's grid is recovered: its largest |q| in a block is 127)."""
+    """weight [N, K] -> the kernel's Q8_0 layout (qs int8 [N8 / 8, K / 32, 256], d float32
+    [N8 / 8, K / 32, 8]) with w ~= d * q, d = max|w| / 127 per block (a Q8_0 checkpoint's grid is
+    recovered: its largest |q| in a block is 127)."""
     groups = _blocks(weight)
     d = groups.abs().amax(-1) / 127
     q = torch.round(groups / torch.where(d > 0, d, torch.ones_like(d))[..., None]).clamp_(-127, 127)
-    return q.to(torch.int8).contiguous(), d.contiguous()
+    return _interleave(q.to(torch.int8)), _interleave_scales(d)
+
+
+def dequantize_q8_0(qs: torch.Tensor, d: torch.Tensor, N: int) -> torch.Tensor:
+    """quantize_q8_0's inverse: the [N, K] weights the kernel multiplies by."""
+    d = _deinterleave(d.repeat_interleave(4, -1), N)[..., ::4]
+    return (_deinterleave(qs, N).float() * d).reshape(N, -1)
 
 
 def _check_input(x: torch.Tensor, K: int) -> torch.Tensor:
@@ -67,10 +109,10 @@ def _check_input(x: torch.Tensor, K: int) -> torch.Tensor:
     return x.float().contiguous()
 
 
-def q4_1_matmul(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+def q4_1_matmul(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, N: int) -> torch.Tensor:
     """x [M, K] float -> x @ W.T float32 [M, N], W in quantize_q4_1's layout, x quantized per block."""
     lib = native.library()
-    N, K = qs.shape[0], qs.shape[1] * BLOCK
+    K = qs.shape[1] * BLOCK
     x = _check_input(x, K)
     y = torch.empty(x.shape[0], N, dtype=torch.float32)
     if lib.q4_1_matmul(x.data_ptr(), x.shape[0], K, qs.data_ptr(), d.data_ptr(), m.data_ptr(), N, y.data_ptr()):
@@ -78,10 +120,10 @@ def q4_1_matmul(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Ten
     return y
 
 
-def q8_0_matmul(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+def q8_0_matmul(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, N: int) -> torch.Tensor:
     """x [M, K] float -> x @ W.T float32 [M, N], W in quantize_q8_0's layout, x quantized per block."""
     lib = native.library()
-    N, K = qs.shape[0], qs.shape[1] * BLOCK
+    K = qs.shape[1] * BLOCK
     x = _check_input(x, K)
     y = torch.empty(x.shape[0], N, dtype=torch.float32)
     if lib.q8_0_matmul(x.data_ptr(), x.shape[0], K, qs.data_ptr(), d.data_ptr(), N, y.data_ptr()):

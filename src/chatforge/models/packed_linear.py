@@ -147,10 +147,8 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0] if x.dim() == 2 else None
         if rows is not None and self.block_weight and rows <= self.block_max_rows and x.dtype == torch.float32:
-            if self.block_format == "q4_1":
-                y = blockquant.q4_1_matmul(x, *self.block_weight)
-            else:
-                y = blockquant.q8_0_matmul(x, *self.block_weight)
+            matmul = blockquant.q4_1_matmul if self.block_format == "q4_1" else blockquant.q8_0_matmul
+            y = matmul(x, *self.block_weight, self.weight.shape[0])
             return y if self.bias is None else y + self.bias
         if rows is not None and self.weight_int4 is not None and rows <= self.int4_max_rows:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
