@@ -33,7 +33,7 @@ PEER_PY = HERE / ".peer-venv" / "bin" / "python"
 
 # chatforge's engine settings per --engine (environment variables of `chatforge serve`).
 # "fast": q4 (the GGUF's own Q4_1 grid for the layers, Q8_0 for the lm_head, 8-bit activations in
-# blocks of 32: llama.cpp's arithmetic) for steps of up to 32 rows and no batch-invariance
+# blocks of 32: llama.cpp's arithmetic) for every step and no batch-invariance
 # padding, the configuration comparable with llama.cpp; "default": the deterministic defaults
 # (float32, batch-invariant).
 ENGINES = {

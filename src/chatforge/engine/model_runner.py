@@ -25,12 +25,12 @@ in models/attention.py. The padding costs 4 tokens of compute per step (-40% tok
 
 Weights (`weights`, models/packed_linear.py): the runner fuses q/k/v and gate/up once (bit-identical
 logits) and, with "int8" or "int4", multiplies steps of at most 8 or 16 rows by low-bit copies of the
-weights with bfloat16 activations; with "q4", steps of at most 32 rows by chatforge's block-quantized
-kernels (models/blockquant.py: Q4_1 layers, a Q8_0 lm_head, 8-bit activations per block of 32).
-None of these is batch-invariant whatever the padding (a step of few rows takes other arithmetic
-than a larger one, and the padding itself pushes small steps over or under the threshold; the q4
-kernels compute a row the same way at any row count, but prefills above the threshold run in
-float32), so `batch_invariant=True` with a low-bit mode buys nothing but cost: the deterministic
+weights with bfloat16 activations; with "q4", every step by chatforge's block-quantized kernels
+(models/blockquant.py: Q4_1 layers, a Q8_0 lm_head, 8-bit activations per block of 32).
+int8 and int4 are not batch-invariant whatever the padding (a step of few rows takes other
+arithmetic than a larger one, and the padding itself pushes small steps over or under the
+threshold). q4 computes a row the same way at any row count, so with the padding it may be; that
+is not tested, and q4 is measured without it. So the deterministic
 configuration is fp32 + batch_invariant, the fast one q4 without it. Both stay the defaults'
 choice to make in EngineConfig; README "Determinism vs speed" gives the trade-off,
 benchmarks/RESULTS.md the figures.
