@@ -147,3 +147,5 @@ def test_block_matmul_rejects_a_wrong_input_shape():
     packed = blockquant.quantize_q4_1(torch.randn(8, 64))
     with pytest.raises(ValueError, match=r"shape \[M, 64\]"):
         blockquant.q4_1_matmul(torch.randn(2, 32), *packed, 8)
+    with pytest.raises(ValueError, match="groups of eight"):
+        blockquant.q4_1_matmul(torch.randn(2, 64), *packed, 9)  # one group holds 8 columns

@@ -103,18 +103,20 @@ def dequantize_q8_0(qs: torch.Tensor, d: torch.Tensor, N: int) -> torch.Tensor:
     return (_deinterleave(qs, N).float() * d).reshape(N, -1)
 
 
-def _check_input(x: torch.Tensor, K: int) -> torch.Tensor:
+def _check_input(x: torch.Tensor, qs: torch.Tensor, N: int) -> torch.Tensor:
+    K = qs.shape[1] * BLOCK
     if x.dim() != 2 or x.shape[1] != K or x.device.type != "cpu":
         raise ValueError(f"expected a CPU input of shape [M, {K}], got {tuple(x.shape)} on {x.device}")
+    if not (qs.shape[0] - 1) * 8 < N <= qs.shape[0] * 8:  # the kernel reads ceil(N / 8) column groups
+        raise ValueError(f"N={N} does not match the weights' {qs.shape[0]} groups of eight columns")
     return x.float().contiguous()
 
 
 def q4_1_matmul(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, N: int) -> torch.Tensor:
     """x [M, K] float -> x @ W.T float32 [M, N], W in quantize_q4_1's layout, x quantized per block."""
     lib = native.library()
-    K = qs.shape[1] * BLOCK
-    x = _check_input(x, K)
-    y = torch.empty(x.shape[0], N, dtype=torch.float32)
+    x = _check_input(x, qs, N)
+    K, y = x.shape[1], torch.empty(x.shape[0], N, dtype=torch.float32)
     if lib.q4_1_matmul(x.data_ptr(), x.shape[0], K, qs.data_ptr(), d.data_ptr(), m.data_ptr(), N, y.data_ptr()):
         raise MemoryError("q4_1_matmul: no memory for the quantized activations")
     return y
@@ -123,9 +125,8 @@ def q4_1_matmul(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Ten
 def q8_0_matmul(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, N: int) -> torch.Tensor:
     """x [M, K] float -> x @ W.T float32 [M, N], W in quantize_q8_0's layout, x quantized per block."""
     lib = native.library()
-    K = qs.shape[1] * BLOCK
-    x = _check_input(x, K)
-    y = torch.empty(x.shape[0], N, dtype=torch.float32)
+    x = _check_input(x, qs, N)
+    K, y = x.shape[1], torch.empty(x.shape[0], N, dtype=torch.float32)
     if lib.q8_0_matmul(x.data_ptr(), x.shape[0], K, qs.data_ptr(), d.data_ptr(), N, y.data_ptr()):
         raise MemoryError("q8_0_matmul: no memory for the quantized activations")
     return y
