@@ -29,8 +29,9 @@ weights with bfloat16 activations; with "q4", every step by chatforge's block-qu
 (models/blockquant.py: Q4_1 layers, a Q8_0 lm_head, 8-bit activations per block of 32).
 int8 and int4 are not batch-invariant whatever the padding (a step of few rows takes other
 arithmetic than a larger one, and the padding itself pushes small steps over or under the
-threshold). q4 computes a row the same way at any row count, so with the padding it may be; that
-is not tested, and q4 is measured without it. So the deterministic
+threshold). q4 computes a row's matmuls the same way at any row count, yet even with the padding
+its greedy runs part from the same requests run alone (measured: 2 of 16 after 3 and 5 tokens);
+where the rest of the difference comes from is not known. So the deterministic
 configuration is fp32 + batch_invariant, the fast one q4 without it. Both stay the defaults'
 choice to make in EngineConfig; README "Determinism vs speed" gives the trade-off,
 benchmarks/RESULTS.md the figures.
