@@ -36,8 +36,11 @@ def test_results_markdown_from_a_compare_run(fake_server, tmp_path):
     md = load_renderer()({"decode": run, "prefix": run}, {"decode": "chatforge bench URL ...", "prefix": "p"},
                          {"Model name": "Test CPU"}, {"chatforge": "abc123"}, "2030-01-01", quick=False)
 
+    # The scripted servers set the speeds, the machine's load the measured ratio (a busy CI runner
+    # once measured 0.35x): the verdict must follow the figure.
     c1 = next(c for c in run["comparisons"] if c["concurrency"] == 1)["output_throughput"]
-    assert f"| output tok/s at 1 stream, chatforge ÷ llama-cpp-python | >= 0.7x | {c1:.2f}x | met |" in md
+    verdict = "met" if c1 >= 0.7 else "not met"
+    assert f"| output tok/s at 1 stream, chatforge ÷ llama-cpp-python | >= 0.7x | {c1:.2f}x | {verdict} |" in md
     assert "| output tok/s at 32 streams, chatforge ÷ llama-cpp-python | >= 5.0x | - | not measured |" in md
     warm_cold = run["prefix"][0]["warm_over_cold"]
     verdict = "met" if warm_cold <= 0.2 else "not met"
