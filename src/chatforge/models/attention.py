@@ -194,9 +194,9 @@ def paged_attention(
         k, v = k_cache, v_cache
     elif meta.uses_cache:
         raise AttentionMetadataError("the metadata has block tables but no KV cache was passed")
-    B, Lq = meta.query_index.shape
-    if Lq == 1 and kv_cache is not None and meta.native_kernels and native_decode_fits(q, k):
+    if uses_native_decode(meta, q, kv_cache):
         return decode_attention_in_place(q, k, v, meta, scale, sliding_window)
+    B, Lq = meta.query_index.shape
     if Lq == 1:  # one new token per sequence (decoding): rows are already in batch order
         queries = q[:, :, None, :]  # [B, H, 1, D], a view
     else:
@@ -213,10 +213,15 @@ def paged_attention(
     return out[meta.output_index]  # [T, H, D]
 
 
-def native_decode_fits(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+def uses_native_decode(meta: AttentionMetadata, x: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    """Whether this step's attention reads the cache in place (decode_attention_in_place): a decode
+    step with native kernels allowed, float32 CPU activations `x` and cache, head size % 8 == 0."""
+    if not (meta.native_kernels and meta.decode_only and kv_cache is not None):
+        return False
+    k_cache = kv_cache[0]
     return (
-        q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
-        and q.shape[-1] % 8 == 0 and k_cache.is_contiguous() and native.available()
+        x.device.type == "cpu" and x.dtype == torch.float32 and k_cache.dtype == torch.float32
+        and k_cache.shape[-1] % 8 == 0 and k_cache.is_contiguous() and native.available()
     )
 
 

@@ -57,8 +57,18 @@ def _interleave(values: torch.Tensor) -> torch.Tensor:
 
 
 def _interleave_scales(scales: torch.Tensor) -> torch.Tensor:
-    """[N, K / 32] -> [N8 / 8, K / 32, 8], padded with zeros like _interleave."""
-    return _interleave(scales[..., None].expand(*scales.shape, 4).contiguous())[..., ::4].contiguous()
+    """[N, K / 32] -> [N8 / 8, K / 32, 8] (column n of group g at [g, :, n % 8]), padded with zeros."""
+    N, nb = scales.shape
+    padded = -(-N // 8) * 8
+    if padded != N:
+        scales = torch.cat([scales, scales.new_zeros(padded - N, nb)])
+    return scales.reshape(padded // 8, 8, nb).transpose(1, 2).contiguous()
+
+
+def _deinterleave_scales(scales: torch.Tensor, N: int) -> torch.Tensor:
+    """_interleave_scales' inverse: [N8 / 8, K / 32, 8] -> [N, K / 32, 1]."""
+    G, nb, _ = scales.shape
+    return scales.transpose(1, 2).reshape(G * 8, nb)[:N, :, None]
 
 
 def _deinterleave(packed: torch.Tensor, N: int) -> torch.Tensor:
@@ -83,8 +93,7 @@ def dequantize_q4_1(qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, N: int) 
     """quantize_q4_1's inverse: the [N, K] weights the kernel multiplies by."""
     nibbles = _deinterleave(qs, N)
     q = torch.cat([nibbles & 0xF, nibbles >> 4], dim=-1).float()  # [N, K / 32, 32]
-    d, m = _deinterleave(d.repeat_interleave(4, -1), N)[..., ::4], _deinterleave(m.repeat_interleave(4, -1), N)[..., ::4]
-    return (q * d + m).reshape(N, -1)
+    return (q * _deinterleave_scales(d, N) + _deinterleave_scales(m, N)).reshape(N, -1)
 
 
 def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +108,7 @@ def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize_q8_0(qs: torch.Tensor, d: torch.Tensor, N: int) -> torch.Tensor:
     """quantize_q8_0's inverse: the [N, K] weights the kernel multiplies by."""
-    d = _deinterleave(d.repeat_interleave(4, -1), N)[..., ::4]
-    return (_deinterleave(qs, N).float() * d).reshape(N, -1)
+    return (_deinterleave(qs, N).float() * _deinterleave_scales(d, N)).reshape(N, -1)
 
 
 def _check_input(x: torch.Tensor, qs: torch.Tensor, N: int) -> torch.Tensor:

@@ -19,8 +19,8 @@ from chatforge.models.attention import (
     AttentionMetadata,
     allocate_kv_caches,
     decode_attention_in_place,
-    native_decode_fits,
     paged_attention,
+    uses_native_decode,
 )
 from chatforge.models.config import ModelConfig
 from chatforge.models.packed_linear import DEFAULT_MAX_ROWS, WEIGHT_MODES, PackedLinear
@@ -83,7 +83,7 @@ class Attention(nn.Module):
     def forward_fused(self, x, cos, sin, meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
         """`forward` on the fused kernels (fused_ops.py): a decode step rotates q and k and writes
         the cache in one call, then reads the cache in place; other steps take `forward`."""
-        if not (meta.decode_only and kv_cache is not None and self.qkv_proj is not None and native_decode_fits(x, kv_cache[0])):
+        if self.qkv_proj is None or not uses_native_decode(meta, x, kv_cache):
             return self.forward(x, cos, sin, meta, kv_cache)
         k_cache, v_cache = kv_cache
         q = fused_ops.rotary_cache_write(self.qkv_proj(x), cos, sin, meta.slot_mapping, k_cache, v_cache, self.num_heads)
