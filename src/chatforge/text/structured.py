@@ -215,27 +215,30 @@ class StructuredOutput:
         llnp.fill_next_token_bitmask(ll, bitmask, 0)
         if ll.is_error():
             raise StructuredOutputError(_clean(ll.get_error()), "rejected")
-        if ll.is_stopped():
+        allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")
+        allowed[self.ll_tokenizer.eos_tokens] = 0
+        if not allowed.any():
             raise StructuredOutputError("the constraint allows only an empty output", "invalid")
 
 
 def build_ll_tokenizer(tokenizer: Tokenizer, vocab_size: int, eos_token_ids: Sequence[int]) -> llguidance.LLTokenizer:
     """llguidance's tokenizer over exactly the model's vocabulary (see the module docstring)."""
     return llguidance.LLTokenizer(
-        llguidance.TokenizerWrapper(_VocabularyView(tokenizer, eos_token_ids[0])),
-        n_vocab=vocab_size,
+        llguidance.TokenizerWrapper(_VocabularyView(tokenizer, vocab_size, eos_token_ids[0])),
         eos_token=list(eos_token_ids),
     )
 
 
 class _VocabularyView:
-    """What llguidance.TokenizerWrapper reads: token bytes, special ids, an encoder."""
+    """What llguidance.TokenizerWrapper reads: token bytes, special ids, an encoder. Ids past the
+    tokenizer's vocabulary (a model's padded embedding) are empty special tokens: never allowed."""
 
-    def __init__(self, tokenizer: Tokenizer, eos_token_id: int):
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_id: int):
+        size = tokenizer.vocab_size
         self.eos_token_id = eos_token_id
         self.bos_token_id = tokenizer.bos_token_id
-        self.tokens = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
-        self.special_token_ids = [i for i in range(tokenizer.vocab_size) if tokenizer.is_special(i)]
+        self.tokens = [tokenizer.token_bytes(i) for i in range(size)] + [b""] * (vocab_size - size)
+        self.special_token_ids = [i for i in range(size) if tokenizer.is_special(i)] + list(range(size, vocab_size))
         self._tokenizer = tokenizer
 
     def __call__(self, text: str) -> list[int]:
