@@ -13,6 +13,7 @@ helper compiles with torch.compile on first use, ~17 s inside the engine thread:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from chatforge.engine.grammar import GrammarMatcher, MaskFiller
 from chatforge.engine.sequence import Sequence
+
 
 def _lookup_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """[256, 8]: entry [b, i] is 0.0 when bit i of byte b is set, else -inf.
@@ -40,12 +42,17 @@ class StepMasks:
     rows: torch.Tensor  # [R] long, rows of the sampler's logits
     bitmask: torch.Tensor  # [R, W] int32, on the logits' device
     table: torch.Tensor  # [256, 8] of the logits' dtype
+    infinite_bias: bool  # a constrained row has an infinite logit_bias (inf + -inf is NaN)
 
     def apply(self, logits: torch.Tensor) -> None:
         """In place on logits [N, V]: forbidden tokens of the constrained rows become -inf."""
         num_rows, vocab = len(self.rows), logits.shape[1]
-        additive = F.embedding(self.bitmask.view(torch.uint8).long(), self.table)  # [R, 4W, 8]
-        logits[self.rows] += additive.view(num_rows, -1)[:, :vocab]
+        additive = F.embedding(self.bitmask.view(torch.uint8).long(), self.table).view(num_rows, -1)[:, :vocab]
+        if not self.infinite_bias:
+            logits.index_add_(0, self.rows, additive)  # NOTE: ~2x faster than logits[rows] += on CPU
+            return
+        masked = logits[self.rows] + additive
+        logits[self.rows] = masked.masked_fill_(masked.isnan(), float("-inf"))  # the grammar wins over a bias
 
 
 class GrammarMasks:
@@ -72,9 +79,11 @@ class GrammarMasks:
             groups.setdefault(id(matcher.mask_filler), (matcher.mask_filler, []))[1].append((matcher, k))
         for filler, items in groups.values():
             filler.fill(items, bitmask)
+        infinite_bias = any(math.isinf(v) for i in rows for v in seqs[i].params.logit_bias.values())
         return StepMasks(
             torch.tensor(rows, dtype=torch.long, device=self.device),
             torch.from_numpy(bitmask).to(self.device),
             self._table,
+            infinite_bias,
         )
 

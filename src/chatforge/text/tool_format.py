@@ -148,7 +148,39 @@ def _arguments_schema(tool: FunctionTool, index: int, limits: StructuredLimits) 
         raise ToolSpecError(e.message, f"tools[{index}].function.parameters") from None
     schema.pop("x-guidance", None)
     schema.setdefault("type", "object")  # arguments are an object even when the schema omits the type
+    _close_objects(schema)
     return {"x-guidance": json_options(tool.strict), **schema}
+
+
+_MAP_KEYWORDS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_LIST_KEYWORDS = ("anyOf", "allOf", "oneOf", "prefixItems")
+_SCHEMA_KEYWORDS = ("items", "additionalItems", "contains", "not", "if", "then", "else", "additionalProperties")
+_OPEN_KEYWORDS = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+
+
+def _close_objects(schema: dict[str, Any]) -> None:
+    """Objects with listed properties and nothing said about others get additionalProperties false.
+
+    NOTE: JSON Schema allows unlisted properties by default, and a small model fills them with
+    junk copied from the schema (`"maxLength": 20` next to `"city"`), which the caller's function
+    then rejects. Arguments stay valid for the schema as given; a schema that wants extra keys
+    says so. (xgrammar's default "strict mode" makes the same choice.)"""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if isinstance(node.get("properties"), dict) and not any(k in node for k in _OPEN_KEYWORDS):
+            node["additionalProperties"] = False
+        for key in _MAP_KEYWORDS:
+            if isinstance(node.get(key), dict):
+                stack.extend(node[key].values())
+        for key in _LIST_KEYWORDS:
+            if isinstance(node.get(key), list):
+                stack.extend(node[key])
+        for key in _SCHEMA_KEYWORDS:
+            value = node.get(key)
+            stack.extend(value if isinstance(value, list) else [value])
 
 
 def _structure(fmt: ToolCallFormat, single: bool, lazy: bool) -> list[str]:

@@ -43,8 +43,9 @@ _SMOL_INSTRUCTION = (
     "You can call functions to answer. The functions you may call are described, as JSON schemas, "
     "inside <tools></tools>:\n<tools>{tools}</tools>\n\n"
     "To call functions, answer with nothing but a JSON list of calls inside <tool_call></tool_call>, "
-    "each call an object with the function's name and its arguments:\n"
-    '<tool_call>[{{"name": "function_name", "arguments": {{"argument_name": "value"}}}}]</tool_call>\n'
+    "each call an object with the function's name and its arguments, as many calls as the request needs:\n"
+    '<tool_call>[\n{{"name": "first_function", "arguments": {{"argument": "value"}}}},\n'
+    '{{"name": "second_function", "arguments": {{"argument": "value"}}}}\n]</tool_call>\n'
     "Results come back inside <tool_response></tool_response>."
 )
 _HERMES_INSTRUCTION = (
