@@ -128,3 +128,19 @@ def test_an_oversized_function_schema_is_an_error_naming_the_function():
     with pytest.raises(ToolSpecError) as info:
         tool_call_grammar(SMOLLM2, [NOW, FunctionTool("big", huge)], REQUIRED)
     assert info.value.param == "tools[1].function.parameters" and "65536 bytes" in info.value.message
+
+
+def test_argument_objects_are_closed_unless_their_schema_opens_them(smol, structured):
+    nested = {"type": "object", "properties": {"where": {"type": "object", "properties": {"city": {"type": "string"}}},
+                                               "properties": {"type": "object", "additionalProperties": True}}}
+    grammar = structured.compile(tool_call_grammar(SMOLLM2, [FunctionTool("f", nested)], REQUIRED))
+
+    def accepts(arguments: str) -> bool:
+        matcher = grammar.matcher()
+        text = f'<tool_call>[{{"name": "f", "arguments": {arguments}}}]</tool_call>'
+        return all(matcher.accept(t) for t in smol.encode(text)) and matcher.is_finished()
+
+    assert accepts('{"where": {"city": "Bern"}, "properties": {"any": 1}}')
+    assert not accepts('{"where": {"city": "Bern", "maxLength": 20}}')  # nested: closed
+    assert not accepts('{"where": {}, "extra": 1}')  # top level: closed
+    assert nested["properties"]["where"] == {"type": "object", "properties": {"city": {"type": "string"}}}  # caller's dict untouched
