@@ -16,7 +16,7 @@ from chatforge.engine.outputs import FinishReason
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.text.chat_template import ChatTemplate
 from chatforge.text.detokenizer import IncrementalDetokenizer
-from chatforge.text.structured import JsonSchema, StructuredOutput
+from chatforge.text.structured import Choice, JsonSchema, StructuredOutput
 from chatforge.text.tool_calls import ContentDelta, ToolCallArguments, ToolCallParser
 from chatforge.text.tool_format import FunctionTool, ToolChoice, tool_call_grammar
 from chatforge.text.tool_prompt import prepare_tool_prompt
@@ -280,3 +280,34 @@ def test_a_grammar_for_another_vocabulary_is_refused_at_admission(make_engine, t
     with pytest.raises(InvalidRequestError):
         engine.add_request("r", [1, 2, 3], SamplingParams(grammar=small))
     assert not engine.has_unfinished()
+
+
+def test_preempted_constrained_sequences_resume_their_grammar(make_engine, tokenizer, template, structured):
+    grammar = structured.compile(JsonSchema(SMALL))
+    requests = {
+        f"q{i}": (chat_prompt(tokenizer, template, f"Word number {i} and a digit, as JSON."),
+                  SamplingParams(temperature=0, max_tokens=40, grammar=grammar))
+        for i in range(4)
+    }
+    roomy = generate(make_engine(), requests)
+    tight_engine = make_engine(num_kv_blocks=14)  # four prompts of ~40 tokens and their answers do not fit at once
+    tight = generate(tight_engine, requests)
+    assert tight_engine.stats().preemptions > 0
+    for request_id in requests:
+        assert tight[request_id][0].token_ids == roomy[request_id][0].token_ids
+        assert tight[request_id][0].finish_reason is FinishReason.STOP
+
+
+def test_a_token_the_grammar_refuses_ends_only_its_sequence_with_a_grammar_error(make_engine, tokenizer, template, structured):
+    only_z = structured.compile(Choice(("Z",)))
+    z_tokens = {i for i in range(tokenizer.vocab_size) if tokenizer.token_bytes(i) == b"Z"}
+    prompt = chat_prompt(tokenizer, template, "Say Z.")
+    requests = {
+        "impossible": (prompt, SamplingParams(temperature=0, max_tokens=5, logit_bias=dict.fromkeys(z_tokens, float("-inf")),
+                                              grammar=only_z)),
+        "fine": (prompt, SamplingParams(temperature=0, max_tokens=5, grammar=only_z)),
+    }
+    results = generate(make_engine(), requests)  # every block returns to the pool (checked in generate)
+    impossible, fine = results["impossible"][0], results["fine"][0]
+    assert impossible.finish_reason is FinishReason.GRAMMAR_ERROR and "doesn't satisfy the grammar" in impossible.error
+    assert fine.finish_reason is FinishReason.STOP and tokenizer.decode(fine.token_ids) == "Z" and fine.error is None
