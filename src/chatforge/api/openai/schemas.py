@@ -94,11 +94,13 @@ class TokenLogprob(TopLogprob):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None  # always null: required by OpenAI's schema
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
+    refusal: str | None  # always null: required by OpenAI's schema
 
 
 class Choice(BaseModel):

@@ -12,7 +12,7 @@ from chatforge.errors import ChatforgeError
 from chatforge.service.errors import InvalidRequestError
 from chatforge.service.prepare import PreparedChat
 from chatforge.service.protocol import (
-    ChatEvent, ChatMessage, ChatRequest, ChatResult, FinishReason, SamplingParams, Usage,
+    ChatEvent, ChatMessage, ChatRequest, ChatResult, FinishReason, SamplingParams, TokenLogprobs, Usage,
 )
 
 MAX_STOP = 4
@@ -121,6 +121,12 @@ def usage_dict(u: Usage) -> dict[str, Any]:
     }
 
 
+def chat_logprobs(lps: list[TokenLogprobs] | None) -> dict[str, Any] | None:
+    """The choice's `logprobs`: `content` and `refusal`, both required (nullable) by OpenAI's schema."""
+    out = logprobs_dict(lps)
+    return None if out is None else {**out, "refusal": None}
+
+
 def to_response(result: ChatResult, completion_id: str, model_name: str) -> dict[str, Any]:
     return {
         "id": completion_id,
@@ -130,8 +136,9 @@ def to_response(result: ChatResult, completion_id: str, model_name: str) -> dict
         "choices": [
             {
                 "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": logprobs_dict(c.logprobs),
+                # refusal: required (nullable) by OpenAI's schema; chatforge's models never refuse by field
+                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "logprobs": chat_logprobs(c.logprobs),
                 "finish_reason": FINISH[c.finish_reason],
             }
             for c in result.choices
@@ -176,7 +183,7 @@ class ChatCodec:
     def _chunk(self, index, delta, lps, finish, usage) -> dict[str, Any]:
         chunk = {
             **self.base,
-            "choices": [{"index": index, "delta": delta, "logprobs": logprobs_dict(lps), "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "logprobs": chat_logprobs(lps), "finish_reason": finish}],
         }
         if self.include_usage:
             chunk["usage"] = usage_dict(usage) if self.continuous_usage else None
