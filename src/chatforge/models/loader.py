@@ -18,6 +18,7 @@ from torch import nn
 from chatforge.models.config import ModelConfig
 from chatforge.models.errors import ModelError, WeightsMismatchError
 from chatforge.models.gguf_weights import read_gguf
+from chatforge.models.mixtral import stack_expert_weights
 from chatforge.models.registry import model_class
 from chatforge.models.source import ModelNotFoundError, ModelSource
 
@@ -86,6 +87,8 @@ def build_model(
         model = cls(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     state = {k: v for k, v in state.items() if not k.endswith(_DERIVED_SUFFIXES)}
+    if config.num_experts:
+        state = stack_expert_weights(state, config.num_experts)  # Mixtral files' expert layouts
     if config.tie_word_embeddings:
         # Some tied checkpoints still store the (identical) lm_head; the embedding is the one used.
         state.pop("lm_head.weight", None)
