@@ -48,6 +48,10 @@ TINY_VARIANTS = {
         rope_parameters={"full_attention": {"rope_type": "linear", "rope_theta": 1_000_000.0, "factor": 2.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
     )),
+    # llama.cpp's Gemma 3 constants (what a GGUF file leaves out): one global layer in six, local
+    # RoPE base 10,000, attention scale head_dim ** -0.5.
+    "gemma3_six_layers": ("Gemma3TextConfig", dict(num_hidden_layers=6, head_dim=16, sliding_window=4,
+                                                   query_pre_attn_scalar=16)),
     "mixtral_4x2": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False)),
 }
 
