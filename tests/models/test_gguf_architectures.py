@@ -61,7 +61,8 @@ def gguf_tensors(hf, arch: str, per_expert: bool = False) -> dict[str, np.ndarra
     return out
 
 
-def write(path, hf, arch: str, per_expert: bool = False) -> None:
+def write(path, hf, arch: str, per_expert: bool = False, vocabulary=None) -> None:
+    """hf as a GGUF file at `path`; `vocabulary(writer)` adds tokenizer metadata if given."""
     c = hf.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     w = gguf.GGUFWriter(path, arch)
@@ -85,6 +86,8 @@ def write(path, hf, arch: str, per_expert: bool = False) -> None:
         w.add_expert_count(c.num_local_experts)
         w.add_expert_used_count(c.num_experts_per_tok)
     w.add_vocab_size(c.vocab_size)
+    if vocabulary is not None:
+        vocabulary(w)
     for name, data in gguf_tensors(hf, arch, per_expert).items():
         w.add_tensor(name, data)
     w.write_header_to_file()

@@ -25,6 +25,7 @@ from chatforge.service.protocol import (
     ChatEvent, ChatMessage, ChatRequest, ChatResult, Choice, ChoiceDelta, TokenInfo, TokenLogprobs, Usage,
 )
 from chatforge.text.chat_template import ChatTemplate, ChatTemplateError
+from chatforge.text.named_templates import NAMED_TEMPLATES
 from chatforge.text.detokenizer import IncrementalDetokenizer
 
 
@@ -85,6 +86,11 @@ class ChatService:
                 template = ChatTemplate(req.chat_template, model.tokenizer.special_tokens)
             except ChatTemplateError as e:
                 raise InvalidRequestError(f"chat_template: {e}", param="chat_template") from None
+        if template is None:
+            raise InvalidRequestError(
+                f"the model `{model.model_id}` has no chat template, so it cannot take chat messages; "
+                "the server's operator can give it one (--chat-template NAME_OR_FILE, named: "
+                f"{', '.join(NAMED_TEMPLATES)}; or chat_template in its [[models]] entry)", param="model")
         messages = list(req.messages)
         ctx = model.context_length
         wanted = req.params.max_tokens

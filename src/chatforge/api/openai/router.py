@@ -72,18 +72,22 @@ async def serve_chat(request: Request, body: ChatCompletionRequest, caller: Call
 
 
 def models_body(catalog: ModelCatalog) -> dict:
+    """One card per name a request may use: each model's id, then its aliases (`root` is the
+    model's id, as vLLM writes it for served names)."""
     return {
         "object": "list",
         "data": [
             {
-                "id": m.model_id,
+                "id": name,
                 "object": "model",
                 "created": m.created,
                 "owned_by": "chatforge",
+                "root": m.model_id,
                 "context_length": m.context_length,
                 "max_model_len": m.context_length,
             }
             for m in catalog.models
+            for name in (m.model_id, *m.aliases)
         ],
     }
 
