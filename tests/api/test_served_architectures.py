@@ -175,3 +175,45 @@ def test_model_flags_apply_to_one_model(tmp_path):
     done = serve(tmp_path, "--chat-template", "vicuna")
     assert done.returncode == 1
     assert "'vicuna' is neither a named template" in done.stderr.strip().splitlines()[-1]
+
+
+def test_serve_gemma_gguf_with_a_named_template(tmp_path, gemma_gguf):
+    """`chatforge serve --model <the Gemma 3 270M GGUF> --chat-template gemma`, as a user runs it:
+    the real file, the float32 path, a chat answered under the name given on the command line."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatforge.cli", "serve", "--model", str(gemma_gguf), "--chat-template", "gemma",
+         "--served-model-name", "gemma-3-270m", "--served-model-name", "gemma", "--port", str(port), "--threads", "1",
+         "--database-url", f"sqlite:///{tmp_path / 'db'}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "CHATFORGE_ENGINE__KV_CACHE_MB": "64"},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.5)
+        assert [c["id"] for c in httpx.get(f"{url}/v1/models").json()["data"]] == ["gemma-3-270m", "gemma"]
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "gemma", "max_tokens": 8, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        # <bos> <start_of_turn> user \n What ▁is ▁the ▁capital ▁of ▁France ? <end_of_turn> \n <start_of_turn> model \n
+        assert body["model"] == "gemma" and body["usage"]["prompt_tokens"] == 16
+        assert body["choices"][0]["message"]["content"].strip() and body["usage"]["completion_tokens"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(30)
