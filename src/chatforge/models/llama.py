@@ -3,9 +3,9 @@ blocks of RMSNorm -> grouped-query attention with RoPE -> residual, RMSNorm -> S
 Mixtral's mixture of SwiGLU experts, models/mixtral.py) -> residual.
 
 The families differ only in configuration (qkv bias for Qwen2, QK-norm for Qwen3, a sliding
-window for Mistral, RoPE scaling for Llama 3.1, experts for Mixtral), so one class serves all. Parameter names equal Hugging
-Face's state-dict names (`model.layers.N.self_attn.q_proj.weight`, ...), so safetensors files
-load without renaming. Activations are a flat batch of T tokens; attention runs over the
+window for Mistral, RoPE scaling for Llama 3.1, experts for Mixtral), so one class serves all.
+Parameter names equal Hugging Face's state-dict names (`model.layers.N.self_attn.q_proj.weight`,
+...), so safetensors files load without renaming (Mixtral's experts are stacked, mixtral.py). Activations are a flat batch of T tokens; attention runs over the
 paged KV cache described by `AttentionMetadata`.
 """
 
