@@ -40,10 +40,11 @@ def serve(
     from chatforge.settings import load_settings
     from chatforge.text.errors import ChatTemplateError
 
+    # --threads is one field of [engine]: given as a partial table, it is merged with the
+    # environment's and the file's engine settings (flags win), never written in afterwards.
     settings = load_settings(config, models=model, host=host, port=port, database_url=database_url, redis_url=redis_url,
-                             allow_open_remote=allow_open_remote or None)
-    if threads is not None:
-        settings.engine.torch_threads = threads
+                             allow_open_remote=allow_open_remote or None,
+                             engine={"torch_threads": threads} if threads is not None else None)
     try:
         settings = settings.with_model_flags(chat_template, served_model_name)
     except ValueError as exc:
