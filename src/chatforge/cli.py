@@ -27,26 +27,28 @@ def serve(
     chat_template: Annotated[Optional[str], typer.Option("--chat-template", help="the model's chat template: chatml, gemma, llama2, llama3, mistral, qwen, or a Jinja file (default: the model's own)")] = None,
     served_model_name: Annotated[Optional[list[str]], typer.Option("--served-model-name", help="a name the model answers to (repeatable; the first is its id, the others aliases)")] = None,
     allow_open_remote: Annotated[bool, typer.Option("--allow-open-remote", help="serve without API keys on a non-loopback address (anyone who reaches it may use it)")] = False,
+    gateway: Annotated[bool, typer.Option("--gateway", help="no weights: every model runs on its upstreams (dialects, keys, limits and usage here)")] = False,
+    engine_only: Annotated[bool, typer.Option("--engine-only", help="a node: the engines behind the internal token-level routes for gateways, and the OpenAI routes")] = False,
+    upstream: Annotated[Optional[list[str]], typer.Option("--upstream", help="[KIND=]URL of an engine with the model's weights (repeatable); KIND: chatforge (default), vllm, llamacpp, openai, router")] = None,
 ) -> None:
     """Serve models over HTTP in the OpenAI, Infomaniak and Scale EGP dialects."""
     import uvicorn
 
     from chatforge.api.app import create_app
     from chatforge.logs import configure_logging
-    from chatforge.models.errors import ModelError
-    from chatforge.models.native import NativeKernelsUnavailable
-    from chatforge.models.source import ModelNotFoundError
-    from chatforge.service.loading import load_catalog
     from chatforge.settings import load_settings
-    from chatforge.text.errors import ChatTemplateError
 
     # --threads is one field of [engine]: given as a partial table, it is merged with the
     # environment's and the file's engine settings (flags win), never written in afterwards.
+    if gateway and engine_only:
+        typer.echo("error: --gateway and --engine-only are two different roles: pick one", err=True)
+        raise typer.Exit(1)
+    role = "gateway" if gateway else "node" if engine_only else None
     settings = load_settings(config, models=model, host=host, port=port, database_url=database_url, redis_url=redis_url,
-                             allow_open_remote=allow_open_remote or None,
+                             allow_open_remote=allow_open_remote or None, role=role,
                              engine={"torch_threads": threads} if threads is not None else None)
     try:
-        settings = settings.with_model_flags(chat_template, served_model_name)
+        settings = settings.with_model_flags(chat_template, served_model_name, upstream)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -55,19 +57,38 @@ def serve(
     if refusal is not None:
         typer.echo(f"error: {refusal}", err=True)
         raise typer.Exit(1)
-    try:
-        catalog = load_catalog(settings)
-    except (ModelError, ModelNotFoundError, NativeKernelsUnavailable, ChatTemplateError) as exc:  # a wrong path or setting: say it in one line
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    catalog = _load_catalog(settings)
     app_ = create_app(settings, catalog)
     url = f"http://{settings.host}:{settings.port}"
-    typer.echo(f"chatforge serving {', '.join(m.model_id for m in catalog.models)} at {url}/v1")
+    role_note = {"gateway": " (gateway)", "node": " (node)"}.get(settings.role, "")
+    typer.echo(f"chatforge serving {', '.join(m.model_id for m in catalog.models)} at {url}/v1{role_note}")
     try:
         uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
     finally:
         for m in catalog.models:
             m.engine.shutdown(settings.shutdown_grace_s)
+
+
+def _load_catalog(settings: Settings):
+    """The models to serve; a wrong path or setting is said in one line and exits 1."""
+    from chatforge.models.errors import ModelError
+    from chatforge.models.source import ModelNotFoundError
+    from chatforge.text.errors import ChatTemplateError
+
+    if settings.role == "gateway":  # neither weights nor torch
+        from chatforge.upstream.loading import NoUpstreamsError, load_gateway_catalog
+
+        load, failures = load_gateway_catalog, (ModelError, ModelNotFoundError, ChatTemplateError, NoUpstreamsError)
+    else:
+        from chatforge.models.native import NativeKernelsUnavailable
+        from chatforge.service.loading import load_catalog
+
+        load, failures = load_catalog, (ModelError, ModelNotFoundError, NativeKernelsUnavailable, ChatTemplateError)
+    try:
+        return load(settings)
+    except failures as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 async def open_remote_refusal(settings: Settings) -> str | None:
@@ -116,8 +137,10 @@ def chat(
 # Sub-commands that live with their concern; both import only typer until they run.
 from chatforge.bench.command import bench_command  # noqa: E402
 from chatforge.platform.cli import register as register_platform  # noqa: E402
+from chatforge.upstream.cli import nodes_command  # noqa: E402
 
 app.command("bench")(bench_command)
+app.command("nodes")(nodes_command)
 register_platform(app)
 
 

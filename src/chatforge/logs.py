@@ -10,3 +10,5 @@ def configure_logging(level: str = "info") -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # A gateway's calls to its upstreams (every probe, every request) are not events worth a line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -7,7 +7,7 @@ defaults. Built once at start-up; components copy the fields they need.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -48,6 +48,60 @@ class DeploymentConfig(BaseModel):
     model: str | None = Field(default=None, description="None = the server's default model")
 
 
+UpstreamKind = Literal["chatforge", "vllm", "llamacpp", "openai", "router"]
+
+
+class UpstreamEntry(BaseModel):
+    """An engine with the model's weights, reached over HTTP (upstream/client.py). `kind`:
+    a chatforge node (token ids in and out, every sampling field); vLLM, llama.cpp's server, or
+    any other OpenAI-compatible engine through `/v1/completions` with the prompt as token ids;
+    or an existing router (SMG, vllm-router) in front of such engines, as one upstream. Each kind
+    honours a known set of sampling fields (upstream/capabilities.py); a request asking for
+    another is refused with a 400 naming it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(description="the upstream's base URL, e.g. http://10.0.0.5:8001")
+    kind: UpstreamKind = "chatforge"
+    weight: float = Field(default=1.0, gt=0, description="its share of the prefix hash space (rendezvous weight)")
+    model: str | None = Field(default=None, description="the name the upstream serves the model as; default: the model's id")
+    health_path: str | None = Field(default=None, description="probed without generating; default: /internal/v1/load on chatforge nodes, /health otherwise")
+
+    @classmethod
+    def parse_flag(cls, flag: str) -> UpstreamEntry:
+        """`--upstream [KIND=]URL`."""
+        kind, sep, url = flag.partition("=")
+        if not sep or "://" in kind:
+            return cls(url=flag)
+        try:
+            return cls(url=url, kind=kind)
+        except ValueError:
+            raise ValueError(f"--upstream {flag}: KIND is one of chatforge, vllm, llamacpp, openai, router") from None
+
+
+class FleetConfig(BaseModel):
+    """Gateways and nodes (`[fleet]`, `CHATFORGE_FLEET__<FIELD>`): how a gateway picks, probes and
+    retries its upstreams, and the secret between gateways and nodes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_token: str | None = Field(default=None, description="nodes require it on their internal routes; gateways send it")
+    policy: Literal["cache_aware", "least_outstanding", "round_robin"] = "cache_aware"
+    affinity_tokens: int = Field(default=64, ge=16, description="the prompt prefix hashed for affinity (whole 16-token blocks)")
+    balance_abs_threshold: int = Field(default=8, ge=0, description="the favourite is left when it has this many more requests than the least loaded...")
+    balance_rel_threshold: float = Field(default=1.5, ge=1, description="...and this many times as many")
+    retries: int = Field(default=2, ge=0, description="other upstreams tried before a request's first output")
+    allowed_fails: int = Field(default=3, ge=1, description="server-side errors within fail_window_s before a cooldown")
+    fail_window_s: float = Field(default=60.0, gt=0)
+    cooldown_s: float = Field(default=5.0, gt=0, description="an upstream is skipped this long after failing (unreachable: at once)")
+    health_interval_s: float = Field(default=2.0, gt=0, description="probes (never generating) this often")
+    health_timeout_s: float = Field(default=2.0, gt=0)
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    silence_timeout_s: float = Field(default=10.0, gt=0, description="a chatforge node silent this long (it sends heartbeats every second) is taken as gone")
+    key_cache_s: float | None = Field(default=None, ge=0, description="how long a gateway trusts a looked-up API key (a revoked key "
+                                      "is refused everywhere within it); None: 2 s with --gateway, else 0 (every request looks it up)")
+
+
 class ModelEntry(BaseModel):
     """One served model: where it is, the names it answers to, its chat template, its KV pool.
     In the config file, a `[[models]]` table; a bare string in `models` is a `path` alone."""
@@ -59,12 +113,16 @@ class ModelEntry(BaseModel):
     aliases: list[str] = Field(default_factory=list, description="other names requests may use for it (e.g. a provider's model name)")
     chat_template: str | None = Field(default=None, description="a named template (chatml, gemma, llama2, llama3, mistral, qwen) or a Jinja file; default: the model's own")
     kv_cache_mb: int | None = Field(default=None, ge=1, description="this model's KV pool; default: its share of engine.kv_cache_mb")
+    upstreams: list[UpstreamEntry] = Field(default_factory=list, description="engines with the weights; empty: this process runs the model (a node always does)")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATFORGE_", env_nested_delimiter="__", extra="forbid")
 
     models: list[str | ModelEntry] = Field(default_factory=list, description="paths or ids, or [[models]] entries; empty = the bundled default")
+    # "all": dialects, platform and engines in one process; "gateway": no weights, every model on
+    # its upstreams; "node": the engines behind the internal token-level routes (and OpenAI's).
+    role: Literal["all", "gateway", "node"] = "all"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     database_url: str = "sqlite:///./chatforge.db"
@@ -82,23 +140,38 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_prompts: bool = False  # never log prompt or completion text unless asked
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     def model_entries(self) -> list[ModelEntry]:
         """`models` as entries (a bare string is a path); the bundled default when empty."""
         return [ModelEntry(path=m) if isinstance(m, str) else m for m in self.models] or [ModelEntry()]
 
-    def with_model_flags(self, chat_template: str | None, names: list[str] | None) -> Settings:
-        """The command line's --chat-template and --served-model-name (first name the id, the
-        others aliases) applied to the one model served; ValueError when there are several."""
-        if chat_template is None and not names:
+    def runs_locally(self, entry: ModelEntry) -> bool:
+        """Whether this process loads `entry`'s weights (a node always does, a gateway never)."""
+        return self.role == "node" or (self.role == "all" and not entry.upstreams)
+
+    @property
+    def key_cache_s(self) -> float:
+        if self.fleet.key_cache_s is not None:
+            return self.fleet.key_cache_s
+        return 2.0 if self.role == "gateway" else 0.0
+
+    def with_model_flags(self, chat_template: str | None, names: list[str] | None,
+                         upstreams: list[str] | None = None) -> Settings:
+        """The command line's --chat-template, --served-model-name (first name the id, the
+        others aliases) and --upstream ([KIND=]URL) applied to the one model served; ValueError
+        when there are several."""
+        if chat_template is None and not names and not upstreams:
             return self
         entries = self.model_entries()
         if len(entries) != 1:
-            raise ValueError("--chat-template and --served-model-name apply to one model; "
-                             "with several, set chat_template, id and aliases per [[models]] entry in the config file")
+            raise ValueError("--chat-template, --served-model-name and --upstream apply to one model; "
+                             "with several, set chat_template, id, aliases and upstreams per [[models]] entry in the config file")
         update: dict[str, Any] = {} if chat_template is None else {"chat_template": chat_template}
         if names:
             update.update(id=names[0], aliases=[*entries[0].aliases, *names[1:]])
+        if upstreams:
+            update["upstreams"] = [*entries[0].upstreams, *map(UpstreamEntry.parse_flag, upstreams)]
         return self.model_copy(update={"models": [entries[0].model_copy(update=update)]})
 
     @classmethod

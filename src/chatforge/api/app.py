@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from chatforge.api import ops
+from chatforge.api import node, ops
 from chatforge.api.egp import router as egp_router
 from chatforge.api.infomaniak import router as infomaniak_router
 from chatforge.api.metrics import Metrics
@@ -19,6 +19,8 @@ from chatforge.platform.gate import Platform, is_loopback_host
 from chatforge.service.catalog import ModelCatalog
 from chatforge.service.chat import ChatService
 from chatforge.settings import Settings
+from chatforge.upstream.node import NodeServing
+from chatforge.upstream.remote_engine import remote_engines
 
 log = logging.getLogger("chatforge.api")
 
@@ -35,7 +37,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
 
             _install(app, await asyncio.to_thread(load_catalog, settings))
         try:
-            async with _platform(settings) as platform:
+            async with _platform(settings) as platform, remote_engines(app.state.catalog):
                 app.state.platform = platform
                 app.state.serving = Serving(ChatService(app.state.catalog), app.state.metrics, platform)
                 yield
@@ -49,8 +51,11 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
     if catalog is not None:
         _install(app, catalog)
     app.include_router(openai_router.build_router())
-    app.include_router(infomaniak_router.build_router())
-    app.include_router(egp_router.build_router())
+    if settings.role == "node":  # the gateways' token-level routes; the other dialects are theirs
+        app.include_router(node.build_router())
+    else:
+        app.include_router(infomaniak_router.build_router())
+        app.include_router(egp_router.build_router())
     app.include_router(ops.build_router())
     app.openapi = lambda: _openapi(app)
     return app
@@ -76,6 +81,7 @@ def _openapi(app: FastAPI) -> dict:
 def _install(app: FastAPI, catalog: ModelCatalog) -> None:
     app.state.catalog = catalog
     app.state.metrics = Metrics(catalog)
+    app.state.node = NodeServing(catalog)
 
 
 @asynccontextmanager
@@ -83,7 +89,7 @@ async def _platform(settings: Settings):
     """The started platform: database migrated, rate limiter connected (a wrong Redis URL stops
     the start here), usage writer running."""
     platform = Platform(settings.database_url, settings.redis_url, products=settings.products,
-                        deployments=settings.deployments)
+                        deployments=settings.deployments, key_cache_s=settings.key_cache_s)
     async with platform:
         if await platform.open_mode(is_loopback_host(settings.host), settings.allow_open_remote):
             log.warning("open mode: no API key exists, so requests need none; the first key created ends it")

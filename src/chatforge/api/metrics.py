@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from chatforge.platform.metering import UsageStatus
 from chatforge.service.catalog import ModelCatalog
+from chatforge.upstream.metrics import UpstreamCollector
 
 if TYPE_CHECKING:
     from chatforge.api.serving import RequestOutcome
@@ -33,6 +34,7 @@ class Metrics:
         self.generation_tokens = Counter("chatforge_generation_tokens", "Tokens generated", ["model"], registry=r)
         self.rate_limited = Counter("chatforge_rate_limited_requests", "Requests refused by a rate limit", ["dialect"], registry=r)
         r.register(_EngineCollector(catalog))
+        r.register(UpstreamCollector(catalog))  # a gateway's upstreams, when it has any
 
     def observe(self, dialect: str, model: str, outcome: RequestOutcome) -> None:
         usage = outcome.usage

@@ -35,10 +35,13 @@ from chatforge.platform.metering import UsageStatus
 from chatforge.platform.rate_limit import Admission
 from chatforge.platform.scopes import Caller
 from chatforge.service.chat import ChatService, gather
+from chatforge.service.errors import GenerationInterruptedError
 from chatforge.service.prepare import PreparedChat
 from chatforge.service.protocol import ChatEvent, ChatRequest, ChatResult, ModelScope, Usage
 
 log = logging.getLogger("chatforge.api.requests")
+
+RERUNS_WHEN_INTERRUPTED = 2
 
 
 class Codec(Protocol):
@@ -142,12 +145,25 @@ class Serving:
     async def _complete(self, request: Request, ticket: Ticket) -> ChatResult:
         error: BaseException | None = None
         try:
-            return await until_disconnect(request, gather(ticket.prep, self._events(ticket)))
+            return await until_disconnect(request, self._gather(ticket))
         except BaseException as e:
             error = e
             raise
         finally:
             await self._end(ticket, error)
+
+    async def _gather(self, ticket: Ticket) -> ChatResult:
+        """The whole answer. Nothing of it was sent yet, so when the remote node running it went
+        away part way, it runs again from the start (on another node) instead of failing."""
+        for rerun in range(RERUNS_WHEN_INTERRUPTED + 1):
+            try:
+                return await gather(ticket.prep, self._events(ticket))
+            except GenerationInterruptedError:
+                if rerun == RERUNS_WHEN_INTERRUPTED:
+                    raise
+                ticket.usage = None  # the usage is the run that answers
+                log.warning("request %s lost its node part way; running it again", ticket.prep.request.request_id)
+        raise AssertionError("unreachable")
 
     async def _open_stream(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
         """Starts the stream and waits for its first event (so overload or any early error is

@@ -39,3 +39,11 @@ class StepFailedError(EngineError):
 
 class InvalidRequestError(EngineError, ValueError):
     """Token ids outside the vocabulary, an empty prompt, or more completions than the engine runs."""
+
+    param: str | None = None  # the request's field at fault, when one is
+
+
+class RequestLostError(EngineError):
+    """The engine lost a request after some of its outputs were delivered (a remote engine whose
+    node went away mid-generation). Nothing of it can be resumed, but the request can be run
+    again from the start."""

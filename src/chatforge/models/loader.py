@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from chatforge.models.config import ModelConfig
+from chatforge.models.config_files import read_config  # noqa: F401 - where the loader's callers find it
 from chatforge.models.errors import ModelError, WeightsMismatchError
 from chatforge.models.gguf_file import GGUFFile
 from chatforge.models.gguf_weights import read_gguf
@@ -42,23 +43,6 @@ def load_model(
     else:
         raise ModelError(f"unknown model source kind {source.kind!r} (expected 'gguf' or 'hf')")
     return build_model(config, state, dtype, device), config
-
-
-def read_config(source: ModelSource) -> ModelConfig:
-    """The model's config alone (no weights read): to size its KV pool and check memory first."""
-    if source.kind == "gguf":
-        if not Path(source.path).is_file():
-            raise ModelNotFoundError(f"no GGUF file at {source.path}")
-        gguf = GGUFFile(source.path)
-        try:
-            return ModelConfig.from_gguf_metadata(gguf.metadata, gguf.tensors.keys())
-        finally:
-            gguf.close()
-    config_path = Path(source.path) / "config.json"
-    if not config_path.is_file():
-        raise ModelNotFoundError(f"no config.json in {Path(source.path).resolve()}")
-    generation_path = Path(source.path) / "generation_config.json"
-    return ModelConfig.from_hf_dict(_read_json(config_path), _read_json(generation_path) if generation_path.is_file() else None)
 
 
 def read_hf_folder(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

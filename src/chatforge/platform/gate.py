@@ -6,6 +6,9 @@ maps the typed errors of `errors.py` to its own envelope. The API never opens a 
 Open mode: with no key in the database and the server reachable only on loopback (or the
 operator's explicit `allow_remote`), every request runs as an anonymous principal, whatever key
 it sends. The first key created ends open mode for good: once seen, the platform never asks again.
+
+Keys are looked up on every request, unless `key_cache_s` lets a gateway trust a lookup for that
+long (key_cache.py): a revoked key is then refused everywhere within that time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from chatforge.platform.errors import (
     ProductNotFoundError,
     RateLimiterUnavailableError,
 )
+from chatforge.platform.key_cache import KeyCache
 from chatforge.platform.metering import UsageRecord, UsageWriter
 from chatforge.platform.migrations import upgrade
 from chatforge.platform.rate_limit import Admission, Limit, RateLimiter
@@ -84,7 +88,7 @@ class Platform:
 
     def __init__(self, database_url: str, redis_url: str | None = None, *,
                  products: Mapping[int, ProductConfig] | None = None,
-                 deployments: Mapping[str, DeploymentConfig] | None = None) -> None:
+                 deployments: Mapping[str, DeploymentConfig] | None = None, key_cache_s: float = 0.0) -> None:
         self.database_url = normalize_url(database_url)
         self.redis_url = redis_url
         self.configured_products = dict(products or {})
@@ -94,6 +98,7 @@ class Platform:
         self._usage: UsageWriter | None = None
         self._open_allowed = False
         self._keys_seen = False
+        self._key_cache = KeyCache(key_cache_s) if key_cache_s > 0 else None  # gateways: key_cache.py
 
     async def start(self) -> None:
         """Migrate the database, connect, and start the usage writer."""
@@ -139,8 +144,7 @@ class Platform:
             return Principal(key=None, account=None)
         if not api_key:
             raise AuthenticationError("No API key provided.")
-        async with self.engine.connect() as conn:
-            key = await keys.find_key(conn, api_key)
+        key = await self._find_key(api_key)
         if key is None:
             raise AuthenticationError("Incorrect API key provided.")
         state = key.state(utcnow())
@@ -235,6 +239,16 @@ class Platform:
     async def flush_usage(self) -> None:
         """Wait until every usage row queued so far is in the database."""
         await self._usage.flush()
+
+    async def _find_key(self, api_key: str) -> keys.ApiKey | None:
+        cache = self._key_cache
+        key = cache.get(api_key) if cache is not None else None
+        if key is None:
+            async with self.engine.connect() as conn:
+                key = await keys.find_key(conn, api_key)
+            if key is not None and cache is not None:
+                cache.put(api_key, key)
+        return key
 
     async def _any_key(self) -> bool:
         if not self._keys_seen:

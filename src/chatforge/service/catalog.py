@@ -3,14 +3,16 @@ that runs each."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chatforge.service.errors import ModelNotFoundError
-from chatforge.settings import ModelPrice
+from chatforge.settings import ModelEntry, ModelPrice
 
 if TYPE_CHECKING:
     from chatforge.engine.async_engine import AsyncEngine
+    from chatforge.models.source import ModelSource
     from chatforge.text.chat_template import ChatTemplate
     from chatforge.text.tokenizer import Tokenizer
 
@@ -20,11 +22,27 @@ class ServedModel:
     model_id: str
     tokenizer: Tokenizer
     template: ChatTemplate | None  # None: the model has none and none was configured (chat is refused)
-    engine: AsyncEngine
+    engine: AsyncEngine  # or upstream.remote_engine.RemoteEngine: the same surface, on other machines
     context_length: int
     created: int  # unix time the model was loaded, for /v1/models
     price: ModelPrice = field(default_factory=ModelPrice)
     aliases: tuple[str, ...] = ()
+
+
+def served_names(entry: ModelEntry, source: ModelSource) -> tuple[str, tuple[str, ...]]:
+    """(id, aliases) a model is served under: the entry's id, else the source's. A packaged model
+    keeps its well-known names (id, aliases) when renamed; a file's name is dropped."""
+    model_id = entry.id or source.model_id
+    known = (source.model_id, *source.aliases) if source.aliases else ()
+    return model_id, tuple(n for n in dict.fromkeys([*entry.aliases, *known]) if n != model_id)
+
+
+def priced(model: ServedModel, prices: Mapping[str, ModelPrice]) -> ServedModel:
+    """`model` with its configured price, found by its id or one of its aliases."""
+    price = prices.get(model.model_id) or next((prices[a] for a in model.aliases if a in prices), None)
+    if price is not None:
+        model.price = price
+    return model
 
 
 class ModelCatalog:

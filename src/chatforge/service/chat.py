@@ -17,7 +17,8 @@ from chatforge.engine import errors as engine_errors
 from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutput, TokenLogprob
 from chatforge.service.catalog import ModelCatalog
 from chatforge.service.errors import (
-    ChatError, EngineUnavailableError, GenerationFailedError, InvalidRequestError, OverloadedError,
+    ChatError, EngineUnavailableError, GenerationFailedError, GenerationInterruptedError, InvalidRequestError,
+    OverloadedError,
 )
 from chatforge.service.merge import merged
 from chatforge.service.prepare import PreparedChat, context_error, prepare
@@ -174,7 +175,9 @@ def _service_error(e: engine_errors.EngineError, prep: PreparedChat) -> ChatErro
     if isinstance(e, engine_errors.PromptTooLongError):
         return context_error(e.max_prompt_tokens + max(1, prep.sampling.min_tokens), e.prompt_tokens, prep.sampling.max_tokens)
     if isinstance(e, engine_errors.InvalidRequestError):
-        return InvalidRequestError(str(e))
+        return InvalidRequestError(str(e), param=e.param)
+    if isinstance(e, engine_errors.RequestLostError):
+        return GenerationInterruptedError(str(e))
     if isinstance(e, engine_errors.StepFailedError):
         return GenerationFailedError("the engine failed while generating this response; the request was ended")
     return EngineUnavailableError(f"the engine cannot serve this request: {e}")

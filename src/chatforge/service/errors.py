@@ -50,6 +50,12 @@ class EngineUnavailableError(ChatError):
     code = "engine_unavailable"
 
 
+class GenerationInterruptedError(EngineUnavailableError):
+    """The engine lost the request part way (its remote node went away): what was streamed
+    stands, nothing more comes; run again, it may well succeed (a request that does not stream
+    is run again by the server itself)."""
+
+
 class GenerationFailedError(ChatError):
     """Producing this response failed (a bug, not the caller's doing: a model step raised, or
     something after the stream began); the request was ended and the server goes on."""

@@ -13,13 +13,14 @@ from chatforge.engine.async_engine import AsyncEngine
 from chatforge.engine.config import MiB, EngineConfig
 from chatforge.engine.llm_engine import LLMEngine
 from chatforge.engine.model_runner import kv_block_bytes, pick_device, pick_dtype
-from chatforge.models.loader import read_config
+from chatforge.models.config_files import read_config
 from chatforge.models.memory import check_fits, kv_pool_shares, weights_bytes
 from chatforge.models.source import resolve_model
-from chatforge.service.catalog import ModelCatalog, ServedModel
+from chatforge.service.catalog import ModelCatalog, ServedModel, priced, served_names
 from chatforge.settings import ModelEntry, ModelPrice, Settings
 from chatforge.text.named_templates import template_for_model
 from chatforge.text.tokenizer import load_tokenizer
+from chatforge.upstream.loading import load_gateway_catalog, remote_model
 
 log = logging.getLogger("chatforge.loading")
 
@@ -35,10 +36,7 @@ def load_served_model(entry: ModelEntry | str | None, cfg: EngineConfig, price: 
     llm = LLMEngine.from_source(source, cfg, stop_token_ids=sorted(tokenizer.end_of_turn_ids))
     engine = AsyncEngine(llm)
     engine.start()
-    model_id = entry.id or source.model_id
-    # A packaged model keeps its well-known names (id, aliases) when renamed; a file's name is dropped.
-    known = (source.model_id, *source.aliases) if source.aliases else ()
-    aliases = tuple(n for n in dict.fromkeys([*entry.aliases, *known]) if n != model_id)
+    model_id, aliases = served_names(entry, source)
     log.info("loaded %s from %s in %.2f s", model_id, source.path, time.perf_counter() - t0)
     return ServedModel(
         model_id=model_id,
@@ -57,7 +55,9 @@ def engine_configs(settings: Settings) -> list[EngineConfig]:
     served models together, split so that each holds the same number of tokens, unless an entry
     sets its own kv_cache_mb (models/memory.py `kv_pool_shares`). Also refuses, with the numbers,
     models that would not fit in the memory available (CPU: the weights as loaded plus the pools)."""
-    entries, engine = settings.model_entries(), settings.engine
+    entries, engine = [e for e in settings.model_entries() if settings.runs_locally(e)], settings.engine
+    if not entries:
+        return []
     sources = [resolve_model(e.path) for e in entries]
     configs = [read_config(s) for s in sources]
     device = pick_device(engine.device)
@@ -81,7 +81,12 @@ def load_catalog(settings: Settings) -> ModelCatalog:
     parallel region of the engine thread ran 1.4-2.4x slower and single-stream decoding at half
     speed on 2 cores (measured; most likely libgomp's shorter spinning once it manages more
     threads than there are CPUs, which GOMP_SPINCOUNT and OMP_WAIT_POLICY did not undo). A
-    loader thread that exits takes its team with it, and the slowdown with it."""
+    loader thread that exits takes its team with it, and the slowdown with it.
+
+    A gateway (`role = "gateway"`) loads no weights and needs no thread: every model is on its
+    upstreams (upstream/loading.py)."""
+    if settings.role == "gateway":
+        return load_gateway_catalog(settings)
     box: dict[str, object] = {}
 
     def run() -> None:
@@ -99,13 +104,12 @@ def load_catalog(settings: Settings) -> ModelCatalog:
 
 
 def _load_catalog(settings: Settings) -> ModelCatalog:
+    """In the order configured: local models with their engines, the others on their upstreams."""
+    local = iter(engine_configs(settings))
     models = []
-    for entry, cfg in zip(settings.model_entries(), engine_configs(settings)):
-        served = load_served_model(entry, cfg)
-        price = settings.prices.get(served.model_id) or next(
-            (settings.prices[a] for a in served.aliases if a in settings.prices), None
-        )
-        if price is not None:
-            served.price = price
-        models.append(served)
-    return ModelCatalog(models)
+    for entry in settings.model_entries():
+        if settings.runs_locally(entry):
+            models.append(load_served_model(entry, next(local)))
+        else:
+            models.append(remote_model(entry, settings))
+    return ModelCatalog([priced(m, settings.prices) for m in models])

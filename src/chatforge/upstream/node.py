@@ -1,0 +1,96 @@
+"""The node's side of the token-level protocol (protocol.py): a request's outputs as lines, from
+the model's in-process engine, and the node's load for the gateways' balancers.
+
+A node (`chatforge serve --engine-only`) runs its engines as an all-in-one server does; this adds
+no state. Leaving the stream (the gateway went away, or closed it on a stop string) closes the
+engine's generator, which aborts the request and frees its KV blocks at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from typing import Any
+
+from chatforge.engine.errors import EngineError
+from chatforge.service.catalog import ModelCatalog
+from chatforge.service.errors import ModelNotFoundError
+from chatforge.upstream.protocol import ProtocolError, decode_sampling, encode_output, error_line
+
+HEARTBEAT = b"\n"
+
+
+class NodeServing:
+    def __init__(self, catalog: ModelCatalog, heartbeat_s: float = 1.0):
+        self.catalog = catalog
+        self.heartbeat_s = heartbeat_s
+
+    def load(self) -> dict[str, Any]:
+        """What the balancers read between requests: per model, whether its engine runs, and
+        its sequences running and waiting (a request with n completions counts n)."""
+        models = {}
+        for m in self.catalog.models:
+            stats = m.engine.stats()
+            models[m.model_id] = {"running": stats.running, "waiting": stats.waiting, "kv_usage": stats.kv_usage,
+                                  "healthy": m.engine.is_running, "context_length": m.context_length}
+        healthy = all(m["healthy"] for m in models.values())
+        return {"status": "ok" if healthy else "unhealthy", "models": models}
+
+    async def stream(self, raw: bytes) -> AsyncIterator[bytes]:
+        """The lines answering one generate body; every failure is the last line."""
+        try:
+            model, request_id, prompt_ids, params = self._parse(raw)
+        except (ProtocolError, ModelNotFoundError) as e:
+            yield error_line(ProtocolError(str(e)))
+            return
+        outputs = model.engine.generate(request_id, prompt_ids, params)
+        pending: asyncio.Future | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(outputs))
+                done, _ = await asyncio.wait({pending}, timeout=self.heartbeat_s)
+                if not done:
+                    yield HEARTBEAT  # still queued or prefilling: say so
+                    continue
+                try:
+                    out = pending.result()
+                except StopAsyncIteration:
+                    return
+                except EngineError as e:
+                    yield error_line(e)
+                    return
+                pending = None
+                yield encode_output(out)
+                if out.finished:
+                    return
+        except Exception as e:  # noqa: BLE001 - told to the gateway as the node's failure
+            yield error_line(e)
+        finally:
+            # The generator runs inside `pending`: cancelling it raises in the engine's stream,
+            # whose `finally` aborts the request.
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with suppress(BaseException):
+                    await pending
+            await outputs.aclose()
+
+    def _parse(self, raw: bytes):
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise ProtocolError("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ProtocolError("the body must be an object")
+        model = self.catalog.get(body.get("model"))
+        request_id, prompt_ids = body.get("request_id"), body.get("prompt_ids")
+        if not isinstance(request_id, str) or not request_id:
+            raise ProtocolError("request_id must be a non-empty string")
+        if not isinstance(prompt_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt_ids):
+            raise ProtocolError("prompt_ids must be a list of token ids")
+        params, grammar = decode_sampling(body.get("sampling"))
+        if grammar is not None:
+            raise ProtocolError("this node does not compile grammars")
+        return model, request_id, prompt_ids, params
