@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from typing import Any
@@ -20,6 +21,8 @@ from chatforge.service.errors import ModelNotFoundError
 from chatforge.upstream.protocol import ProtocolError, decode_sampling, encode_output, error_line
 
 HEARTBEAT = b"\n"
+
+log = logging.getLogger("chatforge.node")
 
 
 class NodeServing:
@@ -47,6 +50,7 @@ class NodeServing:
             return
         outputs = model.engine.generate(request_id, prompt_ids, params)
         pending: asyncio.Future | None = None
+        generated, outcome = 0, "aborted"  # unless it ends otherwise
         try:
             while True:
                 if pending is None:
@@ -60,15 +64,22 @@ class NodeServing:
                 except StopAsyncIteration:
                     return
                 except EngineError as e:
+                    outcome = type(e).__name__
                     yield error_line(e)
                     return
                 pending = None
+                generated = max(generated, *(c.num_generated for c in out.outputs)) if out.outputs else generated
                 yield encode_output(out)
                 if out.finished:
+                    outcome = "finished"
                     return
         except Exception as e:  # noqa: BLE001 - told to the gateway as the node's failure
+            outcome = "failed"
+            log.exception("node request %s failed", request_id)
             yield error_line(e)
         finally:
+            log.info("node request %s model=%s prompt_tokens=%d generated=%d outcome=%s",
+                     request_id, model.model_id, len(prompt_ids), generated, outcome)
             # The generator runs inside `pending`: cancelling it raises in the engine's stream,
             # whose `finally` aborts the request.
             if pending is not None and not pending.done():
