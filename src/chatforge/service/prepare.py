@@ -81,7 +81,7 @@ def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Pr
             raise InvalidRequestError(f"chat_template: {e}", param="chat_template") from None
     messages = list(req.messages)
     while True:
-        text = _render(template, messages, req)
+        text = render(template, messages, req)
         ids = model.tokenizer.encode(text)
         if not ids:
             raise InvalidRequestError("the conversation renders to an empty prompt", param="messages")
@@ -112,7 +112,8 @@ def _raw_prompt(model: ServedModel, prompt: str | list[int], req: ChatRequest, w
     return Prompt(text, tuple(ids))
 
 
-def _render(template: ChatTemplate, messages: list[ChatMessage], req: ChatRequest) -> str:
+def render(template: ChatTemplate, messages: list[ChatMessage], req: ChatRequest) -> str:
+    """The conversation as prompt text, by `template` with the request's template arguments."""
     clash = RESERVED_TEMPLATE_VARIABLES.intersection(req.chat_template_kwargs)
     if clash:
         raise InvalidRequestError(f"chat_template_kwargs may not set {sorted(clash)}", param="chat_template_kwargs")
