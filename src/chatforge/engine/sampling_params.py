@@ -7,6 +7,10 @@ The order in which they act is documented and owned by `engine/sampler.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatforge.engine.grammar import Grammar
 
 MAX_TOP_LOGPROBS = 20
 # Temperatures below this sample as greedy: logits / 1e-300 overflow to inf, and softmax of
@@ -37,6 +41,7 @@ class SamplingParams:
     # Score the prompt too: each prompt token's logprob given the ones before it, with this many
     # alternatives (0..20); None = off. Such a request skips the prefix cache (prompt_logprobs.py).
     prompt_logprobs: int | None = None
+    grammar: Grammar | None = None  # constrained decoding (engine/grammar.py), compiled by the service
 
     def __post_init__(self) -> None:
         # Programming errors only: dialects validate user input and answer in their envelope.

@@ -49,6 +49,9 @@ class Sequence:
         # handed out once, with the request's first output.
         self.prompt_logprobs: list[TokenLogprob] = []
         self.prompt_logprobs_sent = False
+        # The live grammar state (engine/grammar.py). Each completion starts its own from the
+        # request's compiled grammar: a fork begins at the prompt, as its parent did.
+        self.matcher = params.grammar.matcher() if params.grammar is not None else None
 
     def __len__(self) -> int:
         return len(self.token_ids)
