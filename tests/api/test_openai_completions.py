@@ -160,6 +160,13 @@ def test_bad_requests_get_openais_envelope(http, body, param, status):
     assert set(err) == {"message", "type", "param", "code"} and err["param"] == param and err["message"]
 
 
+def test_a_prompt_of_the_wrong_shape_is_named_as_such(http):
+    r = http.post("/v1/completions", json={"model": "smollm2", "prompt": ["a", [1]]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == (
+        "prompt: must be a string, a list of strings, a list of token ids, or a list of such lists")
+
+
 def test_a_base_model_needs_no_chat_template(catalog, http):
     """No chat template is rendered on this route: the prompt is tokenized as it is."""
     tokenizer = catalog.models[0].tokenizer

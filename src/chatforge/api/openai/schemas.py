@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from chatforge.api.wire import WireModel
 
@@ -91,12 +92,26 @@ class ChatCompletionRequest(SamplingFields):
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
+def _one_prompt_shape(value, handler):
+    # A union's error names only the member pydantic tried first ("should be a valid string");
+    # say what the field takes instead.
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "prompt_shape", "must be a string, a list of strings, a list of token ids, or a list of such lists"
+        ) from None
+
+
+PromptInput = Annotated[str | list[str] | TokenIds | list[TokenIds], WrapValidator(_one_prompt_shape)]
+
+
 class CompletionRequest(SamplingFields):
     """OpenAI's legacy completions (`POST /v1/completions`): a raw prompt, no chat template.
     Nullable fields take their default when null, as OpenAI's schema has them."""
 
     model: str = Field(min_length=1)
-    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(
+    prompt: PromptInput = Field(
         description="a text, token ids, or a list of either (a batch: choices are indexed prompt x n)"
     )
     max_tokens: int | None = Field(default=16, ge=0, description="default 16; null = the rest of the context; "
