@@ -93,7 +93,8 @@ def test_database_url_comes_from_the_environment(tmp_path):
 
 
 async def _meter(url: str, key: str) -> list[float]:
-    """Three requests by `key`, metered as the API would; their costs."""
+    """Three requests by `key`, metered as the API would, and one refused by a rate limit; the
+    three requests' costs."""
     async with Platform.create(url, prices={"smollm2": (0.5, 1.5)}) as platform:
         principal = await platform.authenticate(key, None)
         costs = []
@@ -102,6 +103,10 @@ async def _meter(url: str, key: str) -> list[float]:
                                  completion_tokens=10 * n, latency_s=0.1, status="completed",
                                  key_id=principal.key.id, account_id=principal.account.id)
             costs.append(await platform.record_usage(record))
+        refused = UsageRecord(request_id="r4", model="smollm2", dialect="openai", prompt_tokens=0, completion_tokens=0,
+                              latency_s=0.001, status="rate_limited", key_id=principal.key.id,
+                              account_id=principal.account.id)
+        assert await platform.record_usage(refused) == 0.0
     return costs
 
 
@@ -111,7 +116,7 @@ def test_usage_command_sums_the_metered_requests(database_url):
     costs = asyncio.run(_meter(database_url, key))
     assert costs == [0.000065, 0.00013, 0.000195]
     totals = {"requests": 3, "prompt_tokens": 600, "completion_tokens": 60,
-              "estimated_cost": pytest.approx(sum(costs), rel=1e-12)}
+              "estimated_cost": pytest.approx(sum(costs), rel=1e-12), "rate_limited": 1}
     assert cli_json(database_url, "usage", "--by", "key") == [{"key": key[:11], **totals}]
     assert cli_json(database_url, "usage") == [{"account": "alice", **totals}]
     assert cli_json(database_url, "usage", "--since", "2999-01-01") == []

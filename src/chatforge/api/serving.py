@@ -70,6 +70,10 @@ class Serving:
         except PlatformError as e:
             if isinstance(e, RateLimitedError):
                 self.metrics.rate_limited.labels(dialect).inc()
+                # a refusal is metered too (no tokens, no cost), so reports count it per account
+                refusal, _ = _usage_record(dialect, caller, prep, "rate_limited")
+                await self.platform.record_usage(refusal)
+                e.headers["x-request-id"] = req.request_id
             self.metrics.observe_refused(dialect, prep.model.model_id, str(e.status))
             log.info("request %s refused dialect=%s key=%s status=%d code=%s", req.request_id, dialect,
                      _key_prefix(caller), e.status, e.code)
@@ -127,7 +131,7 @@ class Serving:
         settlement (a Redis round trip) runs as a task of its own behind a shield: a cancelled
         request stops waiting for it, and it completes all the same."""
         self.metrics.observe(ticket.dialect, ticket.prep, status)
-        record, account = _usage_record(ticket, status)
+        record, account = _usage_record(ticket.dialect, ticket.caller, ticket.prep, status)
         await self.platform.record_usage(record)
         log.info(
             "request %s dialect=%s model=%s key=%s account=%s status=%s prompt_tokens=%d completion_tokens=%d latency=%.3fs",
@@ -142,10 +146,10 @@ class Serving:
         await asyncio.shield(task)
 
 
-def _usage_record(ticket: Ticket, status: str) -> tuple[UsageRecord, Account | None]:
+def _usage_record(dialect: str, caller: Caller, prep: PreparedChat, status: str) -> tuple[UsageRecord, Account | None]:
     """The request's usage row, and the account it bills: the product's or deployment's owner,
-    else the caller's acting account (None in open mode)."""
-    prep, caller = ticket.prep, ticket.caller
+    else the caller's acting account (None in open mode). A refused request used no tokens."""
+    refused = status == "rate_limited"
     product = caller.product.record if caller.product is not None else None
     deployment = caller.deployment.record if caller.deployment is not None else None
     account = caller.principal.billed_account(product, deployment)
@@ -154,8 +158,8 @@ def _usage_record(ticket: Ticket, status: str) -> tuple[UsageRecord, Account | N
     record = UsageRecord(
         request_id=prep.request.request_id,
         model=prep.model.model_id,
-        dialect=ticket.dialect,
-        prompt_tokens=len(prep.prompt_ids),
+        dialect=dialect,
+        prompt_tokens=0 if refused else len(prep.prompt_ids),
         completion_tokens=prep.completion_tokens,
         latency_s=end - prep.timing.start,
         status=_usage_status(status),
@@ -183,4 +187,6 @@ def _usage_status(status: str) -> UsageStatus:
         return UsageStatus.COMPLETED
     if status == "aborted":
         return UsageStatus.ABORTED
+    if status == "rate_limited":
+        return UsageStatus.RATE_LIMITED
     return UsageStatus.FAILED
