@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from chatforge.api import ops
+from chatforge.api import ops, usage
 from chatforge.api.egp import router as egp_router
 from chatforge.api.infomaniak import router as infomaniak_router
 from chatforge.api.metrics import Metrics
@@ -52,6 +52,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
     app.include_router(infomaniak_router.build_router())
     app.include_router(egp_router.build_router())
     app.include_router(ops.build_router())
+    app.include_router(usage.build_router())
     app.openapi = lambda: _openapi(app)
     return app
 

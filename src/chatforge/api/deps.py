@@ -168,6 +168,17 @@ async def listed_products(platform: Platform, settings: Settings, principal: Pri
     return [scopes[i] for i in sorted(scopes)]
 
 
+async def listed_deployments(platform: Platform, settings: Settings, principal: Principal) -> list[DeploymentScope]:
+    """The deployments the caller may use, by id; in open mode the configured ones too."""
+    async with platform.engine.connect() as conn:
+        stored = await accounts.list_deployments(conn)
+    scopes = {d.id: DeploymentScope(d.id, d.model, d) for d in stored if principal.may_use(d.account)}
+    if principal.key is None:
+        for deployment_id in settings.deployments:
+            scopes.setdefault(deployment_id, configured_deployment(settings, deployment_id))
+    return [scopes[i] for i in sorted(scopes)]
+
+
 # -- FastAPI dependencies ----------------------------------------------------------------------
 Authorization = Annotated[str | None, Header(description="`Bearer <API key>`; required once keys exist")]
 ApiKey = Annotated[str | None, Header(alias="x-api-key", description="the API key; required once keys exist")]

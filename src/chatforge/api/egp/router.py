@@ -12,9 +12,13 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from chatforge.api.deps import DeploymentCaller
+from typing import Annotated
+
+from fastapi import Query
+
+from chatforge.api.deps import ApiKeyPrincipal, DeploymentCaller, listed_deployments
 from chatforge.api.egp import translate
-from chatforge.api.egp.schemas import CompletionResponse, EgpChatRequest, EgpErrorResponse
+from chatforge.api.egp.schemas import CompletionResponse, EgpChatRequest, EgpErrorResponse, EgpModelDeploymentList
 from chatforge.api.errors import ApiError, dialect_route_class, stream_failure
 from chatforge.api.serving import Serving
 from chatforge.api.sse import sse_data, sse_event, sse_response
@@ -75,6 +79,20 @@ def build_router() -> APIRouter:
             return JSONResponse(translate.to_response(result, body.prompt), headers=ticket.headers)
         events = await serving.open_stream(ticket)
         return sse_response(frames(events, translate.StreamWriter(body.prompt, body.logprobs)), headers=ticket.headers)
+
+    @router.get("/v4/model-deployments", response_model=EgpModelDeploymentList,
+                responses={401: RESPONSES[401]}, summary="The deployments the key may use")
+    async def model_deployments(request: Request, principal: ApiKeyPrincipal,
+                                account_id: Annotated[str | None, Query(description="only this account's")] = None,
+                                limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+                                page: Annotated[int, Query(ge=1)] = 1):
+        state = request.app.state
+        scopes = await listed_deployments(state.platform, state.settings, principal)
+        items = [translate.deployment_item(s, state.catalog.default.model_id) for s in scopes]
+        if account_id is not None:
+            items = [item for item in items if item["account_id"] == account_id]
+        return {"items": items[(page - 1) * limit:page * limit], "current_page": page, "items_per_page": limit,
+                "total_item_count": len(items)}
 
     return router
 

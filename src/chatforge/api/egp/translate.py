@@ -135,3 +135,11 @@ PARAM_NAMES = {"messages": "chat_history"}
 
 def error_body(code: str, message: str, param: str | None) -> dict[str, Any]:
     return {"detail": message, "code": code, "param": PARAM_NAMES.get(param, param)}
+
+
+def deployment_item(scope, default_model: str) -> dict[str, Any]:
+    """A deployment the caller may use, as an item of Scale's deployment list (`scope` is a
+    `deps.DeploymentScope`; its model None means the server's default)."""
+    owner = scope.record.account.name if scope.record is not None else None
+    return {"id": scope.id, "name": scope.id, "account_id": owner, "model_instance_id": scope.model or default_model,
+            "status": "READY"}
