@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from api.conftest import PRICE_IN, PRICE_OUT, LiveServer
 from chatforge.api.app import create_app
@@ -24,6 +24,8 @@ from chatforge.settings import load_settings
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync"]
+# The model answers on one core that other tests may share: waits are for minutes, not seconds.
+expect.set_options(timeout=120_000)
 _REFUSED = re.compile(r"^Failed to load resource: the server responded with a status of (\d{3})\b")
 
 

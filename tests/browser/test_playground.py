@@ -209,3 +209,21 @@ def test_the_keyboard_alone_on_a_narrow_window_with_logprobs(open_server, page_a
     tokens.nth(2).hover()
     expect(tip).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+
+
+def test_infomaniak_presets_fill_in_and_explicit_values_override(open_server, page_at):
+    page = page_at(open_server)
+    open_playground(page, "legacy")
+    presets = httpx.get(open_server.url + "/1/llm/profiles").json()["data"]
+    for profile in ("standard", "creative", "strict"):
+        if profile != "standard":  # a request without one uses standard
+            field(page, "legacy", "profile_type").select_option(profile)
+        for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
+            value = presets[profile][name]
+            shown = "off" if value is None else f"{value:g}"
+            expect(field(page, "legacy", name)).to_have_attribute("placeholder", f"{shown} ({profile})")
+    field(page, "legacy", "temperature").fill("0.5")
+    page.fill("#composer", QUESTION)
+    body = json.loads(code(page, "body"))
+    assert (body["profile_type"], body["temperature"]) == ("strict", 0.5) and "top_k" not in body
+    assert body["messages"] == [{"role": "user", "content": QUESTION}]

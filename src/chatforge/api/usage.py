@@ -104,7 +104,8 @@ def _instant(name: str, text: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidInputError(f"'{name}' is an ISO time with a zone, e.g. 2030-01-01T00:00:00Z; got {text!r}") from None
+        raise InvalidInputError(
+            f"'{name}' is an ISO time with a zone, e.g. 2030-01-01T00:00:00Z; got {text!r}") from None
 
 
 def _percentiles(latency: reports.Latency | None) -> dict | None:

@@ -71,7 +71,8 @@ class Window:
             raise InvalidInputError("'since' must come before 'until'")
         width = BUCKETS[bucket]
         if (until - since).total_seconds() / width > MAX_BUCKETS:
-            raise InvalidInputError(f"more than {MAX_BUCKETS} {bucket} buckets: choose a larger bucket or a shorter window")
+            raise InvalidInputError(
+                f"more than {MAX_BUCKETS} {bucket} buckets: choose a larger bucket or a shorter window")
         return cls(since, until, width)
 
 
@@ -191,7 +192,8 @@ async def _latencies(conn: AsyncConnection, key, source, where: list) -> dict:
             query = query.group_by(key)
         rows = [(None, *r) if key is None else tuple(r) for r in await conn.execute(query)]
         return {r[0]: Latency(int(r[1]), *map(float, r[2:])) for r in rows if r[1]}
-    query = select(*keys, latency).select_from(source).where(*completed).order_by(*([key] if key is not None else []), latency)
+    order = [] if key is None else [key]
+    query = select(*keys, latency).select_from(source).where(*completed).order_by(*order, latency)
     values: dict = {}
     for row in await conn.execute(query):
         values.setdefault(None if key is None else row[0], []).append(float(row[-1]))

@@ -7,7 +7,7 @@ import { lines, stackedBars } from "./plot.js";
 const $ = (id) => document.getElementById(id);
 // Okabe-Ito, readable by people with any kind of colour blindness.
 const COLORS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
-const WINDOWS = { "1h": [3600, "minute"], "6h": [21600, "minute"], "24h": [86400, "hour"], "7d": [604800, "hour"],
+const WINDOWS = { "15m": [900, "minute"], "1h": [3600, "minute"], "6h": [21600, "minute"], "24h": [86400, "hour"], "7d": [604800, "hour"],
   "30d": [2592000, "day"] };
 const NONE = { key: "(open mode)", account: "(no account)", product: "(no product)", deployment: "(no deployment)", model: "(none)" };
 const number = new Intl.NumberFormat();

@@ -84,14 +84,14 @@ async function listScope(load) {
     const got = await getJSON("/1/ai");
     if (!got.ok) return fail(got);
     $("products").replaceChildren(...got.body.data.map((p) => el("option", { value: p.id }, `${p.name || "product"} (${p.models.join(", ")})`)));
-    if (!$("product").value) $("product").value = got.body.data[0]?.id ?? DEFAULT_PRODUCT;
+    keepOrFirst($("product"), got.body.data.map((p) => String(p.id)), DEFAULT_PRODUCT);
     await loadProductModels();
   } else {
     const got = await getJSON("/v4/model-deployments?limit=1000", "x-api-key");
     if (!got.ok) return fail(got);
     state.deployments = got.body.items;
     $("deployments").replaceChildren(...state.deployments.map((i) => el("option", { value: i.id }, i.model_instance_id)));
-    if (!$("deployment").value) $("deployment").value = state.deployments[0]?.id ?? DEFAULT_DEPLOYMENT;
+    keepOrFirst($("deployment"), state.deployments.map((i) => i.id), DEFAULT_DEPLOYMENT);
     showDeploymentModel();
   }
   if (load === state.scopeLoads) changed();
@@ -110,6 +110,14 @@ async function loadProductModels() {
   const models = got.body.data.map((m) => [m.id, m.id]);
   fillSelect($("product-model"), state.dialect.wire === "legacy" ? [["", "(the product's default)"], ...models] : models);
   changed();
+}
+
+// A listed id stays; another key's id gives way to this key's first one. With nothing listed
+// (open mode), any id runs, so the one typed stays, or the pages' own example fills in.
+function keepOrFirst(input, listed, example) {
+  const value = input.value.trim();
+  if (listed.length && !listed.includes(value)) input.value = listed[0];
+  else if (!value) input.value = example;
 }
 
 function showDeploymentModel() {

@@ -51,10 +51,14 @@ export function openaiPython(req) {
   if (Object.keys(extra).length) known.push(["extra_body", extra]);
   const headers = Object.keys(req.headers).length ? `, default_headers=${py(req.headers)}` : "";
   const out = req.body.stream
-    ? "for chunk in response:\n    if chunk.choices:\n        print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)\n    if chunk.usage:\n        print(\"\\n\", chunk.usage)"
-    : "print(response.choices[0].message.content)\nprint(response.usage)";
-  return `import os\n\nfrom openai import OpenAI\n\nclient = OpenAI(base_url=${py(base)}, api_key=os.environ.get("CHATFORGE_API_KEY", "unused")${headers})\n`
-    + `response = client.chat.completions.create(\n${kwargs(known)}\n)\n${out}\n`;
+    ? ["for chunk in response:", "    if chunk.choices:", "        print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)",
+      "    if chunk.usage:", "        print(\"\\n\", chunk.usage)"]
+    : ["print(response.choices[0].message.content)", "print(response.usage)"];
+  return [
+    "import os", "", "from openai import OpenAI", "",
+    `client = OpenAI(base_url=${py(base)}, api_key=os.environ.get("CHATFORGE_API_KEY", "unused")${headers})`,
+    `response = client.chat.completions.create(\n${kwargs(known)}\n)`, ...out, "",
+  ].join("\n");
 }
 
 export function scalePython(req) {
@@ -64,16 +68,20 @@ export function scalePython(req) {
   const client = `SGPClient(api_key=os.environ.get("CHATFORGE_API_KEY", "unused"), base_url=${py(req.origin)}`
     + `${account ? `, account_id=${py(account)}` : ""})`;
   const out = req.body.stream
-    ? "for chunk in response:\n    print(chunk.completions[0][1][0], end=\"\", flush=True)"
-    : "print(response.completions[0][1][0])\nprint(response.prompt_tokens, response.response_tokens)";
-  return `import os\n\nfrom scale_gp import SGPClient\n\nclient = ${client}\n`
-    + `response = client.models.chat_completions.create(\n    ${py(deployment)},\n${kwargs([["chat_history", chat_history], ["prompt", prompt], ...Object.entries(rest)])}\n)\n${out}\n`;
+    ? ["for chunk in response:", "    print(chunk.completions[0][1][0], end=\"\", flush=True)"]
+    : ["print(response.completions[0][1][0])", "print(response.prompt_tokens, response.response_tokens)"];
+  const args = kwargs([["chat_history", chat_history], ["prompt", prompt], ...Object.entries(rest)]);
+  return [
+    "import os", "", "from scale_gp import SGPClient", "", `client = ${client}`,
+    `response = client.models.chat_completions.create(\n    ${py(deployment)},\n${args}\n)`, ...out, "",
+  ].join("\n");
 }
 
 export function httpxPython(req) {
   const key = req.keyed ? `\nheaders["Authorization"] = "Bearer " + os.environ["CHATFORGE_API_KEY"]` : "";
   const send = req.body.stream
-    ? `with httpx.stream("POST", ${py(req.url)}, headers=headers, json=body, timeout=300) as response:\n    for line in response.iter_lines():\n        print(line)`
+    ? [`with httpx.stream("POST", ${py(req.url)}, headers=headers, json=body, timeout=300) as response:`,
+      "    for line in response.iter_lines():", "        print(line)"].join("\n")
     : `response = httpx.post(${py(req.url)}, headers=headers, json=body, timeout=300)\nprint(response.json())`;
   const imports = req.keyed ? "import os\n\nimport httpx" : "import httpx";
   return `${imports}\n\nheaders = ${py(req.headers)}${key}\nbody = ${py(req.body)}\n${send}\n`;

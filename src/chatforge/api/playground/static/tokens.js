@@ -7,6 +7,9 @@ import { el } from "./common.js";
 let views = 0;
 
 const shown = (token) => token.replaceAll("\n", "↵\n").replaceAll("\t", "⇥");
+// A token as code; one that is only part of a character (a byte of an emoji) by its bytes.
+const spelled = (t) => (t.token.includes("\ufffd") && t.bytes
+  ? `bytes ${t.bytes.map((b) => b.toString(16).padStart(2, "0")).join(" ")}` : JSON.stringify(t.token));
 const percent = (logprob) => `${(Math.exp(logprob) * 100).toFixed(logprob > -0.0005 ? 0 : 1)}%`;
 
 export function tokenView(tokens) {
@@ -42,11 +45,11 @@ export function tokenView(tokens) {
 
   function show(span, t) {
     tip.replaceChildren(
-      el("p", { class: "tip-head" }, el("code", {}, JSON.stringify(t.token)), ` ${percent(t.logprob)} · logprob ${t.logprob.toFixed(3)}`),
+      el("p", { class: "tip-head" }, el("code", {}, spelled(t)), ` ${percent(t.logprob)} · logprob ${t.logprob.toFixed(3)}`),
       t.top.length
         ? el("table", {}, el("caption", {}, "Top alternatives"),
           el("tbody", {}, t.top.map((a) => el("tr", { class: a.token === t.token ? "chosen" : null },
-            el("td", {}, el("code", {}, JSON.stringify(a.token))), el("td", { class: "num" }, percent(a.logprob))))))
+            el("td", {}, el("code", {}, spelled(a))), el("td", { class: "num" }, percent(a.logprob))))))
         : el("p", { class: "muted" }, "No alternatives asked for (top_logprobs)."));
     tip.hidden = false;
     tip.style.left = `${Math.min(span.offsetLeft, Math.max(0, box.clientWidth - 260))}px`;

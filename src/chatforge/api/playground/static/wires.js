@@ -36,7 +36,8 @@ export class Outcome {
     if (logprobs && logprobs.length) {
       c.tokens ||= [];
       for (const t of logprobs) {
-        c.tokens.push({ token: t.token, logprob: t.logprob, top: (t.top_logprobs || []).map((a) => ({ token: a.token, logprob: a.logprob })) });
+        const top = (t.top_logprobs || []).map((a) => ({ token: a.token, logprob: a.logprob, bytes: a.bytes }));
+        c.tokens.push({ token: t.token, logprob: t.logprob, bytes: t.bytes, top });
       }
     }
     if (finish) c.finish = finish;
