@@ -37,10 +37,11 @@ def serve(
     from chatforge.service.loading import load_catalog
     from chatforge.settings import load_settings
 
+    # --threads is one field of [engine]: given as a partial table, it is merged with the
+    # environment's and the file's engine settings (flags win), never written in afterwards.
     settings = load_settings(config, models=model, host=host, port=port, database_url=database_url, redis_url=redis_url,
-                             allow_open_remote=allow_open_remote or None)
-    if threads is not None:
-        settings.engine.torch_threads = threads
+                             allow_open_remote=allow_open_remote or None,
+                             engine={"torch_threads": threads} if threads is not None else None)
     configure_logging(settings.log_level)
     refusal = asyncio.run(open_remote_refusal(settings))
     if refusal is not None:

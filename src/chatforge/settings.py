@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,12 +17,21 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from chatforge.engine.config import EngineConfig
+
 
 class ModelPrice(BaseModel):
-    """USD per million tokens, for `usage.estimated_cost`."""
+    """USD per million tokens, for `usage.estimated_cost`. The one price type: the catalog
+    holds it per model, the service computes each request's cost with it once, and the usage
+    row stores that same figure."""
 
-    input: float = 0.0
-    output: float = 0.0
+    model_config = ConfigDict(frozen=True)
+
+    input: float = Field(default=0.0, ge=0)
+    output: float = Field(default=0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
 
 class ProductConfig(BaseModel):
@@ -39,24 +48,6 @@ class DeploymentConfig(BaseModel):
     model: str | None = Field(default=None, description="None = the server's default model")
 
 
-class EngineSettings(BaseModel):
-    """Mirrors `engine.config.EngineConfig`; see there for what each knob does."""
-
-    torch_threads: int | None = Field(default=None, ge=1, description="None = torch's default (every core)")
-    device: str | None = Field(default=None, description="cpu | cuda; None = cuda when present")
-    dtype: str | None = Field(default=None, description="float32 | bfloat16 | float16; None = per device")
-    block_size: int = Field(default=16, ge=1)
-    num_kv_blocks: int | None = Field(default=None, ge=1)
-    kv_cache_mb: int = Field(default=512, ge=1, description="KV pool size when num_kv_blocks is unset")
-    max_num_seqs: int = Field(default=64, ge=1)
-    max_num_batched_tokens: int = Field(default=512, ge=16)
-    max_waiting: int = Field(default=256, ge=0, description="queued requests before 503")
-    max_model_len: int | None = Field(default=None, ge=2)
-    enable_prefix_caching: bool = True
-    batch_invariant: bool = Field(default=True, description="pad steps so results do not depend on the batch")
-    weights: str = Field(default="fp32", pattern="^(fp32|int8|int4|q4)$", description="fp32 | int8 | int4 | q4 (the low-bit modes for small steps)")
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATFORGE_", env_nested_delimiter="__", extra="forbid")
 
@@ -69,7 +60,9 @@ class Settings(BaseSettings):
         default=False, description="serve without keys on a non-loopback address (dangerous)"
     )
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model id -> price")
-    engine: EngineSettings = Field(default_factory=EngineSettings)
+    # The engine's own config dataclass, validated here (its __post_init__ included): one type,
+    # no mirror to keep in step. `[engine]` in TOML, CHATFORGE_ENGINE__<FIELD> in the environment.
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     # TOML and env keys are strings; pydantic turns `[products.10775]` into the int 10775.
     products: dict[int, ProductConfig] = Field(default_factory=dict, description="Infomaniak product id -> config")
     deployments: dict[str, DeploymentConfig] = Field(default_factory=dict, description="EGP deployment id -> config")

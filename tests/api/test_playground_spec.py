@@ -12,8 +12,8 @@ from pydantic import BaseModel
 
 from chatforge.api.egp import translate as egp_translate
 from chatforge.api.egp.schemas import EgpChatRequest
-from chatforge.api.infomaniak import router as infomaniak_router
 from chatforge.api.infomaniak.schemas import LegacyRequest
+from chatforge.api.openai import router as openai_router
 from chatforge.api.openai.schemas import ChatCompletionRequest
 
 SPEC = json.loads((Path(__file__).parents[2] / "src/chatforge/api/playground/static/dialects.json").read_text())
@@ -81,7 +81,7 @@ def test_bounds_and_defaults_are_the_schemas(name):
             want = schema.get(bound)
             got = f.get(bound)
             if name == "successor" and f["name"] == "max_tokens" and bound == "maximum":
-                want = infomaniak_router.MAX_TOKENS  # the product route's own cap
+                want = openai_router.PRODUCT_MAX_TOKENS  # the product route's own cap
             assert (None if got is None else float(int(got) if isinstance(got, str) else got)) == (
                 None if want is None else float(want)), (name, f["name"], bound)
         if schema["default"] is not None:

@@ -13,13 +13,13 @@ from chatforge.platform.gate import Platform
 from chatforge.platform.metering import UsageRecord
 from chatforge.platform.reports import Latency, UsageRow, Window
 
-PRICES = {"a": (1.0, 2.0), "b": (3.0, 4.0)}
+PRICES = {"a": (1.0, 2.0), "b": (3.0, 4.0)}  # USD per million input and output tokens
 T0 = datetime(2030, 5, 6, 10, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
 async def platform(database_url):
-    async with Platform.create(database_url, prices=PRICES) as started:
+    async with Platform(database_url) as started:
         yield started
 
 
@@ -34,9 +34,10 @@ async def seed(platform) -> tuple[int, int]:
         bob = (await accounts.create_account(conn, "bob")).id
 
     def row(n, when, model, status="completed", latency=1.0, account=alice, tokens=(10, 5)):
+        usd_in, usd_out = PRICES[model]  # the service prices each request; the row carries it
         return UsageRecord(request_id=f"r{n}", model=model, dialect="openai", prompt_tokens=tokens[0],
                            completion_tokens=tokens[1], latency_s=latency, status=status, account_id=account,
-                           created_at=when)
+                           estimated_cost=(tokens[0] * usd_in + tokens[1] * usd_out) / 1e6, created_at=when)
 
     for record in [
         row(1, at(5), "a", latency=1.0),

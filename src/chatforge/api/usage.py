@@ -13,10 +13,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from chatforge.api.deps import BearerPrincipal
+from chatforge.api.deps import BearerPrincipal, PlatformDep
 from chatforge.api.errors import dialect_route_class
 from chatforge.api.openai import router as openai_dialect
 from chatforge.platform import reports
@@ -137,8 +137,8 @@ def build_router() -> APIRouter:
     @router.get("/v1/usage", response_model=UsageReport, responses=errors,
                 summary="The caller's requests, tokens, cost, latency and refusals over time")
     async def usage(
-        request: Request,
         principal: BearerPrincipal,
+        platform: PlatformDep,
         by: Annotated[Literal[reports.GROUPS], Query(description="the grouping of `chatforge usage`")] = "account",
         bucket: Annotated[Literal[tuple(reports.BUCKETS)], Query(description="the plots' time step (UTC)")] = "hour",
         since: Annotated[str | None, Query(description="ISO time with a zone; default: 24 h before `until`",
@@ -147,7 +147,6 @@ def build_router() -> APIRouter:
                                            json_schema_extra={"format": "date-time"})] = None,
     ):
         window = reports.Window.of(_instant("since", since), _instant("until", until), bucket)
-        platform = request.app.state.platform
         await platform.flush_usage()  # what this gateway has just served counts at once
         async with platform.engine.connect() as conn:
             series = await reports.usage_series(conn, by, window, accounts=account_scope(principal))
@@ -156,9 +155,8 @@ def build_router() -> APIRouter:
     @router.get("/v1/usage/requests/{request_id}", response_model=RequestUsage,
                 responses={**errors, 404: openai_dialect.ERROR_RESPONSES[404]},
                 summary="One request's usage row, by the x-request-id its response carried")
-    async def request_usage(request: Request, principal: BearerPrincipal,
+    async def request_usage(principal: BearerPrincipal, platform: PlatformDep,
                             request_id: Annotated[str, Path(max_length=64)]):
-        platform = request.app.state.platform
         await platform.flush_usage()  # a response's row is queued before its last byte: write it first
         async with platform.engine.connect() as conn:
             row = await reports.request_usage(conn, request_id, accounts=account_scope(principal))

@@ -15,7 +15,7 @@ from torch import nn
 
 from chatforge.engine.batch import ScheduledBatch
 from chatforge.engine.block_manager import BlockManager
-from chatforge.engine.config import EngineConfig
+from chatforge.engine.config import EngineConfig, MiB
 from chatforge.engine.errors import DuplicateRequestError, InvalidRequestError, PromptTooLongError, StepFailedError
 from chatforge.engine.grammar import grammar_error
 from chatforge.engine.model_runner import ModelRunner, kv_block_bytes, pick_device, pick_dtype
@@ -23,7 +23,7 @@ from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutp
 from chatforge.engine.sampler import Sampler, SamplerOutput
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.engine.scheduler import Scheduler
-from chatforge.engine.sequence import Sequence, SequenceStatus
+from chatforge.engine.sequence import Sequence
 from chatforge.engine.stats import EngineStats
 from chatforge.models.config import ModelConfig
 
@@ -97,7 +97,7 @@ class LLMEngine:
 
     def _blocks_in_budget(self, mc: ModelConfig, dtype: torch.dtype) -> int:
         per_block = kv_block_bytes(mc.num_hidden_layers, self.config.block_size, mc.num_key_value_heads, mc.head_dim, dtype)
-        return max(1, self.config.kv_cache_bytes // per_block)
+        return max(1, self.config.kv_cache_mb * MiB // per_block)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -108,10 +108,7 @@ class LLMEngine:
             raise DuplicateRequestError(f"request {request_id!r} is already in flight")
         self._validate(prompt_ids, params)
         parent = Sequence(request_id, prompt_ids, params, index=0)
-        forks = [parent.fork(i) for i in range(1, params.n)]
-        for fork in forks:
-            fork.status = SequenceStatus.FORK_PENDING
-        parent.pending_forks = list(forks)
+        forks = parent.attach_forks()
         self.scheduler.add(parent)
         self._requests[request_id] = _Request(request_id, [parent, *forks])
         self.num_prompt_tokens_total += len(prompt_ids)

@@ -10,36 +10,17 @@ from chatforge.engine.async_engine import AsyncEngine
 from chatforge.engine.config import EngineConfig
 from chatforge.engine.llm_engine import LLMEngine
 from chatforge.models.source import BUNDLED_ALIASES, BUNDLED_MODEL_ID, resolve_model
-from chatforge.service.catalog import ModelCatalog, Price, ServedModel
-from chatforge.settings import EngineSettings, Settings
+from chatforge.service.catalog import ModelCatalog, ServedModel
+from chatforge.settings import ModelPrice, Settings
 from chatforge.text.chat_template import ChatTemplate
 from chatforge.text.tokenizer import load_tokenizer
 
 log = logging.getLogger("chatforge.loading")
 
 
-def engine_config(s: EngineSettings) -> EngineConfig:
-    return EngineConfig(
-        block_size=s.block_size,
-        num_kv_blocks=s.num_kv_blocks,
-        kv_cache_bytes=s.kv_cache_mb * 1024 * 1024,
-        max_num_seqs=s.max_num_seqs,
-        max_num_batched_tokens=s.max_num_batched_tokens,
-        max_waiting=s.max_waiting,
-        max_model_len=s.max_model_len,
-        torch_threads=s.torch_threads,
-        device=s.device,
-        dtype=s.dtype,
-        enable_prefix_caching=s.enable_prefix_caching,
-        batch_invariant=s.batch_invariant,
-        weights=s.weights,
-    )
-
-
-def load_served_model(path_or_id: str | None, engine_settings: EngineSettings, price: Price | None = None) -> ServedModel:
+def load_served_model(path_or_id: str | None, cfg: EngineConfig, price: ModelPrice | None = None) -> ServedModel:
     t0 = time.perf_counter()
     source = resolve_model(path_or_id)
-    cfg = engine_config(engine_settings)
     tokenizer = load_tokenizer(source)
     template = ChatTemplate.for_tokenizer(tokenizer)
     llm = LLMEngine.from_source(source, cfg, stop_token_ids=sorted(tokenizer.end_of_turn_ids))
@@ -54,7 +35,7 @@ def load_served_model(path_or_id: str | None, engine_settings: EngineSettings, p
         engine=engine,
         context_length=llm.max_model_len,
         created=int(time.time()),
-        price=price or Price(),
+        price=price or ModelPrice(),
         aliases=aliases,
     )
 
@@ -93,6 +74,6 @@ def _load_catalog(settings: Settings) -> ModelCatalog:
             (settings.prices[a] for a in served.aliases if a in settings.prices), None
         )
         if price is not None:
-            served.price = Price(price.input, price.output)
+            served.price = price
         models.append(served)
     return ModelCatalog(models)
