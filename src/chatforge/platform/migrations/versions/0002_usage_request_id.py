@@ -1,5 +1,4 @@
-"""An index on usage.request_id: a request's row is looked up by the id its response carried
-(`GET /v1/usage/requests/{request_id}`).
+"""An index on usage.request_id, which GET /v1/usage/requests/{request_id} looks rows up by.
 
 Revision ID: 0002
 Revises: 0001
