@@ -11,12 +11,13 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from starlette.exceptions import HTTPException
 
-from chatforge.api import ops
+from chatforge.api import ops, usage
 from chatforge.api.errors import ApiError
 from chatforge.api.egp import router as egp_router
 from chatforge.api.infomaniak import router as infomaniak_router
 from chatforge.api.metrics import Metrics
 from chatforge.api.openai import router as openai_router
+from chatforge.api.playground import router as playground_router
 from chatforge.api.serving import Serving
 from chatforge.platform.gate import Platform, is_loopback_host
 from chatforge.service.catalog import ModelCatalog
@@ -55,6 +56,8 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
     app.include_router(infomaniak_router.build_router())
     app.include_router(egp_router.build_router())
     app.include_router(ops.build_router())
+    app.include_router(usage.build_router())
+    app.include_router(playground_router.build_router())
     app.add_exception_handler(HTTPException, _no_route)
     app.openapi = lambda: _openapi(app)
     return app

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from chatforge.service.catalog import ModelCatalog, ServedModel
 from chatforge.service.errors import InvalidRequestError
-from chatforge.service.prepare import render
+from chatforge.service.prepare import chat_template, render
 from chatforge.service.protocol import ChatMessage, ChatRequest
 from chatforge.text.errors import TokenizerError
 
@@ -32,7 +32,7 @@ def tokenize_chat(catalog: ModelCatalog, model: str | None, messages: list[ChatM
     served = catalog.get(model)
     req = ChatRequest("tokenize", model, messages, add_generation_prompt=add_generation_prompt,
                       chat_template_kwargs=chat_template_kwargs)
-    text = render(served.template, messages, req)
+    text = render(chat_template(served, req), messages, req)
     return _tokenized(served, served.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
