@@ -93,7 +93,7 @@ class FakeNode:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     async def load(self, request: Request):
-        return JSONResponse({"status": "ok", "models": {self.model: {
+        return JSONResponse({"status": "ok", "served": self.served, "models": {self.model: {
             "running": self.running, "waiting": self.waiting, "kv_usage": 0.0, "healthy": True, "context_length": 8192}}})
 
     # -- OpenAI-compatible ------------------------------------------------------------------

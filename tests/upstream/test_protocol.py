@@ -20,7 +20,7 @@ def test_every_sampling_field_round_trips():
     params = SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.05, typical_p=0.8, repetition_penalty=1.1,
                             presence_penalty=0.5, frequency_penalty=-0.5, logit_bias={17: -100.0, 3: 2.5}, seed=42,
                             max_tokens=12, min_tokens=2, stop=["\n\n"], stop_token_ids=[2, 7], ignore_eos=True,
-                            logprobs=True, top_logprobs=3, n=2)
+                            logprobs=True, top_logprobs=3, n=2, prompt_logprobs=2)
     wire = json.loads(json.dumps(encode_sampling(params)))
     back, grammar = decode_sampling(wire)
     assert back == params and grammar is None

@@ -190,17 +190,22 @@ class RemoteEngine:
                 out = item
                 out.request_id = request_id
                 request.see(out)
+                if out.finished:  # set first: a consumer may close us as soon as it has the last output
+                    outcome = "completed"
                 yield out
                 if out.finished:
-                    outcome = "completed"
                     return
         except GeneratorExit:
-            outcome = "aborted"
+            if outcome != "completed":
+                outcome = "aborted"
             raise
         finally:
             upstream.outstanding -= 1
             upstream.counters.count(outcome)
-            reader.cancel()
+            # Finished: the reader only has the stream's end left to read, which returns the
+            # connection to the pool; cut short, the stream is closed (the node aborts).
+            if outcome != "completed":
+                reader.cancel()
             try:
                 await reader
             except BaseException:  # noqa: BLE001 - cancelled, or its error was already relayed
