@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ class Fleet:
     database_url: str
     redis_url: str
     keys: dict[str, tuple[str, int]]  # name -> (secret, key id)
+    fake_url: str
 
 
 def gateway_config(nodes: list[ServeProcess], fake_url: str) -> str:
@@ -118,7 +121,7 @@ def fleet(postgres_server, redis_url, tmp_path_factory):
             p.start()
         for p in gateways:
             p.wait_healthy()
-        yield Fleet(gateways, nodes, fake, database_url, shared_redis, made)
+        yield Fleet(gateways, nodes, fake, database_url, shared_redis, made, fake_server.url)
     finally:
         for p in [*gateways, *nodes]:
             p.stop()
@@ -182,7 +185,7 @@ def test_a_field_the_third_party_engine_cannot_honour_is_refused_by_name(fleet):
 
 @pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 1234, "top_p": 0.95}])
 def test_greedy_and_seeded_answers_are_the_same_whichever_node_serves_them(fleet, sampling):
-    body = openai_body("Name three fruits and say why you like them.", max_tokens=24, logprobs=True, **sampling)
+    body = openai_body("Name three fruits and say why you like them.", max_tokens=16, logprobs=True, **sampling)
     answers = []
     for node in fleet.nodes:  # each node's own OpenAI route
         r = httpx.post(node.url + "/v1/chat/completions", json=body, timeout=120)
@@ -237,6 +240,46 @@ async def test_requests_sharing_a_long_system_prompt_land_on_one_node(fleet):
         assert most >= 9, (system, counts)
         used.add(node)
     assert len(used) == 2  # and the four prefixes did not all go to one node
+
+
+# -- keys and operations -------------------------------------------------------------------------
+
+
+async def test_a_revoked_key_is_refused_by_every_gateway_within_the_key_cache_period(fleet):
+    async def make(conn):
+        return await keys.create_key(conn, ["acme"], name="short-lived")
+
+    secret, key = await run_sql(fleet.database_url, make)
+    body = openai_body("Hi", max_tokens=1)
+    for gateway in fleet.gateways:  # each gateway has looked it up, and trusts it for a while
+        assert httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=bearer(secret), timeout=120).status_code == 200
+
+    async def revoke(conn):
+        await keys.revoke_key(conn, key.prefix)
+
+    await run_sql(fleet.database_url, revoke)
+    revoked_at = time.monotonic()
+    refused_after = {}
+    while len(refused_after) < 3 and time.monotonic() - revoked_at < 10:
+        for gateway in fleet.gateways:
+            if gateway.name not in refused_after:
+                r = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=bearer(secret), timeout=120)
+                if r.status_code == 401:
+                    assert r.json()["error"]["message"] == "This API key is revoked."
+                    refused_after[gateway.name] = time.monotonic() - revoked_at
+        await asyncio.sleep(0.1)
+    assert len(refused_after) == 3 and max(refused_after.values()) < 2.0 + 1.0, refused_after  # key_cache_s = 2 on a gateway
+
+
+def test_chatforge_nodes_lists_every_upstream_and_its_health(fleet):
+    command = [sys.executable, "-m", "chatforge.cli", "nodes", "--config", str(fleet.gateways[0].folder / "gateways.toml"), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=fleet.gateways[0].env)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {(r["model"], r["kind"], r["url"], r["status"]) for r in rows} == {
+        *(("HuggingFaceTB/SmolLM2-135M-Instruct", "chatforge", n.url, "healthy") for n in fleet.nodes),
+        (FAKE, "vllm", fleet.fake_url, "healthy")}
+    assert all(r["waiting"] == 0 for r in rows if r["kind"] == "chatforge")
 
 
 # -- limits ----------------------------------------------------------------------------------------
@@ -373,3 +416,21 @@ async def test_a_node_killed_mid_load(fleet):
                                        for i in range(12)))
     assert all(r.status_code == 200 for r in again)
     assert victim.log_text().count("node request ") > before
+
+    # What each gateway's /metrics says of it: the cooldown, the failures, and healthy again.
+    seen = [metrics(g, victim.url) for g in fleet.gateways]
+    assert sum(m["chatforge_upstream_cooldowns_total"] for m in seen) >= 1
+    assert sum(m["chatforge_upstream_failures_total"] for m in seen) >= len(cut)
+    assert all(m["chatforge_upstream_healthy"] == 1 and m["chatforge_upstream_cooling"] == 0 for m in seen)
+    assert sum(m["chatforge_upstream_affinity_hits_total"] for m in seen) > 0
+    assert sum(m["chatforge_upstream_first_output_seconds_count"] for m in seen) > 0
+
+
+def metrics(gateway: ServeProcess, upstream: str) -> dict[str, float]:
+    """The gateway's chatforge_upstream_* samples for one upstream, summed over other labels."""
+    found: dict[str, float] = defaultdict(float)
+    for line in httpx.get(gateway.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("chatforge_upstream_") and f'upstream="{upstream}"' in line:
+            name = line.split("{", 1)[0]
+            found[name] += float(line.rsplit(" ", 1)[1])
+    return found
