@@ -13,6 +13,7 @@ from chatforge.models.source import BUNDLED_ALIASES, BUNDLED_MODEL_ID, resolve_m
 from chatforge.service.catalog import ModelCatalog, ServedModel
 from chatforge.settings import ModelPrice, Settings
 from chatforge.text.chat_template import ChatTemplate
+from chatforge.text.structured import StructuredOutput
 from chatforge.text.tokenizer import load_tokenizer
 
 log = logging.getLogger("chatforge.loading")
@@ -23,7 +24,11 @@ def load_served_model(path_or_id: str | None, cfg: EngineConfig, price: ModelPri
     source = resolve_model(path_or_id)
     tokenizer = load_tokenizer(source)
     template = ChatTemplate.for_tokenizer(tokenizer)
-    llm = LLMEngine.from_source(source, cfg, stop_token_ids=sorted(tokenizer.end_of_turn_ids))
+    stop_ids = sorted(tokenizer.end_of_turn_ids)
+    llm = LLMEngine.from_source(source, cfg, stop_token_ids=stop_ids)
+    # Grammars end only where the engine would: on its stop ids. Masks are filled on the
+    # engine's threads' worth of llguidance workers.
+    structured = StructuredOutput(tokenizer, llm.vocab_size, eos_token_ids=stop_ids, mask_threads=cfg.torch_threads)
     engine = AsyncEngine(llm)
     engine.start()
     aliases = BUNDLED_ALIASES if source.model_id == BUNDLED_MODEL_ID else ()
@@ -33,6 +38,7 @@ def load_served_model(path_or_id: str | None, cfg: EngineConfig, price: ModelPri
         tokenizer=tokenizer,
         template=template,
         engine=engine,
+        structured=structured,
         context_length=llm.max_model_len,
         created=int(time.time()),
         price=price or ModelPrice(),

@@ -19,6 +19,9 @@ middle of its arguments) keeps what was sent of it and `truncated` is set, in bo
 Text that breaks the format inside a block (only possible when no grammar forced it) is dropped,
 never shown as content, and `malformed` is set.
 
+A `leading` format (auto with a content constraint) has calls only at the very start of the
+output: once it begins otherwise, all of it is content, markers included.
+
 The grammar of text/tool_format.py fixes the key order (`name` before `arguments`); the parser
 relies on it, and accepts any JSON whitespace around the punctuation.
 """
@@ -86,6 +89,7 @@ class ToolCallParser:
         self._buf = ""  # text received and not yet consumed
         self._state = "content"
         self._skip_ws = False  # drop whitespace that follows a block
+        self._plain = False  # a `leading` format's output began with content: it is all content
         self._value: _ValueScanner | None = None  # the arguments being streamed
         self._events: list[ToolCallEvent] = []
         self.content = ""  # all content sent
@@ -121,6 +125,10 @@ class ToolCallParser:
             self._state, self._buf, self.malformed = "broken", "", True
 
     def _on_content(self) -> None:
+        if self.fmt.leading and not self.calls and self._leads_with_content():
+            self._content(self._buf)
+            self._buf = ""
+            raise _NeedMore
         if self._skip_ws:
             self._buf = self._buf.lstrip(_WS)
             if not self._buf:
@@ -140,6 +148,18 @@ class ToolCallParser:
             self._content(sendable)
             self._buf = self._buf[len(sendable):]
         raise _NeedMore
+
+    def _leads_with_content(self) -> bool:
+        """A `leading` format: does the output begin with content rather than the marker?
+        (Waits for more text while the start could still be the marker.)"""
+        if not self._plain:
+            start = self._buf.lstrip(_WS)
+            if start.startswith(self.fmt.open):
+                return False
+            if self.fmt.open.startswith(start):
+                raise _NeedMore
+            self._plain = True
+        return True
 
     def _on_list_open(self) -> None:
         self._commit(self._literal(0, "["), "list_item")

@@ -14,7 +14,12 @@ The grammars (llguidance Lark, each function's `parameters` inlined with `%json`
 - a named function: a block with exactly one call, to that function;
 - `auto`: free text, or text followed by calls: once the text contains the opening marker
   (a lazy lexeme), the rest is forced to be well-formed calls and nothing may follow them;
-- `parallel_tool_calls=False`: exactly one call.
+- `auto` with a content constraint (an output format, as a Lark expression): the content, or
+  calls from the first token; the format is then `leading` (the parser looks for calls only at
+  the start, so a JSON string holding the marker stays content);
+- `parallel_tool_calls=False`: exactly one call;
+- `none` (`no_call_grammar`): free text that never contains the opening marker, for a
+  conversation whose history shows calls the model might imitate.
 The call wrapper `{"name": "<name>", "arguments": ` is forced byte for byte, so choosing the
 name picks the function's own `%json` (its own strictness: a non-strict function's schema may
 ignore keywords llguidance cannot enforce). Arguments use the bounded JSON whitespace of
@@ -81,6 +86,7 @@ class ToolCallFormat:
     close: str  # the marker that ends a block
     array: bool  # True: one block holds a JSON array of calls; False: one call per block
     separator: str = field(default="\n")  # between blocks, when array is False
+    leading: bool = False  # calls, if any, begin the output (auto with a content constraint)
 
     def render_calls(self, calls: Sequence[tuple[str, str]]) -> str:
         """Past calls (name, arguments as JSON text, used verbatim) as the model writes them."""
@@ -99,8 +105,9 @@ def call_prefix(name: str) -> str:
     return '{"name": ' + json.dumps(name) + ', "arguments": '
 
 
-def check_tools(tools: Sequence[FunctionTool], choice: ToolChoice) -> None:
-    """Raise ToolSpecError naming the field when the tools or the choice cannot be served."""
+def check_tools(tools: Sequence[FunctionTool], choice: ToolChoice, limits: StructuredLimits = StructuredLimits()) -> None:
+    """Raise ToolSpecError naming the field when the tools or the choice cannot be served
+    (parameter schemas within the size and depth limits; whether they compile is the grammar's)."""
     if len(tools) > MAX_TOOLS:
         raise ToolSpecError(f"at most {MAX_TOOLS} tools are supported, got {len(tools)}", "tools")
     seen: set[str] = set()
@@ -113,6 +120,10 @@ def check_tools(tools: Sequence[FunctionTool], choice: ToolChoice) -> None:
         params = tool.parameters
         if params is not None and (not isinstance(params, Mapping) or params.get("type", "object") != "object"):
             raise ToolSpecError("function parameters must be a JSON schema of type object", f"tools[{i}].function.parameters")
+        try:
+            check_schema(params if params is not None else _NO_ARGUMENTS, limits)
+        except StructuredOutputError as e:
+            raise ToolSpecError(e.message, f"tools[{i}].function.parameters") from None
     if choice.mode != "none" and not tools:
         raise ToolSpecError(f"tool_choice {choice.mode!r} needs tools", "tool_choice")
     if choice.mode == "function" and choice.function not in seen:
@@ -125,8 +136,11 @@ def tool_call_grammar(
     choice: ToolChoice,
     parallel: bool = True,
     limits: StructuredLimits = StructuredLimits(),
+    content: str | None = None,
 ) -> LarkGrammar | None:
-    """The grammar that enforces `choice` in `fmt`; None for "none" (free text, no parsing)."""
+    """The grammar that enforces `choice` in `fmt`; None for "none" (free text, no parsing).
+    `content` (with "auto"): a Lark expression the content must match instead of free text
+    (text/structured.py's `lark_expression`); parse the answer with `fmt` made `leading`."""
     check_tools(tools, choice)
     if choice.mode == "none":
         return None
@@ -137,8 +151,21 @@ def tool_call_grammar(
         rules.append(f"args_{i}: %json {json.dumps(_arguments_schema(tool, i, limits))}")
     rules.append("call: " + " | ".join(f"call_{i}" for i, _ in chosen))
     single = not parallel or choice.mode == "function"
-    rules.extend(_structure(fmt, single, lazy=choice.mode == "auto"))
+    rules.extend(_structure(fmt, single, lazy=choice.mode == "auto", content=content))
     return LarkGrammar("\n".join(rules) + "\n")
+
+
+def no_call_grammar(fmt: ToolCallFormat) -> LarkGrammar:
+    """Free text in which the format's opening marker never appears (tool_choice "none")."""
+    marker = _regex_literal(fmt.open)
+    return LarkGrammar(f"start: TEXT\nTEXT: /(.|\\n)*/ & ~/(.|\\n)*{marker}(.|\\n)*/\n")
+
+
+def _regex_literal(text: str) -> str:
+    """`text` as a regex between Lark's slashes (each sign in a class: `\\<` would be a word boundary)."""
+    if any(ch in "]\\^-\n" for ch in text):
+        raise ValueError(f"a marker the no-call grammar cannot spell: {text!r}")
+    return "".join(ch if ch.isalnum() or ch == "_" else "\\/" if ch == "/" else f"[{ch}]" for ch in text)
 
 
 def _arguments_schema(tool: FunctionTool, index: int, limits: StructuredLimits) -> dict[str, Any]:
@@ -183,7 +210,7 @@ def _close_objects(schema: dict[str, Any]) -> None:
             stack.extend(value if isinstance(value, list) else [value])
 
 
-def _structure(fmt: ToolCallFormat, single: bool, lazy: bool) -> list[str]:
+def _structure(fmt: ToolCallFormat, single: bool, lazy: bool, content: str | None) -> list[str]:
     """The rules around `call`: the blocks, their separators, and how the output starts."""
     o, c = json.dumps(fmt.open), json.dumps(fmt.close)
     ws = "WS: /[\\x20\\x0A]{1,4}/"
@@ -194,7 +221,9 @@ def _structure(fmt: ToolCallFormat, single: bool, lazy: bool) -> list[str]:
     else:
         body = f'body: "\\n" call "\\n" {c}'
         rest = "body" if single else f"body ({json.dumps(fmt.separator)} {o} body)*"
-    if lazy:
+    if lazy and content is not None:
+        start = [f"start: content | {o} {rest}", f"content: {content}"]
+    elif lazy:
         # Any text; or text up to the first opening marker (lazy: it ends there), then calls.
         start = [f"start: TEXT | text_then_open {rest}", "TEXT: /(.|\\n)*/", f"text_then_open[lazy]: /(.|\\n)*/ {o}"]
     else:
