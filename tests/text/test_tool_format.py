@@ -183,3 +183,19 @@ def test_auto_with_an_output_format_is_that_content_or_calls(smol, structured, c
 def test_a_lark_grammar_cannot_be_an_alternative_to_calls():
     with pytest.raises(StructuredOutputError, match="cannot be combined with tools"):
         lark_expression(LarkGrammar('start: "a"'))
+
+
+@pytest.mark.parametrize("choice", [AUTO, ToolChoice("none")])
+def test_free_text_never_echoes_the_tool_result_wrapper(smol, structured, choice):
+    source = tool_call_grammar(SMOLLM2, TOOLS, choice) if choice.mode == "auto" else no_call_grammar(SMOLLM2)
+    grammar = structured.compile(source)
+
+    def takes(text):
+        matcher = grammar.matcher()
+        return all(matcher.accept(t) for t in smol.encode(text)) and (matcher.is_finished() or matcher.accept(2))
+
+    assert takes("It is sunny in Bern.")
+    assert not takes("<tool_response>\nIt is sunny in Bern.\n</tool_response>")
+    if choice.mode == "auto":
+        assert not takes(f"<tool_response>sunny</tool_response><tool_call>[{W}]</tool_call>")
+        assert takes(f"Checking.<tool_call>[{W}]</tool_call>")

@@ -20,6 +20,7 @@ The grammars (llguidance Lark, each function's `parameters` inlined with `%json`
 - `parallel_tool_calls=False`: exactly one call;
 - `none` (`no_call_grammar`): free text that never contains the opening marker, for a
   conversation whose history shows calls the model might imitate.
+Free text (`auto`'s and `none`'s) never contains the tool-result wrapper's opening either.
 The call wrapper `{"name": "<name>", "arguments": ` is forced byte for byte, so choosing the
 name picks the function's own `%json` (its own strictness: a non-strict function's schema may
 ignore keywords llguidance cannot enforce). Arguments use the bounded JSON whitespace of
@@ -87,6 +88,10 @@ class ToolCallFormat:
     array: bool  # True: one block holds a JSON array of calls; False: one call per block
     separator: str = field(default="\n")  # between blocks, when array is False
     leading: bool = False  # calls, if any, begin the output (auto with a content constraint)
+    # How the prompt adapter wraps a tool's result (text/tool_prompt.py). Never in an answer:
+    # a small model echoes it after a result, so free text may not contain its opening.
+    result_open: str = "<tool_response>"
+    result_close: str = "</tool_response>"
 
     def render_calls(self, calls: Sequence[tuple[str, str]]) -> str:
         """Past calls (name, arguments as JSON text, used verbatim) as the model writes them."""
@@ -157,8 +162,13 @@ def tool_call_grammar(
 
 def no_call_grammar(fmt: ToolCallFormat) -> LarkGrammar:
     """Free text in which the format's opening marker never appears (tool_choice "none")."""
-    marker = _regex_literal(fmt.open)
-    return LarkGrammar(f"start: TEXT\nTEXT: /(.|\\n)*/ & ~/(.|\\n)*{marker}(.|\\n)*/\n")
+    return LarkGrammar(f"start: TEXT\n{_free_text('TEXT', fmt.open, fmt.result_open)}\n")
+
+
+def _free_text(name: str, *never: str) -> str:
+    """A lexeme of any text that contains none of `never`."""
+    markers = "|".join(_regex_literal(m) for m in never)
+    return f"{name}: /(.|\\n)*/ & ~/(.|\\n)*({markers})(.|\\n)*/"
 
 
 def _regex_literal(text: str) -> str:
@@ -225,7 +235,8 @@ def _structure(fmt: ToolCallFormat, single: bool, lazy: bool, content: str | Non
         start = [f"start: content | {o} {rest}", f"content: {content}"]
     elif lazy:
         # Any text; or text up to the first opening marker (lazy: it ends there), then calls.
-        start = [f"start: TEXT | text_then_open {rest}", "TEXT: /(.|\\n)*/", f"text_then_open[lazy]: /(.|\\n)*/ {o}"]
+        start = [f"start: TEXT | text_then_open {rest}", _free_text("TEXT", fmt.open, fmt.result_open),
+                 _free_text("PREFIX", fmt.result_open), f"text_then_open[lazy]: PREFIX {o}"]
     else:
         start = [f"start: {o} {rest}"]
     return [*start, body, ws]
