@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class ServedModel:
     model_id: str
     tokenizer: Tokenizer
-    template: ChatTemplate
+    template: ChatTemplate | None  # None: the model has none and none was configured (chat is refused)
     engine: AsyncEngine
     structured: StructuredOutput  # compiles constraints for this model's vocabulary (built at load, ~0.5 s)
     context_length: int

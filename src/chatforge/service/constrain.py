@@ -84,8 +84,8 @@ def render_input(model: ServedModel, template: ChatTemplate, req: ChatRequest, m
     if not uses_tools(req, messages):
         return RenderInput(wire, None, None)
     try:
-        p = prepare_tool_prompt(template, wire, req.tools, tool_choice(req), model_hint=model.model_id,
-                                instruction=req.tool_prompt)
+        p = prepare_tool_prompt(template, wire, req.tools, tool_choice(req), instruction=req.tool_prompt,
+                                model_hint=" ".join((model.model_id, *model.aliases)))  # names tell SmolLM2 apart
     except ToolSpecError as e:
         raise InvalidRequestError(e.message, param=e.param) from None
     return RenderInput(p.messages, p.tools, p.format)

@@ -21,6 +21,7 @@ from chatforge.service.errors import ContextLengthExceededError, InvalidRequestE
 from chatforge.service.protocol import ChatMessage, ChatRequest, ModelScope, SamplingParams
 from chatforge.text.chat_template import ChatTemplate, ChatTemplateError
 from chatforge.text.errors import TokenizerError
+from chatforge.text.named_templates import NAMED_TEMPLATES
 from chatforge.text.tool_format import ToolCallFormat
 
 # Set by the service itself; a caller's template kwargs may not override them.
@@ -91,6 +92,11 @@ def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Pr
             template = ChatTemplate(req.chat_template, model.tokenizer.special_tokens)
         except ChatTemplateError as e:
             raise InvalidRequestError(f"chat_template: {e}", param="chat_template") from None
+    if template is None:  # a base model: raw prompts only, unless its operator gave it a template
+        raise InvalidRequestError(
+            f"the model `{model.model_id}` has no chat template, so it cannot take chat messages; "
+            "the server's operator can give it one (--chat-template NAME_OR_FILE, named: "
+            f"{', '.join(NAMED_TEMPLATES)}; or chat_template in its [[models]] entry)", param="model")
     messages = list(req.messages)
     while True:
         text, tool_format = _render(model, template, messages, req)

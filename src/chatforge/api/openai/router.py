@@ -49,8 +49,10 @@ async def _chat(request: Request, body: ChatCompletionRequest | ProductChatCompl
 
 
 def models_body(catalog: ModelCatalog, names: list[str] | None = None) -> dict:
-    """The model list: every served model, or these names (ids or aliases) as named."""
-    served = [(m.model_id, m) for m in catalog.models] if names is None else [(n, catalog.get(n)) for n in names]
+    """The model list: one card per name a request may use (each model's id, then its aliases),
+    or these names (ids or aliases) as named. `root` is the model's id, as vLLM writes it."""
+    served = ([(n, m) for m in catalog.models for n in (m.model_id, *m.aliases)] if names is None
+              else [(n, catalog.get(n)) for n in names])
     return {
         "object": "list",
         "data": [
@@ -59,6 +61,7 @@ def models_body(catalog: ModelCatalog, names: list[str] | None = None) -> dict:
                 "object": "model",
                 "created": m.created,
                 "owned_by": "chatforge",
+                "root": m.model_id,
                 "context_length": m.context_length,
                 "max_model_len": m.context_length,
             }

@@ -165,6 +165,7 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    root: str  # the model's id; differs from `id` on an alias's card
     context_length: int
     max_model_len: int
 
