@@ -138,6 +138,7 @@ UNIQUE = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItem
         ({"tools": [WEATHER, FunctionTool("tag", UNIQUE, strict=True)]}, (), "tools[1].function.parameters", "uniqueItems"),
         ({"tools": [WEATHER, FunctionTool("big", HUGE)]}, (), "tools[1].function.parameters", "65536 bytes"),
         ({"tools": [WEATHER], "tool_choice": ToolChoice("function", "search")}, (), "tool_choice", "search"),
+        ({"tool_choice": ToolChoice("required")}, (), "tool_choice", "needs tools"),
         ({"tools": [FunctionTool(f"f{i}") for i in range(129)]}, (), "tools", "128"),
         ({"tools": [WEATHER, FunctionTool("get_weather")]}, (), "tools[1].function.name", "twice"),
         ({"tools": [WEATHER], "output_format": OutputFormat(LarkGrammar('start: "a"'), "structured_outputs.grammar", "grammar")},

@@ -30,7 +30,7 @@ from chatforge.text.chat_template import ChatTemplate
 from chatforge.text.structured import (
     CompiledGrammar, Constraint, JsonSchema, StructuredOutputError, lark_expression,
 )
-from chatforge.text.tool_format import ToolCallFormat, ToolSpecError, no_call_grammar, tool_call_grammar
+from chatforge.text.tool_format import ToolCallFormat, ToolSpecError, check_tools, no_call_grammar, tool_call_grammar
 from chatforge.text.tool_prompt import prepare_tool_prompt
 
 NONE, AUTO = ToolChoice("none"), ToolChoice("auto")
@@ -82,6 +82,10 @@ def wire_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 def render_input(model: ServedModel, template: ChatTemplate, req: ChatRequest, messages: Sequence[ChatMessage]) -> RenderInput:
     wire = wire_messages(messages)
     if not uses_tools(req, messages):
+        try:
+            check_tools([], tool_choice(req))  # a tool_choice that asks for calls needs tools
+        except ToolSpecError as e:
+            raise InvalidRequestError(e.message, param=e.param) from None
         return RenderInput(wire, None, None)
     try:
         p = prepare_tool_prompt(template, wire, req.tools, tool_choice(req), instruction=req.tool_prompt,
