@@ -230,3 +230,17 @@ def test_constrained_requests_are_counted(http):
                                                  "structured_outputs": {"choice": ["sunny", "rainy"]}})
     assert r.json()["choices"][0]["message"]["content"] in ("sunny", "rainy")
     assert count(http.get("/metrics").text) == before + 1
+
+
+def test_grammar_errors_are_counted_per_model(catalog):
+    from chatforge.api.metrics import Metrics
+    from chatforge.service.errors import ConstraintFailedError, InvalidRequestError
+
+    metrics = Metrics(catalog)
+    metrics.observe_constrained(MODEL, "json_schema", ConstraintFailedError("fuel"))
+    metrics.observe_constrained(MODEL, "tools", InvalidRequestError("not a grammar error"))
+    metrics.observe_constrained(MODEL, None, None)
+    text = metrics.render().decode()
+    assert f'chatforge_grammar_errors_total{{model="{MODEL}"}} 1.0' in text
+    assert f'chatforge_constrained_requests_total{{kind="json_schema",model="{MODEL}"}} 1.0' in text
+    assert f'chatforge_constrained_requests_total{{kind="tools",model="{MODEL}"}} 1.0' in text

@@ -123,6 +123,8 @@ def test_output_formats_compile_for_the_model(make_catalog, tokenizer):
         assert prep.constraint_kind == kind and prep.sampling.grammar.vocab_size == catalog.default.structured.vocab_size
     plain = service.prepare(ask("Hi"))
     assert plain.sampling.grammar is None and plain.constraint_kind is None and plain.tool_format is None
+    nothing_to_call = service.prepare(ask("Hi", tools=[], tool_choice=ToolChoice("auto")))  # as some agents send it
+    assert nothing_to_call.sampling.grammar is None and nothing_to_call.prompts[0].text == plain.prompts[0].text
 
 
 HUGE = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 100} for i in range(700)}}

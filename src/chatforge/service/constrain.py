@@ -100,7 +100,7 @@ def constrain(model: ServedModel, req: ChatRequest, tool_format: ToolCallFormat 
     no calls possible). `tool_format`: the one the tool prompt taught, None when no tool is in
     the conversation. Takes 1-60 ms: call it off the event loop."""
     output, choice = req.output_format, tool_choice(req)
-    if tool_format is None or choice.mode == "none":
+    if tool_format is None or choice.mode == "none" or not req.tools:
         if output is not None:
             return Constrained(_compile(model, output.constraint, lambda: (output.param, None)), output.kind, None)
         if tool_format is not None:  # a history with calls: no markup may start another one

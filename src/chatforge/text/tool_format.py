@@ -129,7 +129,7 @@ def check_tools(tools: Sequence[FunctionTool], choice: ToolChoice, limits: Struc
             check_schema(params if params is not None else _NO_ARGUMENTS, limits)
         except StructuredOutputError as e:
             raise ToolSpecError(e.message, f"tools[{i}].function.parameters") from None
-    if choice.mode != "none" and not tools:
+    if choice.mode in ("required", "function") and not tools:  # "auto" with nothing to call is "none"
         raise ToolSpecError(f"tool_choice {choice.mode!r} needs tools", "tool_choice")
     if choice.mode == "function" and choice.function not in seen:
         raise ToolSpecError(f"tool_choice names the function {choice.function!r}, which is not in tools", "tool_choice")
@@ -143,11 +143,12 @@ def tool_call_grammar(
     limits: StructuredLimits = StructuredLimits(),
     content: str | None = None,
 ) -> LarkGrammar | None:
-    """The grammar that enforces `choice` in `fmt`; None for "none" (free text, no parsing).
+    """The grammar that enforces `choice` in `fmt`; None for "none", or "auto" without tools
+    (free text, no parsing).
     `content` (with "auto"): a Lark expression the content must match instead of free text
     (text/structured.py's `lark_expression`); parse the answer with `fmt` made `leading`."""
     check_tools(tools, choice)
-    if choice.mode == "none":
+    if choice.mode == "none" or not tools:
         return None
     chosen = [(i, t) for i, t in enumerate(tools) if choice.mode != "function" or t.name == choice.function]
     rules = []
