@@ -80,3 +80,17 @@ def test_max_tokens_inside_a_call_keeps_what_was_sent_and_says_so(smol):
     end = reader.finish()
     assert end.text == "" and reader.truncated
     assert [(c.name, c.arguments) for c in reader.calls] == [("note", '{"text": "unfin')]
+
+
+@pytest.mark.parametrize("fmt", [SMOLLM2, dataclasses.replace(SMOLLM2, leading=True)])
+def test_max_tokens_inside_the_opening_marker_leaves_neither_call_nor_markup(smol, fmt):
+    # (a leading format's output that began with content is all content, markers included)
+    for text in ("<", "  <tool_c") if fmt.leading else ("<", "Let me check. <tool_c"):
+        reader = OutputReader(smol, (), fmt)
+        sent = reader.push(smol.encode(text)).text
+        end = reader.finish(cut=True)
+        assert "<" not in sent + end.text and end.tool_calls == [] and reader.calls == []
+        assert sent + end.text == text.partition("<")[0].rstrip()
+    # an output that ended by itself with it wrote it as text
+    reader = OutputReader(smol, (), SMOLLM2)
+    assert reader.push(smol.encode("Use a <")).text + reader.finish().text == "Use a <"

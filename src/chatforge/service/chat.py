@@ -92,7 +92,7 @@ class _PromptRun:
             step = state.reader.push(out.new_token_ids)
             reason = out.finish_reason
             if step.stop is None and reason is not None:
-                end = state.reader.finish()
+                end = state.reader.finish(cut=reason is FinishReason.LENGTH)
                 step.text += end.text
                 step.tool_calls += end.tool_calls
             text, calls = step.text, step.tool_calls

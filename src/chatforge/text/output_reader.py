@@ -62,16 +62,17 @@ class OutputReader:
             return OutputStep(step.delta, stop=step.stop)
         return self._read(self._parser.feed(step.delta), final=False)
 
-    def finish(self) -> OutputStep:
+    def finish(self, cut: bool = False) -> OutputStep:
         """The end of the output: what was held back (an incomplete character, the start of a
-        possible stop string or marker), and whether a call was left open."""
+        possible stop string or marker), and whether a call was left open. `cut`: max_tokens
+        ended it, so the start of a marker was the start of a call (dropped), not text."""
         if self._ended:
             return OutputStep(stop=self._stop)
         self._ended = True
         tail = self._detok.flush()
         if self._parser is None:
             return OutputStep(tail)
-        return self._read(self._parser.feed(tail) + self._parser.finish(), final=True)
+        return self._read(self._parser.feed(tail) + self._parser.finish(cut), final=True)
 
     @property
     def _stop(self) -> str | None:

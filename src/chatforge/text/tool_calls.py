@@ -15,7 +15,8 @@ is held is released by the next text or by `finish()`).
 Decisions are taken only on text that is already complete (a marker, a key, a string), never on
 a guess, so any split of the same text gives the same events up to how adjacent fragments are
 cut. `finish()` ends the text: held-back content is released; a call cut short (max_tokens in the
-middle of its arguments) keeps what was sent of it and `truncated` is set, in both modes alike.
+middle of its arguments) keeps what was sent of it and `truncated` is set, in both modes alike;
+cut short in its opening marker, it is no call and no content.
 Text that breaks the format inside a block (only possible when no grammar forced it) is dropped,
 never shown as content, and `malformed` is set.
 
@@ -102,11 +103,18 @@ class ToolCallParser:
         self._run()
         return self._take()
 
-    def finish(self) -> list[ToolCallEvent]:
-        """The end of the output: release held content, note a block left open."""
+    def finish(self, cut: bool = False) -> list[ToolCallEvent]:
+        """The end of the output: release held content, note a block left open. `cut`: the
+        output was cut short (max_tokens), so a held start of the opening marker was a call
+        beginning: it is dropped, never shown as content (an output that ended by itself with
+        it wrote it as text)."""
         self._run()
         if self._state == "content":
-            held = self._buf.rstrip(_WS) if self.calls else self._buf
+            held = self._buf
+            opening = _marker_prefix_len(held, self.fmt.open) if cut else 0
+            if opening:
+                held, self.truncated = held[:-opening].rstrip(_WS), True
+            held = held.rstrip(_WS) if self.calls else held
             if held:
                 self._content(held)
         elif self._state != "broken":

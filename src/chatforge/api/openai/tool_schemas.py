@@ -54,7 +54,7 @@ class MessageToolCall(WireModel):
 class JsonSchemaFormat(WireModel):
     name: str
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema", description="default: any JSON")
     strict: bool | None = Field(default=None, description="accepted; the output follows the schema either way")
 
 
