@@ -156,8 +156,9 @@ def test_none_with_calls_in_the_history_forbids_only_the_opening_marker(smol, st
         matcher = grammar.matcher()
         return all(matcher.accept(t) for t in smol.encode(text)) and matcher.accept(2)
 
-    assert takes("It is sunny in Bern, <tool> and </tool_call> are just words.\n")
+    assert takes("It is sunny in Bern, <tool> and <b>tool_call</b> are just words.\n")
     assert not takes("Sure. <tool_call>[]</tool_call>")
+    assert not takes("It ends </tool_call>")
 
 
 @pytest.mark.parametrize(
@@ -196,6 +197,7 @@ def test_free_text_never_echoes_the_tool_result_wrapper(smol, structured, choice
 
     assert takes("It is sunny in Bern.")
     assert not takes("<tool_response>\nIt is sunny in Bern.\n</tool_response>")
+    assert not takes("<tool_response]</tool_response>")  # the near miss the bundled model wrote
     if choice.mode == "auto":
         assert not takes(f"<tool_response>sunny</tool_response><tool_call>[{W}]</tool_call>")
         assert takes(f"Checking.<tool_call>[{W}]</tool_call>")

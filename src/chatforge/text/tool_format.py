@@ -20,7 +20,8 @@ The grammars (llguidance Lark, each function's `parameters` inlined with `%json`
 - `parallel_tool_calls=False`: exactly one call;
 - `none` (`no_call_grammar`): free text that never contains the opening marker, for a
   conversation whose history shows calls the model might imitate.
-Free text (`auto`'s and `none`'s) never contains the tool-result wrapper's opening either.
+Free text (`auto`'s and `none`'s) never contains the format's markup (`<tool_`, `</tool_`):
+in `auto` only the opening marker itself, which starts the calls.
 The call wrapper `{"name": "<name>", "arguments": ` is forced byte for byte, so choosing the
 name picks the function's own `%json` (its own strictness: a non-strict function's schema may
 ignore keywords llguidance cannot enforce). Arguments use the bounded JSON whitespace of
@@ -88,10 +89,12 @@ class ToolCallFormat:
     array: bool  # True: one block holds a JSON array of calls; False: one call per block
     separator: str = field(default="\n")  # between blocks, when array is False
     leading: bool = False  # calls, if any, begin the output (auto with a content constraint)
-    # How the prompt adapter wraps a tool's result (text/tool_prompt.py). Never in an answer:
-    # a small model echoes it after a result, so free text may not contain its opening.
+    # How the prompt adapter wraps a tool's result (text/tool_prompt.py).
     result_open: str = "<tool_response>"
     result_close: str = "</tool_response>"
+    # What begins any of the format's tags: never in free text. A small model echoes a tool's
+    # result in its wrapper, or a near miss of it (`<tool_response]`), after reading one.
+    markup: tuple[str, ...] = ("<tool_", "</tool_")
 
     def render_calls(self, calls: Sequence[tuple[str, str]]) -> str:
         """Past calls (name, arguments as JSON text, used verbatim) as the model writes them."""
@@ -163,7 +166,7 @@ def tool_call_grammar(
 
 def no_call_grammar(fmt: ToolCallFormat) -> LarkGrammar:
     """Free text in which the format's opening marker never appears (tool_choice "none")."""
-    return LarkGrammar(f"start: TEXT\n{_free_text('TEXT', fmt.open, fmt.result_open)}\n")
+    return LarkGrammar(f"start: TEXT\n{_free_text('TEXT', *fmt.markup)}\n")
 
 
 def _free_text(name: str, *never: str) -> str:
@@ -236,8 +239,8 @@ def _structure(fmt: ToolCallFormat, single: bool, lazy: bool, content: str | Non
         start = [f"start: content | {o} {rest}", f"content: {content}"]
     elif lazy:
         # Any text; or text up to the first opening marker (lazy: it ends there), then calls.
-        start = [f"start: TEXT | text_then_open {rest}", _free_text("TEXT", fmt.open, fmt.result_open),
-                 _free_text("PREFIX", fmt.result_open), f"text_then_open[lazy]: PREFIX {o}"]
+        start = [f"start: TEXT | text_then_open {rest}", _free_text("TEXT", *fmt.markup),
+                 _free_text("PREFIX", *fmt.markup), f"text_then_open[lazy]: PREFIX {o}"]
     else:
         start = [f"start: {o} {rest}"]
     return [*start, body, ws]
