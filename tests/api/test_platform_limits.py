@@ -101,12 +101,23 @@ async def test_20_concurrent_requests_against_rpm_5(tmp_path, server_at, limiter
     try:
         for _ in range(100):  # the server writes rows a few milliseconds after answering
             rows = await usage_rows(engine)
-            if len(rows) == 5:
+            if len(rows) == 20:
                 break
             await asyncio.sleep(0.05)
     finally:
         await engine.dispose()
-    assert sorted(row["request_id"] for row in rows) == sorted(r.headers["x-request-id"] for r in responses if r.status_code == 200)
+
+    def row_ids(status: str) -> list[str]:
+        return sorted(row["request_id"] for row in rows if row["status"] == status)
+
+    def answer_ids(code: int) -> list[str]:
+        return sorted(r.headers["x-request-id"] for r in responses if r.status_code == code)
+
+    assert row_ids("completed") == answer_ids(200)
+    # each refusal is a usage row of its own, without tokens or cost, under the id it was told
+    assert row_ids("rate_limited") == answer_ids(429)
+    assert {(row["prompt_tokens"], row["completion_tokens"], row["estimated_cost"])
+            for row in rows if row["status"] == "rate_limited"} == {(0, 0, 0.0)}
 
 
 def prompt_tokens(live, key: str) -> int:

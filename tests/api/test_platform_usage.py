@@ -151,7 +151,7 @@ def test_the_usage_command_sums_the_rows(metered):
         assert result.exit_code == 0, result.stderr
         (total,) = json.loads(result.stdout.strip().splitlines()[-1])
         assert total == {by: group, "requests": n, "prompt_tokens": p, "completion_tokens": c,
-                         "estimated_cost": pytest.approx(usd, rel=1e-12)}
+                         "estimated_cost": pytest.approx(usd, rel=1e-12), "rate_limited": 0}
         assert total["estimated_cost"] == pytest.approx(cost(p, c), rel=1e-9)
 
 

@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from chatforge.api import ops
+from chatforge.api import ops, usage
 from chatforge.api.egp import router as egp_router
 from chatforge.api.infomaniak import router as infomaniak_router
 from chatforge.api.metrics import Metrics
 from chatforge.api.openai import router as openai_router
+from chatforge.api.playground import router as playground_router
 from chatforge.api.serving import Serving
 from chatforge.platform.gate import Platform, is_loopback_host
 from chatforge.service.catalog import ModelCatalog
@@ -52,6 +53,8 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
     app.include_router(infomaniak_router.build_router())
     app.include_router(egp_router.build_router())
     app.include_router(ops.build_router())
+    app.include_router(usage.build_router())
+    app.include_router(playground_router.build_router())
     app.openapi = lambda: _openapi(app)
     return app
 
