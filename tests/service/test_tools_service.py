@@ -138,6 +138,8 @@ UNIQUE = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItem
         ({"output_format": OutputFormat(JsonSchema(HUGE), "response_format", "json_schema")}, (), "response_format", "65536 bytes"),
         ({"output_format": OutputFormat(Regex("(?=a)b"), "structured_outputs.regex", "regex")}, (), "structured_outputs.regex", "look"),
         ({"tools": [WEATHER, FunctionTool("tag", UNIQUE, strict=True)]}, (), "tools[1].function.parameters", "uniqueItems"),
+        ({"tools": [WEATHER], "tool_choice": ToolChoice("required"),  # unused by this answer, refused all the same
+          "output_format": OutputFormat(JsonSchema(UNIQUE), "response_format", "json_schema")}, (), "response_format", "uniqueItems"),
         ({"tools": [WEATHER, FunctionTool("big", HUGE)]}, (), "tools[1].function.parameters", "65536 bytes"),
         ({"tools": [WEATHER], "tool_choice": ToolChoice("function", "search")}, (), "tool_choice", "search"),
         ({"tool_choice": ToolChoice("required")}, (), "tool_choice", "needs tools"),

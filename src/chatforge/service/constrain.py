@@ -107,6 +107,8 @@ def constrain(model: ServedModel, req: ChatRequest, tool_format: ToolCallFormat 
             return Constrained(_compile(model, no_call_grammar(tool_format), lambda: ("tool_choice", None)), "tools", None)
         return Constrained(None, None, None)
     content = None
+    if output is not None:  # checked even when this answer can only be calls: never accepted unenforceable
+        _compile(model, output.constraint, lambda: (output.param, None))
     if output is not None and choice.mode == "auto":
         try:
             content = lark_expression(output.constraint, model.structured.limits)
@@ -130,14 +132,11 @@ def _compile(model: ServedModel, constraint: Constraint, culprit: Callable[[], t
 
 
 def _culprit(model: ServedModel, req: ChatRequest) -> tuple[str, str | None]:
-    """Which part of a tool-call grammar failed: it holds every function's schema (and maybe the
-    output format's), so each is compiled alone, on this error path only."""
-    parts = [(req.output_format.param, req.output_format.constraint)] if req.output_format is not None else []
-    parts += [(f"tools[{i}].function.parameters", JsonSchema(t.parameters if t.parameters is not None else {}, t.strict))
-              for i, t in enumerate(req.tools)]
-    for param, constraint in parts:
+    """Which function's schema broke a tool-call grammar (which holds them all): each is
+    compiled alone, on this error path only."""
+    for i, tool in enumerate(req.tools):
         try:
-            model.structured.compile(constraint)
+            model.structured.compile(JsonSchema(tool.parameters if tool.parameters is not None else {}, tool.strict))
         except StructuredOutputError as e:
-            return param, e.message
+            return f"tools[{i}].function.parameters", e.message
     return "tools", None
