@@ -117,3 +117,12 @@ def test_no_tool_golden_file_is_stale():
         *(f"structured_outputs_{n}" for n in ("json", "regex", "choice", "grammar")),
         *(f"tgi_{n}" for n in ("json", "json_object_value", "json_object", "regex")),
     }
+
+
+def test_every_finish_reason_the_service_gives_has_each_dialects_spelling():
+    from chatforge.api.egp import translate as egp
+    from chatforge.api.infomaniak import translate as infomaniak
+
+    served = set(FinishReason) - {FinishReason.GRAMMAR_ERROR}  # the service raises ConstraintFailedError instead
+    assert set(openai.FINISH) == served
+    assert set(egp.FINISH) == set(infomaniak.FINISH) == served - {FinishReason.TOOL_CALLS}  # they refuse tools
