@@ -87,7 +87,7 @@ async def test_each_response_equals_its_usage_row(metered, route, stream):
     c = chat_call(route, metered.key, scope=SCOPES.get(route), max_tokens=6, stream=stream,
                   prompt=f"Say something about a {MARKER}.")
     body = dict(c.body)
-    if stream and route in ("openai", "deepinfra", "successor"):
+    if stream and route in ("openai", "deepinfra", "successor", "completions"):
         body["stream_options"] = {"include_usage": True}
     r = metered.http.post(c.path, json=body, headers=c.headers)
     assert r.status_code == 200, r.text

@@ -85,21 +85,26 @@ def _offers(scope: ModelScope, model: ServedModel, catalog: ModelCatalog) -> boo
     return not scope.models or any(m in catalog and catalog.get(m) is model for m in scope.models)
 
 
-def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Prompt:
-    template = model.template
+def chat_template(model: ServedModel, req: ChatRequest) -> ChatTemplate:
+    """The template that renders this request's conversation: its own (EGP), else the model's."""
     if req.chat_template is not None:
         try:
-            template = ChatTemplate(req.chat_template, model.tokenizer.special_tokens)
+            return ChatTemplate(req.chat_template, model.tokenizer.special_tokens)
         except ChatTemplateError as e:
             raise InvalidRequestError(f"chat_template: {e}", param="chat_template") from None
-    if template is None:  # a base model: raw prompts only, unless its operator gave it a template
+    if model.template is None:  # a base model: raw prompts only, unless its operator gave it a template
         raise InvalidRequestError(
             f"the model `{model.model_id}` has no chat template, so it cannot take chat messages; "
             "the server's operator can give it one (--chat-template NAME_OR_FILE, named: "
             f"{', '.join(NAMED_TEMPLATES)}; or chat_template in its [[models]] entry)", param="model")
+    return model.template
+
+
+def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Prompt:
+    template = chat_template(model, req)
     messages = list(req.messages)
     while True:
-        text, tool_format = _render(model, template, messages, req)
+        text, tool_format = render(model, template, messages, req)
         ids = model.tokenizer.encode(text)
         if not ids:
             raise InvalidRequestError("the conversation renders to an empty prompt", param="messages")
@@ -130,8 +135,11 @@ def _raw_prompt(model: ServedModel, prompt: str | list[int], req: ChatRequest, w
     return Prompt(text, tuple(ids))
 
 
-def _render(model: ServedModel, template: ChatTemplate, messages: list[ChatMessage],
-            req: ChatRequest) -> tuple[str, ToolCallFormat | None]:
+def render(model: ServedModel, template: ChatTemplate, messages: list[ChatMessage],
+           req: ChatRequest) -> tuple[str, ToolCallFormat | None]:
+    """The conversation as prompt text, by `template` with the request's template arguments
+    (tools, past calls and results as service/constrain.py has the template read them), and the
+    tool-call format the prompt taught, if tools are in it."""
     clash = RESERVED_TEMPLATE_VARIABLES.intersection(req.chat_template_kwargs)
     if clash:
         raise InvalidRequestError(f"chat_template_kwargs may not set {sorted(clash)}", param="chat_template_kwargs")

@@ -15,7 +15,8 @@ from typing import Any
 
 from chatforge.engine.outputs import FinishReason
 from chatforge.engine.sampling_params import SamplingParams
-from chatforge.text.structured import Constraint
+from chatforge.text.structured import Choice as ChoiceConstraint
+from chatforge.text.structured import Constraint, JsonObject, JsonSchema, LarkGrammar, Regex
 from chatforge.text.tool_calls import ToolCall, ToolCallArguments, ToolCallStart
 from chatforge.text.tool_format import FunctionTool, ToolChoice
 
@@ -23,6 +24,7 @@ __all__ = [
     "ChatMessage", "SamplingParams", "ModelScope", "ChatRequest", "TokenInfo", "TokenLogprobs",
     "ChoiceDelta", "ChatEvent", "Choice", "ChatResult", "Usage", "FinishReason", "OutputFormat",
     "FunctionTool", "ToolChoice", "ToolCall", "ToolCallStart", "ToolCallArguments", "ToolCallDelta",
+    "Constraint", "JsonSchema", "JsonObject", "Regex", "ChoiceConstraint", "LarkGrammar",
 ]
 
 ToolCallDelta = ToolCallStart | ToolCallArguments
@@ -91,7 +93,7 @@ class TokenInfo:
     token: str  # the token's text (may be a partial UTF-8 sequence shown with replacement)
     token_id: int
     bytes: list[int]
-    logprob: float
+    logprob: float | None  # None only for a prompt's first token: nothing precedes it
 
 
 @dataclass
@@ -119,8 +121,8 @@ class ChoiceDelta:
     logprobs: list[TokenLogprobs] | None = None
     finish_reason: FinishReason | None = None
     # On a choice's first delta when the request asked for the prompt's logprobs: one per
-    # prompt token, None for the first (nothing precedes it).
-    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # prompt token (the first one's logprob is None: nothing precedes it).
+    prompt_logprobs: list[TokenLogprobs] | None = None
     # Tool calls begun and their arguments' next fragments, after `text` (the model's exact JSON).
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
@@ -141,7 +143,7 @@ class Choice:
     text: str
     finish_reason: FinishReason  # TOOL_CALLS when the answer ended with calls
     logprobs: list[TokenLogprobs] | None = None
-    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)  # in the order the model wrote them
 
 

@@ -15,9 +15,9 @@ from chatforge.api.openai.tool_schemas import (
 )
 from chatforge.service.errors import InvalidRequestError
 from chatforge.service.protocol import (
-    FunctionTool, OutputFormat, ToolCall, ToolCallDelta, ToolCallStart, ToolChoice,
+    ChoiceConstraint, FunctionTool, JsonObject, JsonSchema, LarkGrammar, OutputFormat, Regex, ToolCall, ToolCallDelta,
+    ToolCallStart, ToolChoice,
 )
-from chatforge.text.structured import Choice, JsonObject, JsonSchema, LarkGrammar, Regex
 
 
 def tools(wire: list[Tool] | None) -> list[FunctionTool]:
@@ -71,7 +71,7 @@ def _structured_outputs(s: StructuredOutputs) -> OutputFormat:
     if name == "regex":
         return OutputFormat(Regex(s.regex), "structured_outputs.regex", "regex")
     if name == "choice":
-        return OutputFormat(Choice(tuple(s.choice)), "structured_outputs.choice", "choice")
+        return OutputFormat(ChoiceConstraint(tuple(s.choice)), "structured_outputs.choice", "choice")
     return OutputFormat(LarkGrammar(s.grammar), "structured_outputs.grammar", "grammar")
 
 

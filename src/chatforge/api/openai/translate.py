@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatforge.api.openai import tool_translate
-from chatforge.api.openai.schemas import ChatCompletionRequest, ImagePart, Message, ProductChatCompletionRequest
+from chatforge.api.openai.schemas import ChatCompletionRequest, ImagePart, Message, ProductChatCompletionRequest, SamplingFields
 from chatforge.api.sse import sse_data
 from chatforge.api.wire import join_text_parts, logprobs_dict
 from chatforge.errors import ChatforgeError
@@ -35,9 +35,29 @@ def to_internal(body: ChatCompletionRequest, request_id: str, *, max_tokens_cap:
         raise InvalidRequestError(f"max_tokens must be at most {max_tokens_cap}", param="max_tokens")
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+    params = sampling_params(body, max_tokens=max_tokens, n=body.n, logprobs=body.logprobs,
+                             top_logprobs=body.top_logprobs or 0)
+    return ChatRequest(
+        request_id=request_id,
+        model=body.model,
+        messages=[message(m, i) for i, m in enumerate(body.messages)],
+        params=params,
+        stream=body.stream,
+        chat_template_kwargs=dict(body.chat_template_kwargs or {}),
+        tools=tool_translate.tools(body.tools),
+        tool_choice=tool_translate.tool_choice(body.tool_choice),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        tool_prompt=body.tool_prompt if isinstance(body, ProductChatCompletionRequest) else None,
+        output_format=tool_translate.output_format(body.response_format, body.structured_outputs),
+    )
+
+
+def sampling_params(body: SamplingFields, *, max_tokens: int | None, n: int, logprobs: bool, top_logprobs: int,
+                    prompt_logprobs: int | None = None) -> SamplingParams:
+    """The engine's parameters from the fields both routes share, with this dialect's defaults."""
     if max_tokens is not None and body.min_tokens > max_tokens:
         raise InvalidRequestError("min_tokens must not exceed max_tokens", param="min_tokens")
-    params = SamplingParams(
+    return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=max(body.top_k or 0, 0),
@@ -52,26 +72,14 @@ def to_internal(body: ChatCompletionRequest, request_id: str, *, max_tokens_cap:
         stop=_stop(body.stop),
         stop_token_ids=list(body.stop_token_ids or []),
         ignore_eos=body.ignore_eos,
-        logprobs=body.logprobs,
-        top_logprobs=body.top_logprobs or 0,
-        n=body.n,
-    )
-    return ChatRequest(
-        request_id=request_id,
-        model=body.model,
-        messages=[_message(m, i) for i, m in enumerate(body.messages)],
-        params=params,
-        stream=body.stream,
-        chat_template_kwargs=dict(body.chat_template_kwargs or {}),
-        tools=tool_translate.tools(body.tools),
-        tool_choice=tool_translate.tool_choice(body.tool_choice),
-        parallel_tool_calls=body.parallel_tool_calls is not False,
-        tool_prompt=body.tool_prompt if isinstance(body, ProductChatCompletionRequest) else None,
-        output_format=tool_translate.output_format(body.response_format, body.structured_outputs),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        n=n,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
-def _message(m: Message, i: int) -> ChatMessage:
+def message(m: Message, i: int) -> ChatMessage:
     if m.tool_calls and m.role != "assistant":
         raise InvalidRequestError("only assistant messages carry tool_calls", param=f"messages[{i}].tool_calls")
     if m.role == "tool" and m.tool_call_id is None:
