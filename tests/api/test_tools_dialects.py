@@ -54,3 +54,16 @@ def test_egp_refuses_them_in_its_envelope(http, field, value):
     assert r.status_code == 400
     body = r.json()
     assert body["param"] == field and field in body["detail"]
+
+
+def test_tokenize_counts_a_tool_history_as_chat_renders_it(http):
+    history = [
+        {"role": "user", "content": "Weather in Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    counted = http.post("/tokenize", json={"model": "smollm2", "messages": history})
+    chat = http.post("/v1/chat/completions", json={"model": "smollm2", "messages": history, "max_tokens": 1})
+    assert counted.status_code == chat.status_code == 200, (counted.text, chat.text)
+    assert counted.json()["count"] == chat.json()["usage"]["prompt_tokens"]
