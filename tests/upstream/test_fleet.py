@@ -167,6 +167,22 @@ def test_every_dialect_answers_through_a_gateway_for_both_models(fleet):
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"  # its stop id ended it, and is not in the text
 
 
+def test_a_constrained_answer_is_compiled_on_the_gateway_and_enforced_on_the_node(fleet):
+    key = fleet.keys["open"][0]
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+              "additionalProperties": False}
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Where is the Eiffel tower? Answer in JSON."}],
+            "max_tokens": 40, "temperature": 0,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}}
+    r = httpx.post(fleet.gateways[2].url + "/v1/chat/completions", json=body, headers=bearer(key), timeout=120)
+    assert r.status_code == 200, r.text
+    answer = json.loads(r.json()["choices"][0]["message"]["content"])
+    assert set(answer) == {"city"} and isinstance(answer["city"], str)
+    refused = httpx.post(fleet.gateways[2].url + "/v1/chat/completions", json={**body, "model": FAKE}, headers=bearer(key),
+                         timeout=60)
+    assert refused.status_code == 400 and "response_format" in refused.json()["error"]["message"], refused.text
+
+
 def test_a_field_the_third_party_engine_cannot_honour_is_refused_by_name(fleet):
     key = fleet.keys["open"][0]
     served = fleet.fake.served

@@ -16,6 +16,7 @@ import pytest
 from chatforge.engine import errors as engine_errors
 from chatforge.engine.outputs import FinishReason
 from chatforge.engine.sampling_params import SamplingParams
+from chatforge.service.errors import InvalidRequestError
 from chatforge.settings import FleetConfig, UpstreamEntry
 from chatforge.upstream.client import build_client
 from chatforge.upstream.health import Upstream
@@ -152,10 +153,14 @@ async def test_finish_ends_the_request_at_once_and_frees_the_node(fakes):
 
 async def test_fields_an_upstream_kind_cannot_honour_are_refused_by_name(fakes):
     engine = make_engine([(fakes[0][1].url, "vllm")])
-    with pytest.raises(InvalidFieldError) as caught:
+    with pytest.raises(InvalidRequestError) as before_admission:  # what prepare() asks, before any reservation
+        engine.check_sampling(SamplingParams(max_tokens=2, typical_p=0.5))
+    assert before_admission.value.param == "typical_p" and before_admission.value.status == 400
+    with pytest.raises(InvalidFieldError) as caught:  # and the engine itself, if asked to run it anyway
         await collect(engine, "c1", SamplingParams(max_tokens=2, typical_p=0.5))
     assert caught.value.param == "typical_p" and "typical_p" in str(caught.value)
     mixed = make_engine([(fakes[0][1].url, "vllm"), (fakes[1][1].url, "chatforge")])
+    mixed.check_sampling(SamplingParams(max_tokens=2, typical_p=0.5))  # one of them honours it
     served = fakes[1][0].served
     await collect(mixed, "c2", SamplingParams(max_tokens=2, typical_p=0.5))  # goes where it is honoured
     assert fakes[1][0].served == served + 1

@@ -3,7 +3,7 @@ that runs each."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -12,8 +12,10 @@ from chatforge.settings import ModelEntry, ModelPrice
 
 if TYPE_CHECKING:
     from chatforge.engine.async_engine import AsyncEngine
+    from chatforge.engine.sampling_params import SamplingParams
     from chatforge.models.source import ModelSource
     from chatforge.text.chat_template import ChatTemplate
+    from chatforge.text.structured import StructuredOutput
     from chatforge.text.tokenizer import Tokenizer
 
 
@@ -23,10 +25,14 @@ class ServedModel:
     tokenizer: Tokenizer
     template: ChatTemplate | None  # None: the model has none and none was configured (chat is refused)
     engine: AsyncEngine  # or upstream.remote_engine.RemoteEngine: the same surface, on other machines
+    structured: StructuredOutput  # compiles constraints for this model's vocabulary (built at load, ~0.5 s)
     context_length: int
     created: int  # unix time the model was loaded, for /v1/models
     price: ModelPrice = field(default_factory=ModelPrice)
     aliases: tuple[str, ...] = ()
+    # Raises InvalidRequestError for sampling its engine cannot honour, before admission (a
+    # model on upstreams that do not take every field); None: the engine takes them all.
+    check_sampling: Callable[[SamplingParams], None] | None = None
 
 
 def served_names(entry: ModelEntry, source: ModelSource) -> tuple[str, tuple[str, ...]]:

@@ -92,6 +92,15 @@ Constraint = JsonSchema | JsonObject | Regex | Choice | LarkGrammar
 
 
 @dataclass(frozen=True)
+class CompiledSource:
+    """llguidance's grammar text as `compile` made it (`CompiledGrammar.source`): how a constraint
+    a gateway compiled travels to the node that runs the request (upstream/protocol.py), to be
+    compiled there again for the node's own matchers."""
+
+    source: str
+
+
+@dataclass(frozen=True)
 class StructuredLimits:
     max_source_bytes: int = 64 * 1024  # one schema as JSON, a regex, the choices together
     max_grammar_bytes: int = 512 * 1024  # a Lark grammar (a tool-call grammar holds every tool's schema)
@@ -198,7 +207,7 @@ class StructuredOutput:
         threads = mask_threads or len(os.sched_getaffinity(0))
         self._filler = _MaskFiller(threads)
 
-    def compile(self, constraint: Constraint) -> CompiledGrammar:
+    def compile(self, constraint: Constraint | CompiledSource) -> CompiledGrammar:
         """Validate and compile; raises StructuredOutputError naming what is wrong."""
         source = _grammar_source(constraint, self.limits)
         ll = llguidance.LLMatcher(self.ll_tokenizer, source, log_level=0, limits=self._parser_limits)
@@ -249,7 +258,7 @@ class _VocabularyView:
 # -- constraint -> llguidance grammar text ---------------------------------------------------
 
 
-def _grammar_source(c: Constraint, limits: StructuredLimits) -> str:
+def _grammar_source(c: Constraint | CompiledSource, limits: StructuredLimits) -> str:
     """llguidance's grammar text for a constraint."""
     if isinstance(c, JsonObject):
         c = JsonSchema({"type": "object"})
@@ -267,7 +276,48 @@ def _grammar_source(c: Constraint, limits: StructuredLimits) -> str:
     if isinstance(c, LarkGrammar):
         _check_text("grammar", c.source, limits.max_grammar_bytes)
         return llguidance.LLMatcher.grammar_from_lark(c.source)
+    if isinstance(c, CompiledSource):
+        _check_text("grammar", c.source, limits.max_grammar_bytes)
+        return c.source
     raise TypeError(f"not a constraint: {type(c).__name__}")
+
+
+def lark_expression(c: Constraint, limits: StructuredLimits = StructuredLimits()) -> str:
+    """The constraint as one Lark expression, to embed in a larger grammar (the content
+    alternative of a tool-call grammar). A Lark grammar of its own cannot be embedded."""
+    if isinstance(c, JsonObject):
+        c = JsonSchema({"type": "object"})
+    if isinstance(c, JsonSchema):
+        schema = check_schema(c.schema, limits)
+        schema.pop("x-guidance", None)
+        return "%json " + json.dumps({"x-guidance": json_options(c.strict), **schema})
+    if isinstance(c, Regex):
+        _check_text("regex", c.pattern, limits.max_source_bytes)
+        return "/" + _lark_regex_body(c.pattern) + "/"
+    if isinstance(c, Choice):
+        return "(" + _choice_lark(c.options, limits).removeprefix("start: ") + ")"
+    if isinstance(c, LarkGrammar):
+        raise StructuredOutputError("a Lark grammar cannot be combined with tools", "invalid")
+    raise TypeError(f"not a constraint: {type(c).__name__}")
+
+
+def _lark_regex_body(pattern: str) -> str:
+    """`pattern` between Lark's slashes: its unescaped slashes and its line breaks escaped."""
+    out, escaped = [], False
+    for ch in pattern:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            out.append(ch)
+            escaped = True
+        elif ch == "/":
+            out.append("\\/")
+        elif ch in "\n\r":
+            out.append("\\n" if ch == "\n" else "\\r")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def json_options(strict: bool) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from chatforge.models.source import resolve_model
 from chatforge.service.catalog import ModelCatalog, ServedModel, priced, served_names
 from chatforge.settings import ModelEntry, Settings
 from chatforge.text.named_templates import template_for_model
+from chatforge.text.structured import StructuredOutput
 from chatforge.text.tokenizer import load_tokenizer
 from chatforge.upstream.client import build_client
 from chatforge.upstream.health import Upstream
@@ -38,15 +39,21 @@ def remote_model(entry: ModelEntry, settings: Settings) -> ServedModel:
     stop_ids = sorted(tokenizer.end_of_turn_ids)
     upstreams = [Upstream(build_client(u, model_id, settings.fleet, stop_ids)) for u in entry.upstreams]
     context = min(settings.engine.max_model_len or config.max_position_embeddings, config.max_position_embeddings)
+    # Constraints are compiled here too: a bad one is refused before admission, as on a node, and
+    # what a node receives is the compiled grammar's text.
+    structured = StructuredOutput(tokenizer, config.vocab_size, eos_token_ids=stop_ids, mask_threads=1)
     log.info("%s on %d upstream(s): %s", model_id, len(upstreams), ", ".join(f"{u.kind} {u.url}" for u in upstreams))
+    engine = RemoteEngine(model_id, upstreams, settings.fleet)
     return ServedModel(
         model_id=model_id,
         tokenizer=tokenizer,
         template=template,
-        engine=RemoteEngine(model_id, upstreams, settings.fleet),
+        engine=engine,
+        structured=structured,
         context_length=context,
         created=int(time.time()),
         aliases=aliases,
+        check_sampling=engine.check_sampling,
     )
 
 

@@ -29,6 +29,7 @@ from chatforge.engine import errors as engine_errors
 from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutput
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.engine.stats import EngineStats
+from chatforge.service import errors as service_errors
 from chatforge.settings import FleetConfig
 from chatforge.upstream.balancer import Balancer
 from chatforge.upstream.capabilities import refusal_message, unhonoured
@@ -210,6 +211,13 @@ class RemoteEngine:
                 await reader
             except BaseException:  # noqa: BLE001 - cancelled, or its error was already relayed
                 pass
+
+    def check_sampling(self, params: SamplingParams) -> None:
+        """The service's refusal (before admission) of a field no upstream here honours."""
+        capable = [u for u in self.upstreams if unhonoured(u.kind, params) is None]
+        if not capable:
+            name = unhonoured(self.upstreams[0].kind, params)
+            raise service_errors.InvalidRequestError(refusal_message(name, [u.kind for u in self.upstreams]), param=name)
 
     def _capable(self, params: SamplingParams) -> list[Upstream]:
         capable = [u for u in self.upstreams if unhonoured(u.kind, params) is None]
