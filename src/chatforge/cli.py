@@ -101,6 +101,10 @@ async def open_remote_refusal(settings: Settings) -> str | None:
 
     if is_loopback_host(settings.host) or settings.allow_open_remote:
         return None
+    if settings.role == "node" and settings.fleet.node_token is None:
+        return (f"refusing to serve a node's internal routes on {settings.host} without a node token: anyone who can "
+                "reach it could generate with it. Set fleet.node_token (CHATFORGE_FLEET__NODE_TOKEN) on the node and "
+                "its gateways, listen on 127.0.0.1, or pass --allow-open-remote to serve openly on purpose.")
     await upgrade(settings.database_url)
     engine = create_engine(settings.database_url)
     try:

@@ -42,6 +42,12 @@ def test_a_gateway_refuses_a_model_without_upstreams(tmp_path):
     assert result.exit_code == 1 and "--gateway loads no weights" in result.output
 
 
+def test_a_node_beyond_loopback_needs_a_node_token(tmp_path):
+    result = runner.invoke(app, ["serve", "--engine-only", "--host", "0.0.0.0", "--database-url",
+                                 f"sqlite:///{tmp_path / 'db.sqlite'}"])
+    assert result.exit_code == 1 and "without a node token" in result.output
+
+
 def test_the_roles_exclude_each_other():
     result = runner.invoke(app, ["serve", "--gateway", "--engine-only"])
     assert result.exit_code == 1 and "pick one" in result.output

@@ -158,6 +158,13 @@ def test_every_dialect_answers_through_a_gateway_for_both_models(fleet):
         texts.append(json.dumps(r.json()))
     assert "Paris" in texts[0]  # the bundled model, on a chatforge node
     assert "Paris is lovely" in texts[1] and "Paris is lovely" in texts[3] and "Paris is lovely" in texts[5]  # the fake
+    completion = httpx.post(fleet.gateways[0].url + "/v1/completions", headers=bearer(key), timeout=120, json={
+        "model": "smollm2", "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "echo": True,
+        "logprobs": 1})
+    assert completion.status_code == 200, completion.text
+    logprobs = completion.json()["choices"][0]["logprobs"]  # the prompt's too, computed on a node
+    assert logprobs["token_logprobs"][0] is None and len(logprobs["token_logprobs"]) > 3
+    assert all(isinstance(lp, float) for lp in logprobs["token_logprobs"][1:])
     with httpx.stream("POST", fleet.gateways[1].url + "/v1/chat/completions", headers=bearer(key), timeout=120,
                       json={"model": FAKE, "messages": ask, "max_tokens": 30, "stream": True}) as r:
         frames = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
