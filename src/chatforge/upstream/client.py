@@ -1,8 +1,8 @@
 """One client per kind of upstream, each turning a request (prompt ids + sampling) into the engine's
 own `RequestOutput`s, so the remote engine above treats every kind alike.
 
-- `ChatforgeNodeClient`: a chatforge node's token-level stream (protocol.py). Exact: every
-  sampling field, logprobs, cached tokens, the stop id.
+- `ChatforgeNodeClient`: a chatforge node's token-level stream (protocol.py), over a lean
+  HTTP/1.1 client (http11.py). Exact: every sampling field, logprobs, cached tokens, the stop id.
 - `OpenAICompletionsClient`: `/v1/completions` of vLLM, llama.cpp's server, a router, or any
   OpenAI-compatible engine, with the prompt as token ids and `stream: true`. The generated ids
   come back as vLLM's `token_ids` (`return_token_ids`), or as the ids in llama.cpp's logprobs;
@@ -26,6 +26,7 @@ from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutp
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.settings import FleetConfig, UpstreamEntry
 from chatforge.upstream.errors import NodeFailure
+from chatforge.upstream.http11 import Http11Pool, NodeConnectionError
 from chatforge.upstream.protocol import (
     ERROR_TYPES, GENERATE_PATH, LOAD_PATH, ProtocolError, decode_output, engine_error, generate_body,
 )
@@ -75,10 +76,9 @@ class _Client:
     def _timeout(self, read: float | None) -> httpx.Timeout:
         return httpx.Timeout(connect=self.config.connect_timeout_s, read=read, write=self.config.connect_timeout_s, pool=None)
 
-    def _failure(self, response: httpx.Response, body: bytes) -> Exception:
+    def _failure(self, status: int, body: bytes) -> Exception:
         """The error for a refused call: the request's fault for 400/413/422, a busy node for 429,
         otherwise (5xx, or 401/403/404: a gateway or upstream misconfigured) the node's."""
-        status = response.status_code
         message = _message(body) or f"HTTP {status}"
         if status in (400, 413, 422):
             return engine_errors.InvalidRequestError(f"the upstream refused the request: {message}")
@@ -89,6 +89,14 @@ class _Client:
 
 class ChatforgeNodeClient(_Client):
     default_health_path = LOAD_PATH
+
+    def __init__(self, entry: UpstreamEntry, model: str, config: FleetConfig):
+        super().__init__(entry, model, config)
+        self.pool = Http11Pool(self.url, connect_timeout_s=config.connect_timeout_s)  # the request path (http11.py)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await super().close()
 
     def _read_probe(self, response: httpx.Response) -> Probe:
         try:
@@ -103,21 +111,23 @@ class ChatforgeNodeClient(_Client):
         body = generate_body(self.model, request_id, prompt_ids, params)
         headers = {**self.headers, "content-type": "application/json"}
         try:
-            async with self.http.stream("POST", self.url + GENERATE_PATH, content=body, headers=headers,
-                                        timeout=self._timeout(self.config.silence_timeout_s)) as response:
-                if response.status_code != 200:
-                    raise self._failure(response, await response.aread())
-                async for line in response.aiter_lines():
+            response = await self.pool.post(GENERATE_PATH, body, headers, self.config.silence_timeout_s)
+            try:
+                if response.status != 200:
+                    raise self._failure(response.status, await response.read())
+                async for line in response.lines():
                     if not line:
                         continue  # a heartbeat
                     message = json.loads(line)
                     if "error" in message:
                         raise _node_error(message["error"])
                     yield decode_output(request_id, message)
-        except httpx.TimeoutException as e:
-            raise NodeFailure(f"{self.url} was silent for too long ({type(e).__name__})", unreachable=True) from e
-        except httpx.TransportError as e:
-            raise NodeFailure(f"{self.url} went away ({type(e).__name__})", unreachable=True) from e
+            finally:
+                response.release()  # kept alive if read to the end; else closed (the node aborts)
+        except TimeoutError as e:
+            raise NodeFailure(f"{self.url} was silent for too long", unreachable=True) from e
+        except NodeConnectionError as e:
+            raise NodeFailure(f"{self.url} went away ({e})", unreachable=True) from e
         except (ValueError, ProtocolError) as e:
             raise NodeFailure(f"{self.url} sent a malformed line: {e}") from e
 
@@ -169,7 +179,7 @@ class OpenAICompletionsClient(_Client):
             async with self.http.stream("POST", self.url + "/v1/completions", json=self.body(prompt_ids, params),
                                         timeout=self._timeout(None)) as response:
                 if response.status_code != 200:
-                    raise self._failure(response, await response.aread())
+                    raise self._failure(response.status_code, await response.aread())
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue
