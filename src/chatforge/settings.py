@@ -87,7 +87,7 @@ class FleetConfig(BaseModel):
 
     node_token: str | None = Field(default=None, description="nodes require it on their internal routes; gateways send it")
     policy: Literal["cache_aware", "least_outstanding", "round_robin"] = "cache_aware"
-    affinity_tokens: int = Field(default=64, ge=16, description="the prompt prefix hashed for affinity (whole 16-token blocks)")
+    affinity_tokens: int = Field(default=64, ge=16, description="the prompt prefix hashed for affinity (whole 16-token blocks; a shorter prompt whole)")
     balance_abs_threshold: int = Field(default=8, ge=0, description="the favourite is left when it has this many more requests than the least loaded...")
     balance_rel_threshold: float = Field(default=1.5, ge=1, description="...and this many times as many")
     retries: int = Field(default=2, ge=0, description="other upstreams tried before a request's first output")

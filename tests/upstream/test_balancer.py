@@ -57,6 +57,7 @@ def test_removing_a_node_moves_only_its_own_prefixes():
 
 def test_a_short_prompt_is_hashed_whole():
     assert prefix_key([1, 2, 3], 64) != prefix_key([1, 2, 4], 64)
+    assert prefix_key(list(range(40)), 64) != prefix_key(list(range(39)) + [7], 64)  # not only its whole blocks
     long_a, long_b = list(range(70)), list(range(64)) + [999] * 6
     assert prefix_key(long_a, 64) == prefix_key(long_b, 64)  # the same first 64 tokens
 

@@ -3,8 +3,8 @@
 `cache_aware` (the default) keeps a prompt's prefix on one node, where its KV blocks are cached,
 unless that node is loaded:
 
-1. The prompt's first `affinity_tokens` (whole 16-token blocks, the engine's cache granularity;
-   a shorter prompt: all of it) are hashed with a stable hash. Each candidate scores
+1. The prompt's first `affinity_tokens` (whole 16-token blocks, the engine's cache granularity)
+   are hashed with a stable hash; a shorter prompt is hashed whole. Each candidate scores
    `weight / -ln(u)`, u uniform in (0, 1) from hashing that prefix with the candidate's URL, and
    the best score is the favourite: rendezvous (highest random weight) hashing. Every gateway
    computes the same favourite with no shared state, and removing a node moves only its own
@@ -48,9 +48,10 @@ class Pick:
 
 
 def prefix_key(prompt_ids: Sequence[int], affinity_tokens: int) -> bytes:
-    """A stable digest of the prompt's prefix (the same on every gateway and Python run)."""
-    whole = min(len(prompt_ids), affinity_tokens) // BLOCK_TOKENS * BLOCK_TOKENS
-    head = prompt_ids[:whole] if whole else prompt_ids
+    """A stable digest of the prompt's prefix (the same on every gateway and Python run): its
+    first `affinity_tokens` in whole blocks, or all of a shorter prompt (hashing only the whole
+    blocks of short prompts would send every one to one node: they share the template's opening)."""
+    head = prompt_ids if len(prompt_ids) < affinity_tokens else prompt_ids[: affinity_tokens // BLOCK_TOKENS * BLOCK_TOKENS]
     return hashlib.blake2b(array("q", head).tobytes(), digest_size=16).digest()
 
 
