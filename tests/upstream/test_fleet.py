@@ -459,6 +459,8 @@ async def test_a_node_killed_mid_load(fleet):
     assert all(m["chatforge_upstream_healthy"] == 1 and m["chatforge_upstream_cooling"] == 0 for m in seen)
     assert sum(m["chatforge_upstream_affinity_hits_total"] for m in seen) > 0
     assert sum(m["chatforge_upstream_first_output_seconds_count"] for m in seen) > 0
+    for node in fleet.nodes:  # nothing left in flight: the counters came back to zero, never below
+        assert all(metrics(g, node.url)["chatforge_upstream_outstanding"] == 0 for g in fleet.gateways)
 
 
 def metrics(gateway: ServeProcess, upstream: str) -> dict[str, float]:
