@@ -148,6 +148,7 @@ async def test_finish_ends_the_request_at_once_and_frees_the_node(fakes):
             break
         await asyncio.sleep(0.02)
     assert node.running == 0  # the node's stream was closed: its request is gone
+    assert engine.upstreams[0].counters.requests == {"finished": 1}
     await engine.close()
 
 

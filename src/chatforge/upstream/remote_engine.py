@@ -197,7 +197,7 @@ class RemoteEngine:
                 if out.finished:
                     return
         except GeneratorExit:
-            if outcome != "completed":
+            if outcome not in ("completed", "finished"):
                 outcome = "aborted"
             raise
         finally:
