@@ -36,6 +36,7 @@ class FakeNode:
     stop_id: int | None = None  # ended with `stop` on this id after the answer, when given
     cut_after: int | None = None  # drop the connection after this many tokens (a node dying mid-stream)
     error: dict | None = None  # answer every generate with this error line (protocol.py's shape)
+    refuse: tuple[int, str] | None = None  # answer every /v1/completions with this status and message
     served: int = 0  # requests started
     bodies: list[dict] = field(default_factory=list)  # the /v1/completions bodies, newest last
 
@@ -101,6 +102,8 @@ class FakeNode:
     async def completions(self, request: Request):
         body = await request.json()
         self.bodies.append(body)
+        if self.refuse is not None:
+            return JSONResponse({"error": {"message": self.refuse[1]}}, status_code=self.refuse[0])
         if not isinstance(body.get("prompt"), list):
             return JSONResponse({"error": {"message": "prompt must be token ids"}}, status_code=400)
         prompt, created = len(body["prompt"]), int(time.time())

@@ -43,7 +43,7 @@ def fakes():
 @pytest.fixture(autouse=True)
 def reset(fakes):
     for node, _ in fakes:
-        node.cut_after, node.error, node.stop_id, node.token_delay = None, None, None, 0.005
+        node.cut_after, node.error, node.stop_id, node.token_delay, node.refuse = None, None, None, 0.005, None
         node.bodies.clear()
 
 
@@ -125,9 +125,23 @@ async def test_a_request_fault_is_never_a_node_failure(fakes):
         with pytest.raises(engine_errors.PromptTooLongError) as caught:
             await collect(engine, f"p{i}", SamplingParams(max_tokens=2))
         assert caught.value.max_prompt_tokens == 30
+    for node, _ in fakes:
+        node.error = {"type": "invalid_request", "message": "token 99999 is outside the vocabulary"}
+    with pytest.raises(engine_errors.InvalidRequestError, match="outside the vocabulary"):
+        await collect(engine, "p3", SamplingParams(max_tokens=2))
     assert all(u.counters.failures == 0 and u.counters.retries == 0 for u in engine.upstreams)
-    assert sum(u.counters.requests.get("refused", 0) for u in engine.upstreams) == 3
+    assert sum(u.counters.requests.get("refused", 0) for u in engine.upstreams) == 4
     await engine.close()
+    fakes[0][0].refuse = (400, "This model's maximum context length is 2048 tokens")
+    vllm = make_engine([(fakes[0][1].url, "vllm")], allowed_fails=1)  # an OpenAI-compatible 400 likewise
+    with pytest.raises(engine_errors.InvalidRequestError, match="maximum context length"):
+        await collect(vllm, "p4", SamplingParams(max_tokens=2))
+    assert vllm.upstreams[0].counters.failures == 0
+    fakes[0][0].refuse = (500, "boom")  # and a 500 is the upstream's failure
+    with pytest.raises(engine_errors.EngineDeadError, match="HTTP 500"):
+        await collect(vllm, "p5", SamplingParams(max_tokens=2))
+    assert vllm.upstreams[0].counters.failures == 1
+    await vllm.close()
 
 
 async def test_finish_ends_the_request_at_once_and_frees_the_node(fakes):

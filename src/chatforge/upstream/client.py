@@ -124,6 +124,8 @@ class ChatforgeNodeClient(_Client):
                     yield decode_output(request_id, message)
             finally:
                 response.release()  # kept alive if read to the end; else closed (the node aborts)
+        except engine_errors.EngineError:
+            raise  # the request's own fault, or a full node: as the node said (some are ValueErrors)
         except TimeoutError as e:
             raise NodeFailure(f"{self.url} was silent for too long", unreachable=True) from e
         except NodeConnectionError as e:
@@ -192,6 +194,8 @@ class OpenAICompletionsClient(_Client):
                     out = state.read(chunk)
                     if out is not None:
                         yield out
+        except engine_errors.EngineError:
+            raise  # the request's own fault, or a full upstream (some are ValueErrors)
         except httpx.TimeoutException as e:
             raise NodeFailure(f"{self.url} timed out ({type(e).__name__})", unreachable=True) from e
         except httpx.TransportError as e:
