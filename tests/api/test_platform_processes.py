@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -150,6 +151,29 @@ async def test_tpm_holds_across_two_processes(gateways):
     assert (statuses.count(200), statuses.count(429)) == (3, 9)
     assert sorted(int(r.headers["x-ratelimit-remaining-tokens"]) for r in responses if r.status_code == 200) == [
         0, per_request, 2 * per_request]
+
+
+async def test_a_revoked_or_expired_key_is_refused_by_every_gateway_at_once(gateways):
+    """Keys are looked up on every request, never cached: no gateway serves a dead key again."""
+    expiry = datetime.now(timezone.utc) + timedelta(seconds=3)
+    made = {name: await new_key(gateways.database_url, name, **options)
+            for name, options in (("revoked", {}), ("expired", {"expires_at": expiry}))}
+    for secret, _ in made.values():
+        for url in gateways.urls:
+            assert httpx.post(url + "/v1/chat/completions", json=chat_call("openai", secret).body,
+                              headers=chat_call("openai", secret).headers, timeout=120).status_code == 200
+
+    async def revoke(conn):
+        await keys.revoke_key(conn, made["revoked"][1])
+
+    await run_sql(gateways.database_url, revoke)
+    await asyncio.sleep(max(0.0, (expiry - datetime.now(timezone.utc)).total_seconds()))
+    for name, (secret, _) in made.items():
+        for url in gateways.urls:
+            refused = httpx.post(url + "/v1/chat/completions", json=chat_call("openai", secret).body,
+                                 headers=chat_call("openai", secret).headers, timeout=120)
+            assert refused.status_code == 401, (name, url)
+            assert refused.json()["error"]["message"] == f"This API key is {name}."
 
 
 def test_no_full_key_in_the_logs_or_the_database(gateways, postgres_server):
