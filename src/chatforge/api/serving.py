@@ -141,7 +141,12 @@ class Serving:
             self.metrics.observe_refused(dialect, req.model or "", str(e.status))
             raise
         ticket = await self.admit(dialect, req, caller)
-        return await self.respond(request, ticket, codec(ticket.prep))
+        try:
+            answer = codec(ticket.prep)
+        except BaseException as e:
+            await self._end(ticket, e)  # an admitted request always ends: its row, its reservation, the drain
+            raise
+        return await self.respond(request, ticket, answer)
 
     async def settled(self) -> None:
         """Wait for the rate-limit settlements still under way (before the limiter closes)."""
@@ -226,10 +231,13 @@ class Serving:
     async def _events(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
         """The request's events; none within the queue timeout withdraws it (QueueTimeoutError)."""
         async with aclosing(self.service.stream(ticket.prep)) as events:
+            queue = asyncio.timeout(self.timeouts.queue_s)
             try:
-                async with asyncio.timeout(self.timeouts.queue_s):
+                async with queue:
                     first = await anext(events)
             except TimeoutError:
+                if not queue.expired():
+                    raise
                 ticket.cut_by = "timeout"
                 raise QueueTimeoutError(self.timeouts.queue_s) from None
             except StopAsyncIteration:

@@ -43,15 +43,24 @@ class StallBoundedResponse(StreamingResponse):
         async with aclosing(self.body_iterator) as chunks:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in chunks:
-                try:
-                    async with asyncio.timeout(self.stall_timeout_s):
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except TimeoutError:
-                    # NOTE: returning with the response incomplete is the one way ASGI has to
-                    # make the server drop the connection (it logs that it did).
-                    self.on_stall()
+                if not await self._send(send, chunk, more=True):
                     return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._send(send, b"", more=False)
+
+    async def _send(self, send: Send, chunk: bytes, more: bool) -> bool:
+        """Send one chunk; False (and `on_stall`) when the reader took nothing for the stall timeout."""
+        stall = asyncio.timeout(self.stall_timeout_s)
+        try:
+            async with stall:
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+        except TimeoutError:
+            if not stall.expired():
+                raise
+            # NOTE: returning with the response incomplete is the one way ASGI has to make the
+            # server drop the connection (uvicorn logs that it did).
+            self.on_stall()
+            return False
+        return True
 
 
 def sse_response(body: AsyncIterator[bytes], headers: dict[str, str] | None = None, *,
