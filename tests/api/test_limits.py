@@ -94,3 +94,11 @@ def test_the_server_is_healthy_after_the_refusals(http):
     response = http.post(call.path, json=call.body)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_method_the_path_does_not_take_is_405_in_its_envelope(http, route):
+    call = chat_call(route, None, scope=ROUTES[route])
+    response = http.put(call.path, json=call.body)
+    assert response.status_code == 405 and "POST" in response.headers["allow"]
+    _error(route, response)
