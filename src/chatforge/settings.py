@@ -48,6 +48,19 @@ class DeploymentConfig(BaseModel):
     model: str | None = Field(default=None, description="None = the server's default model")
 
 
+class ModelEntry(BaseModel):
+    """One served model: where it is, the names it answers to, its chat template, its KV pool.
+    In the config file, a `[[models]]` table; a bare string in `models` is a `path` alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(default=None, description="a .gguf file, a Hugging Face folder, or a packaged model's id or alias; None = the bundled default")
+    id: str | None = Field(default=None, description="the id it is served as; default: the file's stem, the folder's name or the packaged id")
+    aliases: list[str] = Field(default_factory=list, description="other names requests may use for it (e.g. a provider's model name)")
+    chat_template: str | None = Field(default=None, description="a named template (chatml, gemma, llama2, llama3, mistral, qwen) or a Jinja file; default: the model's own")
+    kv_cache_mb: int | None = Field(default=None, ge=1, description="this model's KV pool; default: its share of engine.kv_cache_mb")
+
+
 _MiB = 1024 * 1024
 
 
@@ -96,7 +109,7 @@ class StorageConfig(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATFORGE_", env_nested_delimiter="__", extra="forbid")
 
-    models: list[str] = Field(default_factory=list, description="paths or ids; empty = the bundled default")
+    models: list[str | ModelEntry] = Field(default_factory=list, description="paths or ids, or [[models]] entries; empty = the bundled default")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     database_url: str = "sqlite:///./chatforge.db"
@@ -116,6 +129,24 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    def model_entries(self) -> list[ModelEntry]:
+        """`models` as entries (a bare string is a path); the bundled default when empty."""
+        return [ModelEntry(path=m) if isinstance(m, str) else m for m in self.models] or [ModelEntry()]
+
+    def with_model_flags(self, chat_template: str | None, names: list[str] | None) -> Settings:
+        """The command line's --chat-template and --served-model-name (first name the id, the
+        others aliases) applied to the one model served; ValueError when there are several."""
+        if chat_template is None and not names:
+            return self
+        entries = self.model_entries()
+        if len(entries) != 1:
+            raise ValueError("--chat-template and --served-model-name apply to one model; "
+                             "with several, set chat_template, id and aliases per [[models]] entry in the config file")
+        update: dict[str, Any] = {} if chat_template is None else {"chat_template": chat_template}
+        if names:
+            update.update(id=names[0], aliases=[*entries[0].aliases, *names[1:]])
+        return self.model_copy(update={"models": [entries[0].model_copy(update=update)]})
 
     @classmethod
     def settings_customise_sources(

@@ -61,6 +61,7 @@ ROUTES = {
     "legacy": ("infomaniak", {"bob": 1, "carol": 2, "missing": 999}),
     "successor": ("infomaniak_openai", {"bob": 1, "carol": 2, "missing": 999}),
     "egp": ("egp", {"bob": "d-bob", "carol": "d-carol", "missing": "nope"}),
+    "completions": ("openai", None),
 }
 PROMPT = Q[0]["content"]
 
@@ -178,7 +179,7 @@ def test_listings_show_what_the_key_may_use(closed):
     assert closed.http.get("/1/ai/2/openai/models", headers=both).status_code == 403
     assert closed.http.get("/1/ai/999/openai/models", headers=both).status_code == 404
     assert closed.http.get("/v1/models").status_code == 401
-    assert [m["id"] for m in closed.http.get("/v1/models", headers=both).json()["data"]] == [MODEL]
+    assert [m["id"] for m in closed.http.get("/v1/models", headers=both).json()["data"]] == [MODEL, "smollm2"]
     assert closed.http.get("/1/llm/profiles").status_code == 200  # published presets: public
 
 
@@ -211,6 +212,16 @@ async def test_a_keys_model_allow_list(closed):
     assert r.status_code == 403
     assert r.json()["error"] == {"message": f"This API key may not use the model {MODEL!r}.", "type": "permission_error",
                                  "param": None, "code": "model_not_allowed"}
+    for path, body in [("/tokenize", {"prompt": "Hi"}), ("/detokenize", {"tokens": [1]})]:
+        r = closed.http.post(path, json=body, headers={"Authorization": f"Bearer {narrow}"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed", path
+
+
+def test_token_counting_takes_a_key_too(closed):
+    for path, body in [("/tokenize", {"prompt": "Hi"}), ("/detokenize", {"tokens": [1]})]:
+        assert closed.http.post(path, json=body).status_code == 401
+        r = closed.http.post(path, json=body, headers={"Authorization": f"Bearer {closed.cast.carol}"})
+        assert r.status_code == 200, r.text
 
 
 async def test_a_revoked_key_is_refused_at_once(closed):

@@ -11,16 +11,17 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from chatforge.api.deps import CatalogDep, MetricsDep
+
 
 def build_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/health", responses={503: {"description": "draining, or an engine loop has stopped or stalled"}})
-    async def health(request: Request):
+    async def health(request: Request, catalog: CatalogDep):
         state = request.app.state
-        models = [m.model_id for m in state.catalog.models]
-        body = {"status": "ok", "models": models, **_stores(state)}
-        dead = [m.model_id for m in state.catalog.models if not m.engine.is_running]
+        body = {"status": "ok", "models": [m.model_id for m in catalog.models], **_stores(state)}
+        dead = [m.model_id for m in catalog.models if not m.engine.is_running]
         watchdog = getattr(state, "watchdog", None)
         stalled = sorted(watchdog.stalled) if watchdog is not None else []
         if dead or stalled:
@@ -32,8 +33,8 @@ def build_router() -> APIRouter:
         return body
 
     @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-    async def metrics(request: Request):
-        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(metrics: MetricsDep):
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 

@@ -171,6 +171,12 @@ class Serving:
         except ChatforgeError as e:
             if isinstance(e, RateLimitedError):
                 self.metrics.rate_limited.labels(dialect).inc()
+                # a refusal is metered too (no tokens, no cost), so reports count it per account
+                await self.platform.record_usage(caller.usage_record(
+                    request_id=req.request_id, model=prep.model.model_id, dialect=dialect, prompt_tokens=0,
+                    completion_tokens=0, estimated_cost=0.0, latency_s=time.perf_counter() - started,
+                    status=UsageStatus.RATE_LIMITED))
+                e.headers["x-request-id"] = req.request_id
             self.metrics.observe_refused(dialect, prep.model.model_id, str(e.status))
             log.info("request %s refused dialect=%s key=%s status=%d code=%s", req.request_id, dialect,
                      caller.key_prefix, e.status, e.code)

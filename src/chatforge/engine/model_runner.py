@@ -42,6 +42,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from chatforge.engine import prompt_logprobs
 from chatforge.engine.batch import ScheduledBatch
 from chatforge.engine.sampler import Sampler, SamplerOutput
 from chatforge.models.attention import AttentionMetadata
@@ -102,8 +103,9 @@ class ModelRunner:
         self._prepare_weights()
         input_ids, meta = self._prepare(batch)
         hidden = self.model(input_ids, meta.positions, meta, self.kv_caches)  # [T, D]
+        scores = prompt_logprobs.score_prompts(self.model, hidden, batch) if prompt_logprobs.wanted(batch) else []
         if not batch.sample_indices:
-            return SamplerOutput([], [])
+            return SamplerOutput([], [], scores)
         last = meta.last_token_index  # [B (+1 padding)] flat row of each sequence's last new token
         if len(batch.sample_indices) != len(batch.seqs):
             last = last[torch.tensor(batch.sample_indices, device=self.device)]
@@ -113,7 +115,9 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[last])[:num_sampled]  # float32 [S, V]
         if batch.has_forks:
             logits = logits[torch.tensor(batch.logits_rows, device=self.device)]
-        return self.sampler(logits, batch.sample_seqs)
+        sampled = self.sampler(logits, batch.sample_seqs)
+        sampled.prompt_scores = scores
+        return sampled
 
     def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata]:
         seqs, query_lens = batch.seqs, list(batch.num_new_tokens)

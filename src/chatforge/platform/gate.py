@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_FLUSH_WAIT_S = 5.0
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -152,7 +154,7 @@ class Platform:
             return Principal(key=None, account=None)
         if not api_key:
             raise AuthenticationError("No API key provided.")
-        key = await self._read(lambda conn: keys.find_key(conn, api_key))
+        key = await self.read(lambda conn: keys.find_key(conn, api_key))
         if key is None:
             raise AuthenticationError("Incorrect API key provided.")
         state = key.state(utcnow())
@@ -193,22 +195,31 @@ class Platform:
 
     async def list_products(self, principal: Principal) -> list[ProductScope]:
         """The products the caller may use, by id; in open mode the configured ones too."""
-        stored = await self._read(accounts.list_products)
+        stored = await self.read(accounts.list_products)
         scopes = {p.id: ProductScope.of(p) for p in stored if principal.may_use(p.account)}
         if principal.key is None:
             for product_id, config in self.configured_products.items():
                 scopes.setdefault(product_id, ProductScope.configured(product_id, config))
         return [scopes[i] for i in sorted(scopes)]
 
+    async def list_deployments(self, principal: Principal) -> list[DeploymentScope]:
+        """The deployments the caller may use, by id; in open mode the configured ones too."""
+        stored = await self.read(accounts.list_deployments)
+        scopes = {d.id: DeploymentScope(d.id, d.model, d) for d in stored if principal.may_use(d.account)}
+        if principal.key is None:
+            for deployment_id, config in self.configured_deployments.items():
+                scopes.setdefault(deployment_id, DeploymentScope.configured(deployment_id, config))
+        return [scopes[i] for i in sorted(scopes)]
+
     async def resolve_product(self, principal: Principal, product_id: int) -> Product:
         """The product, if the principal may use it (ProductNotFoundError, PermissionDeniedError)."""
-        product = await self._read(lambda conn: accounts.get_product(conn, product_id))
+        product = await self.read(lambda conn: accounts.get_product(conn, product_id))
         if not principal.may_use(product.account):
             raise PermissionDeniedError(f"This API key may not use product {product_id}.")
         return product
 
     async def resolve_deployment(self, principal: Principal, deployment_id: str) -> Deployment:
-        deployment = await self._read(lambda conn: accounts.get_deployment(conn, deployment_id))
+        deployment = await self.read(lambda conn: accounts.get_deployment(conn, deployment_id))
         if not principal.may_use(deployment.account):
             raise PermissionDeniedError(f"This API key may not use deployment {deployment_id!r}.")
         return deployment
@@ -241,15 +252,17 @@ class Platform:
         cancelled request's `finally`."""
         self.usage.submit(record)
 
-    async def flush_usage(self) -> None:
-        """Wait until every usage row buffered so far is in the database."""
-        await self.usage.flush()
+    async def flush_usage(self, timeout_s: float | None = _FLUSH_WAIT_S) -> bool:
+        """Wait until every usage row buffered so far is in the database (False when the
+        database did not take them within `timeout_s`: it is away, and a read will say so)."""
+        return await self.usage.flush(timeout_s)
 
     async def _any_key(self) -> bool:
         if not self._keys_seen:
-            self._keys_seen = await self._read(keys.any_key_exists)
+            self._keys_seen = await self.read(keys.any_key_exists)
         return self._keys_seen
 
-    async def _read(self, work):
-        """`work(conn)` on the database; unreachable, it is StorageUnavailableError (503)."""
+    async def read(self, work):
+        """`work(conn)` on the database; unreachable, it is StorageUnavailableError (503). Every
+        read on the request path goes through here."""
         return await read(self.engine, self.database_health, work)

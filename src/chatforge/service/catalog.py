@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class ServedModel:
     model_id: str
     tokenizer: Tokenizer
-    template: ChatTemplate
+    template: ChatTemplate | None  # None: the model has none and none was configured (chat is refused)
     engine: AsyncEngine
     context_length: int
     created: int  # unix time the model was loaded, for /v1/models

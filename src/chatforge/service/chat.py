@@ -47,7 +47,7 @@ class _PromptRun:
         tokenizer, sp = prep.model.tokenizer, prep.sampling
         self.completions = [_Completion(IncrementalDetokenizer(tokenizer, sp.stop)) for _ in range(sp.n)]
         self.cached_tokens = 0
-        self.prompt_logprobs: list[TokenLogprobs | None] | None = None
+        self.prompt_logprobs: list[TokenLogprobs] | None = None
 
     def outputs(self) -> AsyncIterator[RequestOutput]:
         return self.prep.model.engine.generate(self.request_id, list(self.prep.prompts[self.index].token_ids), self.prep.sampling)
@@ -64,7 +64,8 @@ class _PromptRun:
         self.cached_tokens = out.num_cached_tokens
         if out.prompt_logprobs is not None:
             tokenizer = self.prep.model.tokenizer
-            self.prompt_logprobs = [None if lp is None else token_logprobs(tokenizer, lp) for lp in out.prompt_logprobs]
+            first = TokenLogprobs(token_info(tokenizer, self.prep.prompts[self.index].token_ids[0], None), [])
+            self.prompt_logprobs = [first, *(token_logprobs(tokenizer, lp) for lp in out.prompt_logprobs[1:])]
         deltas = [d for c in out.outputs if (d := self._delta(self.completions[c.index], c)) is not None]
         if self.done and not out.finished:  # every completion stopped on a string: free the engine now
             self.prep.model.engine.finish(self.request_id, FinishReason.STOP_SEQUENCE)
@@ -146,7 +147,7 @@ async def gather(prep: PreparedChat, events: AsyncIterator[ChatEvent]) -> ChatRe
     n = prep.num_choices
     texts = [""] * n
     logprobs: list[list[TokenLogprobs] | None] = [[] if prep.sampling.logprobs else None for _ in range(n)]
-    prompt_logprobs: list[list[TokenLogprobs | None] | None] = [None] * n
+    prompt_logprobs: list[list[TokenLogprobs] | None] = [None] * n
     finish: list[FinishReason | None] = [None] * n
     usage = Usage(prep.num_prompt_tokens, 0, prep.model.price.cost(prep.num_prompt_tokens, 0))
     async for event in events:
@@ -172,12 +173,13 @@ def _usage(prep: PreparedChat, runs: list[_PromptRun]) -> Usage:
     )
 
 
-def token_logprobs(tokenizer, lp: TokenLogprob) -> TokenLogprobs:
-    def info(token_id: int, logprob: float) -> TokenInfo:
-        raw = tokenizer.token_bytes(token_id)
-        return TokenInfo(raw.decode("utf-8", errors="replace"), token_id, list(raw), logprob)
+def token_info(tokenizer, token_id: int, logprob: float | None) -> TokenInfo:
+    raw = tokenizer.token_bytes(token_id)
+    return TokenInfo(raw.decode("utf-8", errors="replace"), token_id, list(raw), logprob)
 
-    return TokenLogprobs(info(lp.token_id, lp.logprob), [info(t, p) for t, p in lp.top])
+
+def token_logprobs(tokenizer, lp: TokenLogprob) -> TokenLogprobs:
+    return TokenLogprobs(token_info(tokenizer, lp.token_id, lp.logprob), [token_info(tokenizer, t, p) for t, p in lp.top])
 
 
 def _service_error(e: engine_errors.EngineError, prep: PreparedChat) -> ChatError:

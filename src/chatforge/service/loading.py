@@ -1,35 +1,47 @@
-"""Turns a model path or id into a ServedModel: weights, tokenizer, chat template, a running engine."""
+"""Turns the configured models into ServedModels: weights, tokenizer, chat template, names, a KV
+pool each, a running engine. Before any weights are read, every model's need is checked against
+the memory available (models/memory.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 
 from chatforge.engine.async_engine import AsyncEngine
-from chatforge.engine.config import EngineConfig
+from chatforge.engine.config import MiB, EngineConfig
 from chatforge.engine.llm_engine import LLMEngine
-from chatforge.models.source import BUNDLED_ALIASES, BUNDLED_MODEL_ID, resolve_model
+from chatforge.engine.model_runner import kv_block_bytes, pick_device, pick_dtype
+from chatforge.models.loader import read_config
+from chatforge.models.memory import check_fits, kv_pool_shares, weights_bytes
+from chatforge.models.source import resolve_model
 from chatforge.service.catalog import ModelCatalog, ServedModel
-from chatforge.settings import ModelPrice, Settings
-from chatforge.text.chat_template import ChatTemplate
+from chatforge.settings import ModelEntry, ModelPrice, Settings
+from chatforge.text.named_templates import template_for_model
 from chatforge.text.tokenizer import load_tokenizer
 
 log = logging.getLogger("chatforge.loading")
 
 
-def load_served_model(path_or_id: str | None, cfg: EngineConfig, price: ModelPrice | None = None) -> ServedModel:
+def load_served_model(entry: ModelEntry | str | None, cfg: EngineConfig, price: ModelPrice | None = None) -> ServedModel:
+    """One model, ready to serve: `entry` a path or id (None: the bundled default), or a config
+    entry with its names and chat template."""
     t0 = time.perf_counter()
-    source = resolve_model(path_or_id)
+    entry = entry if isinstance(entry, ModelEntry) else ModelEntry(path=entry)
+    source = resolve_model(entry.path)
     tokenizer = load_tokenizer(source)
-    template = ChatTemplate.for_tokenizer(tokenizer)
+    template = template_for_model(tokenizer, entry.chat_template)
     llm = LLMEngine.from_source(source, cfg, stop_token_ids=sorted(tokenizer.end_of_turn_ids))
     engine = AsyncEngine(llm)
     engine.start()
-    aliases = BUNDLED_ALIASES if source.model_id == BUNDLED_MODEL_ID else ()
-    log.info("loaded %s from %s in %.2f s", source.model_id, source.path, time.perf_counter() - t0)
+    model_id = entry.id or source.model_id
+    # A packaged model keeps its well-known names (id, aliases) when renamed; a file's name is dropped.
+    known = (source.model_id, *source.aliases) if source.aliases else ()
+    aliases = tuple(n for n in dict.fromkeys([*entry.aliases, *known]) if n != model_id)
+    log.info("loaded %s from %s in %.2f s", model_id, source.path, time.perf_counter() - t0)
     return ServedModel(
-        model_id=source.model_id,
+        model_id=model_id,
         tokenizer=tokenizer,
         template=template,
         engine=engine,
@@ -38,6 +50,26 @@ def load_served_model(path_or_id: str | None, cfg: EngineConfig, price: ModelPri
         price=price or ModelPrice(),
         aliases=aliases,
     )
+
+
+def engine_configs(settings: Settings) -> list[EngineConfig]:
+    """Each model's engine config, its KV pool sized: `engine.kv_cache_mb` is the budget of all
+    served models together, split so that each holds the same number of tokens, unless an entry
+    sets its own kv_cache_mb (models/memory.py `kv_pool_shares`). Also refuses, with the numbers,
+    models that would not fit in the memory available (CPU: the weights as loaded plus the pools)."""
+    entries, engine = settings.model_entries(), settings.engine
+    sources = [resolve_model(e.path) for e in entries]
+    configs = [read_config(s) for s in sources]
+    device = pick_device(engine.device)
+    dtype = pick_dtype(engine.dtype, device)
+    per_token = [kv_block_bytes(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim, dtype) for c in configs]
+    pools = kv_pool_shares(per_token, [e.kv_cache_mb and e.kv_cache_mb * MiB for e in entries], engine.kv_cache_mb * MiB)
+    if engine.num_kv_blocks is not None:  # a fixed block count per model
+        pools = [engine.num_kv_blocks * engine.block_size * t for t in per_token]
+    if device.type == "cpu":
+        weights = sum(weights_bytes(s.kind, s.path, dtype) for s in sources)
+        check_fits(" + ".join(e.id or s.model_id for e, s in zip(entries, sources)), weights, sum(pools), dtype)
+    return [dataclasses.replace(engine, kv_cache_mb=max(1, pool // MiB)) for pool in pools]
 
 
 def load_catalog(settings: Settings) -> ModelCatalog:
@@ -68,8 +100,8 @@ def load_catalog(settings: Settings) -> ModelCatalog:
 
 def _load_catalog(settings: Settings) -> ModelCatalog:
     models = []
-    for path_or_id in settings.models or [None]:
-        served = load_served_model(path_or_id, settings.engine)
+    for entry, cfg in zip(settings.model_entries(), engine_configs(settings)):
+        served = load_served_model(entry, cfg)
         price = settings.prices.get(served.model_id) or next(
             (settings.prices[a] for a in served.aliases if a in settings.prices), None
         )

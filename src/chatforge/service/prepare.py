@@ -16,6 +16,7 @@ from chatforge.service.errors import ContextLengthExceededError, InvalidRequestE
 from chatforge.service.protocol import ChatMessage, ChatRequest, ModelScope, SamplingParams
 from chatforge.text.chat_template import ChatTemplate, ChatTemplateError
 from chatforge.text.errors import TokenizerError
+from chatforge.text.named_templates import NAMED_TEMPLATES
 
 # Set by the service itself; a caller's template kwargs may not override them.
 RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "add_generation_prompt", "tools", "documents"})
@@ -72,16 +73,26 @@ def _offers(scope: ModelScope, model: ServedModel, catalog: ModelCatalog) -> boo
     return not scope.models or any(m in catalog and catalog.get(m) is model for m in scope.models)
 
 
-def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Prompt:
-    template = model.template
+def chat_template(model: ServedModel, req: ChatRequest) -> ChatTemplate:
+    """The template that renders this request's conversation: its own (EGP), else the model's."""
     if req.chat_template is not None:
         try:
-            template = ChatTemplate(req.chat_template, model.tokenizer.special_tokens)
+            return ChatTemplate(req.chat_template, model.tokenizer.special_tokens)
         except ChatTemplateError as e:
             raise InvalidRequestError(f"chat_template: {e}", param="chat_template") from None
+    if model.template is None:  # a base model: raw prompts only, unless its operator gave it a template
+        raise InvalidRequestError(
+            f"the model `{model.model_id}` has no chat template, so it cannot take chat messages; "
+            "the server's operator can give it one (--chat-template NAME_OR_FILE, named: "
+            f"{', '.join(NAMED_TEMPLATES)}; or chat_template in its [[models]] entry)", param="model")
+    return model.template
+
+
+def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Prompt:
+    template = chat_template(model, req)
     messages = list(req.messages)
     while True:
-        text = _render(template, messages, req)
+        text = render(template, messages, req)
         ids = model.tokenizer.encode(text)
         if not ids:
             raise InvalidRequestError("the conversation renders to an empty prompt", param="messages")
@@ -112,7 +123,8 @@ def _raw_prompt(model: ServedModel, prompt: str | list[int], req: ChatRequest, w
     return Prompt(text, tuple(ids))
 
 
-def _render(template: ChatTemplate, messages: list[ChatMessage], req: ChatRequest) -> str:
+def render(template: ChatTemplate, messages: list[ChatMessage], req: ChatRequest) -> str:
+    """The conversation as prompt text, by `template` with the request's template arguments."""
     clash = RESERVED_TEMPLATE_VARIABLES.intersection(req.chat_template_kwargs)
     if clash:
         raise InvalidRequestError(f"chat_template_kwargs may not set {sorted(clash)}", param="chat_template_kwargs")

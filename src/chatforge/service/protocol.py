@@ -66,7 +66,7 @@ class TokenInfo:
     token: str  # the token's text (may be a partial UTF-8 sequence shown with replacement)
     token_id: int
     bytes: list[int]
-    logprob: float
+    logprob: float | None  # None only for a prompt's first token: nothing precedes it
 
 
 @dataclass
@@ -94,8 +94,8 @@ class ChoiceDelta:
     logprobs: list[TokenLogprobs] | None = None
     finish_reason: FinishReason | None = None
     # On a choice's first delta when the request asked for the prompt's logprobs: one per
-    # prompt token, None for the first (nothing precedes it).
-    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # prompt token (the first one's logprob is None: nothing precedes it).
+    prompt_logprobs: list[TokenLogprobs] | None = None
 
 
 @dataclass
@@ -114,7 +114,7 @@ class Choice:
     text: str
     finish_reason: FinishReason
     logprobs: list[TokenLogprobs] | None = None
-    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None
 
 
 @dataclass

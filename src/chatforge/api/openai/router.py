@@ -1,6 +1,7 @@
-"""OpenAI-format routes: OpenAI's and DeepInfra's paths, and Infomaniak's successor API (the
-same dialect under `/1/ai/{product_id}/openai/...`, scoped to the product: its models, its limits,
-`max_tokens` at most 5000). Handlers hold no logic: translate -> serve (admit, answer) -> codec."""
+"""OpenAI-format routes: chat completions, legacy completions and the model list, on OpenAI's
+and DeepInfra's paths and on Infomaniak's successor API (the same dialect under
+`/1/ai/{product_id}/openai/...`, scoped to the product: its models, its limits, `max_tokens` at
+most 5000). Handlers hold no logic: translate -> serve (admit, answer) -> codec."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import secrets
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from chatforge.api.deps import BearerCaller, BearerPrincipal, CatalogDep, ProductCaller, ServingDep
+from chatforge.api.deps import BearerCaller, BearerPrincipal, CatalogDep, PlatformDep, ProductCaller, ServingDep
 from chatforge.api.errors import ApiError, dialect_route_class
-from chatforge.api.openai import translate
-from chatforge.api.openai.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+from chatforge.api.openai import completions, tokens, translate
+from chatforge.api.openai.schemas import (
+    ChatCompletion, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse, ErrorResponse,
+    ModelList, TextCompletion, TokenizeRequest, TokenizeResponse,
+)
 from chatforge.platform.scopes import Caller
 from chatforge.service.catalog import ModelCatalog
 
@@ -31,6 +35,10 @@ CHAT_RESPONSES = {
     200: {"model": ChatCompletion, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
     **ERROR_RESPONSES,
 }
+COMPLETION_RESPONSES = {
+    200: {"model": TextCompletion, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **ERROR_RESPONSES,
+}
 
 
 async def _chat(request: Request, body: ChatCompletionRequest, caller: Caller, serving: ServingDep,
@@ -45,9 +53,23 @@ async def _chat(request: Request, body: ChatCompletionRequest, caller: Caller, s
     ))
 
 
+async def _completion(request: Request, body: CompletionRequest, caller: Caller, serving: ServingDep,
+                      dialect: str = DIALECT, max_tokens_cap: int | None = None):
+    completion_id = "cmpl-" + secrets.token_hex(12)
+    req = completions.to_internal(body, completion_id, max_tokens_cap=max_tokens_cap)
+    options = body.stream_options
+    return await serving.serve(request, dialect, req, caller, lambda prep: completions.CompletionCodec(
+        prep, completion_id, echo=bool(body.echo), logprobs=body.logprobs,
+        include_usage=bool(options and options.include_usage),
+        continuous_usage=bool(options and options.continuous_usage_stats),
+    ))
+
+
 def models_body(catalog: ModelCatalog, names: list[str] | None = None) -> dict:
-    """The model list: every served model, or these names (ids or aliases) as named."""
-    served = [(m.model_id, m) for m in catalog.models] if names is None else [(n, catalog.get(n)) for n in names]
+    """The model list: one card per name a request may use (each model's id, then its aliases),
+    or these names (ids or aliases) as named. `root` is the model's id, as vLLM writes it."""
+    served = ([(n, m) for m in catalog.models for n in (m.model_id, *m.aliases)] if names is None
+              else [(n, catalog.get(n)) for n in names])
     return {
         "object": "list",
         "data": [
@@ -56,6 +78,7 @@ def models_body(catalog: ModelCatalog, names: list[str] | None = None) -> dict:
                 "object": "model",
                 "created": m.created,
                 "owned_by": "chatforge",
+                "root": m.model_id,
                 "context_length": m.context_length,
                 "max_model_len": m.context_length,
             }
@@ -81,6 +104,33 @@ def build_router() -> APIRouter:
     async def product_chat_completions(product_id: int, body: ChatCompletionRequest, request: Request,
                                        caller: ProductCaller, serving: ServingDep):
         return await _chat(request, body, caller, serving, PRODUCT_DIALECT, PRODUCT_MAX_TOKENS)
+
+    @router.post("/v1/completions", responses=COMPLETION_RESPONSES, response_model=None)
+    async def text_completions(body: CompletionRequest, request: Request, caller: BearerCaller, serving: ServingDep):
+        return await _completion(request, body, caller, serving)
+
+    @router.post("/v1/openai/completions", responses=COMPLETION_RESPONSES, response_model=None)
+    async def deepinfra_text_completions(body: CompletionRequest, request: Request, caller: BearerCaller,
+                                         serving: ServingDep):
+        return await _completion(request, body, caller, serving)
+
+    @router.post("/1/ai/{product_id}/openai/completions", responses=COMPLETION_RESPONSES, response_model=None,
+                 tags=["infomaniak"])
+    async def product_text_completions(product_id: int, body: CompletionRequest, request: Request,
+                                       caller: ProductCaller, serving: ServingDep):
+        return await _completion(request, body, caller, serving, PRODUCT_DIALECT, PRODUCT_MAX_TOKENS)
+
+    @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES, tags=["tokens"])
+    async def tokenize(body: TokenizeRequest, principal: BearerPrincipal, catalog: CatalogDep, platform: PlatformDep):
+        out, answer = tokens.tokenize(catalog, body)
+        platform.check_model(principal, out.model.model_id, aliases=out.model.aliases)
+        return answer
+
+    @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES, tags=["tokens"])
+    async def detokenize(body: DetokenizeRequest, principal: BearerPrincipal, catalog: CatalogDep, platform: PlatformDep):
+        model, answer = tokens.detokenize(catalog, body)
+        platform.check_model(principal, model.model_id, aliases=model.aliases)
+        return answer
 
     @router.get("/v1/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
     async def list_models(catalog: CatalogDep, _: BearerPrincipal):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatforge.api.openai.schemas import ChatCompletionRequest, ImagePart, Message
+from chatforge.api.openai.schemas import ChatCompletionRequest, ImagePart, Message, SamplingFields
 from chatforge.api.sse import sse_data
 from chatforge.api.wire import join_text_parts, logprobs_dict
 from chatforge.errors import ChatforgeError
@@ -34,9 +34,24 @@ def to_internal(body: ChatCompletionRequest, request_id: str, *, max_tokens_cap:
         raise InvalidRequestError(f"max_tokens must be at most {max_tokens_cap}", param="max_tokens")
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+    params = sampling_params(body, max_tokens=max_tokens, n=body.n, logprobs=body.logprobs,
+                             top_logprobs=body.top_logprobs or 0)
+    return ChatRequest(
+        request_id=request_id,
+        model=body.model,
+        messages=[message(m, i) for i, m in enumerate(body.messages)],
+        params=params,
+        stream=body.stream,
+        chat_template_kwargs=dict(body.chat_template_kwargs or {}),
+    )
+
+
+def sampling_params(body: SamplingFields, *, max_tokens: int | None, n: int, logprobs: bool, top_logprobs: int,
+                    prompt_logprobs: int | None = None) -> SamplingParams:
+    """The engine's parameters from the fields both routes share, with this dialect's defaults."""
     if max_tokens is not None and body.min_tokens > max_tokens:
         raise InvalidRequestError("min_tokens must not exceed max_tokens", param="min_tokens")
-    params = SamplingParams(
+    return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=max(body.top_k or 0, 0),
@@ -51,17 +66,10 @@ def to_internal(body: ChatCompletionRequest, request_id: str, *, max_tokens_cap:
         stop=_stop(body.stop),
         stop_token_ids=list(body.stop_token_ids or []),
         ignore_eos=body.ignore_eos,
-        logprobs=body.logprobs,
-        top_logprobs=body.top_logprobs or 0,
-        n=body.n,
-    )
-    return ChatRequest(
-        request_id=request_id,
-        model=body.model,
-        messages=[_message(m, i) for i, m in enumerate(body.messages)],
-        params=params,
-        stream=body.stream,
-        chat_template_kwargs=dict(body.chat_template_kwargs or {}),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        n=n,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
@@ -77,7 +85,7 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
         )
 
 
-def _message(m: Message, i: int) -> ChatMessage:
+def message(m: Message, i: int) -> ChatMessage:
     if m.tool_calls:
         raise InvalidRequestError("assistant tool_calls are not supported yet", param=f"messages[{i}].tool_calls")
     if isinstance(m.content, list):
