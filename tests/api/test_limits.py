@@ -9,6 +9,9 @@ import json
 import httpx
 import pytest
 
+from chatforge.api.limits import RequestBoundError, RequestLimits, json_depth_exceeds
+from chatforge.service.protocol import ChatMessage, ChatRequest, ToolCall
+
 from .platform_fixtures import chat_call
 
 ROUTES = {"openai": None, "legacy": 1, "egp": "d-any"}
@@ -102,3 +105,34 @@ def test_a_method_the_path_does_not_take_is_405_in_its_envelope(http, route):
     response = http.put(call.path, json=call.body)
     assert response.status_code == 405 and "POST" in response.headers["allow"]
     _error(route, response)
+
+
+# -- the rules themselves --------------------------------------------------------------------------
+
+def _nest(depth: int) -> bytes:
+    return b'{"a": ' * (depth - 1) + b"[1]" + b"}" * (depth - 1)
+
+
+@pytest.mark.parametrize("body, limit, deeper", [
+    (_nest(64), 64, False),  # exactly the bound
+    (_nest(65), 64, True),
+    (b'{"s": "' + b"[" * 500 + b'"}', 8, False),  # brackets inside a string are text
+    (b'{"s": "\\"' + b"[" * 500 + b'"}', 8, False),  # ... after an escaped quote too
+    (b"[" * 100_000 + b"]" * 100_000, 64, True),
+    (b"]" * 500 + b"[" * 500, 8, False),  # not JSON: left to the parser
+    (b"[]" * 4_000_000, 64, False),  # 8 MB of shallow brackets: one round
+])
+def test_json_depth(body, limit, deeper):
+    assert json_depth_exceeds(body, limit) is deeper
+
+
+def test_the_bounds_count_prompts_and_tool_calls():
+    limits = RequestLimits(max_body_bytes=1000, max_json_depth=8, max_messages=3, max_prompt_chars=20)
+    call = ToolCall("call_1", "get_weather", '{"city": "Paris"}')  # 28 characters
+    with pytest.raises(RequestBoundError, match="20 are accepted") as refused:
+        limits.check(ChatRequest("r", None, [ChatMessage("assistant", None, tool_calls=[call])]))
+    assert (refused.value.code, refused.value.param) == ("string_above_max_length", "messages")
+    with pytest.raises(RequestBoundError) as refused:
+        limits.check(ChatRequest("r", None, [], prompts=["a", [1, 2], "b", "c"]))
+    assert (refused.value.code, refused.value.param) == ("array_above_max_length", "prompt")
+    limits.check(ChatRequest("r", None, [], prompts=["hello", list(range(15))]))  # 20: within

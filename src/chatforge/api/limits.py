@@ -63,13 +63,17 @@ class RequestLimits:
 
     def check(self, req: ChatRequest) -> None:
         """The number of messages (or prompts) and their text, before any template or tokenizer runs."""
-        texts = req.prompts if req.prompts is not None else [m.content for m in req.messages]
         param = "prompt" if req.prompts is not None else "messages"
-        if len(texts) > self.max_messages:
+        count = len(req.prompts) if req.prompts is not None else len(req.messages)
+        if count > self.max_messages:
             raise RequestBoundError(f"Invalid '{param}': array too long. Expected an array with maximum length "
-                                    f"{self.max_messages}, but got an array with length {len(texts)} instead.",
+                                    f"{self.max_messages}, but got an array with length {count} instead.",
                                     code="array_above_max_length", param=param)
-        chars = sum(len(t) for t in texts)
+        if req.prompts is not None:
+            chars = sum(len(p) for p in req.prompts)  # a prompt of token ids counts one per id
+        else:  # a turn's text, and the calls an assistant turn made
+            chars = sum(len(m.content or "") + sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
+                        for m in req.messages)
         if chars > self.max_prompt_chars:
             raise RequestBoundError(f"Invalid '{param}': {chars} characters of text; at most {self.max_prompt_chars} "
                                     "are accepted in one request.", code="string_above_max_length", param=param)

@@ -114,7 +114,7 @@ class Ticket:
 
     def see(self, event: ChatEvent) -> None:
         self.usage = event.usage
-        if self.first_token is None and any(d.text for d in event.deltas):
+        if self.first_token is None and any(d.text or d.tool_calls for d in event.deltas):
             self.first_token = time.perf_counter()
 
 
@@ -158,7 +158,8 @@ class Serving:
         the model, and its key's and product's limits take the request and its most tokens."""
         started = time.perf_counter()
         try:
-            prep = self.service.prepare(req, model_scope(caller))
+            # Off the event loop: rendering, tokenizing and compiling a grammar take milliseconds.
+            prep = await asyncio.to_thread(self.service.prepare, req, model_scope(caller))
         except ChatforgeError as e:
             self.metrics.observe_refused(dialect, req.model or "", str(e.status))
             raise
@@ -280,6 +281,7 @@ class Serving:
         outcome = _outcome(ticket, error)
         prep, caller = ticket.prep, ticket.caller
         self.metrics.observe(ticket.dialect, prep.model.model_id, outcome)
+        self.metrics.observe_constrained(prep.model.model_id, prep.constraint_kind, error)
         usage = outcome.usage
         await self.platform.record_usage(caller.usage_record(
             request_id=prep.request.request_id, model=prep.model.model_id, dialect=ticket.dialect,

@@ -32,7 +32,7 @@ def tokenize_chat(catalog: ModelCatalog, model: str | None, messages: list[ChatM
     served = catalog.get(model)
     req = ChatRequest("tokenize", model, messages, add_generation_prompt=add_generation_prompt,
                       chat_template_kwargs=chat_template_kwargs)
-    text = render(chat_template(served, req), messages, req)
+    text, _ = render(served, chat_template(served, req), messages, req)
     return _tokenized(served, served.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 

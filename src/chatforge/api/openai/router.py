@@ -1,7 +1,8 @@
 """OpenAI-format routes: chat completions, legacy completions and the model list, on OpenAI's
 and DeepInfra's paths and on Infomaniak's successor API (the same dialect under
 `/1/ai/{product_id}/openai/...`, scoped to the product: its models, its limits, `max_tokens` at
-most 5000). Handlers hold no logic: translate -> serve (admit, answer) -> codec."""
+most 5000, and TGI's `response_format` values and `tool_prompt` accepted on its chat route).
+Handlers hold no logic: translate -> serve (admit, answer) -> codec."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from chatforge.api.errors import ApiError, dialect_route_class
 from chatforge.api.openai import completions, tokens, translate
 from chatforge.api.openai.schemas import (
     ChatCompletion, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse, ErrorResponse,
-    ModelList, TextCompletion, TokenizeRequest, TokenizeResponse,
+    ModelList, ProductChatCompletionRequest, TextCompletion, TokenizeRequest, TokenizeResponse,
 )
 from chatforge.platform.scopes import Caller
 from chatforge.service.catalog import ModelCatalog
@@ -41,7 +42,7 @@ COMPLETION_RESPONSES = {
 }
 
 
-async def _chat(request: Request, body: ChatCompletionRequest, caller: Caller, serving: ServingDep,
+async def _chat(request: Request, body: ChatCompletionRequest | ProductChatCompletionRequest, caller: Caller, serving: ServingDep,
                 dialect: str = DIALECT, max_tokens_cap: int | None = None):
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     req = translate.to_internal(body, completion_id, max_tokens_cap=max_tokens_cap)
@@ -101,7 +102,7 @@ def build_router() -> APIRouter:
 
     @router.post("/1/ai/{product_id}/openai/chat/completions", responses=CHAT_RESPONSES, response_model=None,
                  tags=["infomaniak"])
-    async def product_chat_completions(product_id: int, body: ChatCompletionRequest, request: Request,
+    async def product_chat_completions(product_id: int, body: ProductChatCompletionRequest, request: Request,
                                        caller: ProductCaller, serving: ServingDep):
         return await _chat(request, body, caller, serving, PRODUCT_DIALECT, PRODUCT_MAX_TOKENS)
 

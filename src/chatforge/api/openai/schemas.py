@@ -14,6 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
+from chatforge.api.openai.tool_schemas import (
+    MessageToolCall, ProductResponseFormat, ResponseFormat, StructuredOutputs, Tool, ToolChoiceWire,
+)
 from chatforge.api.wire import WireModel
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # the union of DeepInfra's two documented ranges
@@ -41,8 +44,14 @@ class Message(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    tool_calls: list[MessageToolCall] | None = Field(default=None, description="an assistant turn's calls")
+    tool_call_id: str | None = Field(default=None, description="a tool turn: the call it answers")
+    # What the openai client sends back when a caller appends an answer's message as it came:
+    # accepted when empty, as nothing else is served.
+    refusal: None = None
+    annotations: list[Any] | None = Field(default=None, max_length=0)
+    function_call: None = None
+    audio: None = None
 
 
 class StreamOptions(WireModel):
@@ -82,10 +91,11 @@ class ChatCompletionRequest(SamplingFields):
     n: int = Field(default=1, ge=1, le=16)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoiceWire | None = Field(default=None, description="default: auto with tools, none without")
+    parallel_tool_calls: bool | None = Field(default=None, description="default true")
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = Field(default=None, description="vLLM's extension")
     chat_template_kwargs: dict[str, Any] | None = None
 
 
@@ -163,6 +173,13 @@ class DetokenizeResponse(BaseModel):
     content: str  # llama.cpp's name, the same text
 
 
+class ProductChatCompletionRequest(ChatCompletionRequest):
+    """The Infomaniak successor route's body: OpenAI's, plus what TGI's Messages API accepts."""
+
+    response_format: ProductResponseFormat | None = None
+    tool_prompt: str | None = Field(default=None, description="TGI: the instruction on calling tools, before the tool list")
+
+
 # -- responses (documentation and golden tests; the router writes plain dicts) ----------------
 class TopLogprob(BaseModel):
     token: str
@@ -179,10 +196,22 @@ class ChoiceLogprobs(BaseModel):
     refusal: list[TokenLogprob] | None  # always null: required by OpenAI's schema
 
 
+class ResponseFunctionCall(BaseModel):
+    name: str
+    arguments: str  # the model's own JSON text
+
+
+class ResponseToolCall(BaseModel):
+    id: str  # call_...
+    type: Literal["function"]
+    function: ResponseFunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str | None
+    content: str | None  # null when the answer is only tool calls
     refusal: str | None  # always null: required by OpenAI's schema
+    tool_calls: list[ResponseToolCall] | None = None  # present when the model called tools
 
 
 class Choice(BaseModel):
