@@ -31,9 +31,10 @@ def serve(
     engine_only: Annotated[bool, typer.Option("--engine-only", help="a node: the engines behind the internal token-level routes for gateways, and the OpenAI routes")] = False,
     upstream: Annotated[Optional[list[str]], typer.Option("--upstream", help="[KIND=]URL of an engine with the model's weights (repeatable); KIND: chatforge (default), vllm, llamacpp, openai, router")] = None,
 ) -> None:
-    """Serve models over HTTP in the OpenAI, Infomaniak and Scale EGP dialects."""
-    import uvicorn
-
+    """Serve models over HTTP in the OpenAI, Infomaniak and Scale EGP dialects. SIGTERM or
+    Ctrl-C drains (new requests 503, admitted ones finish or are cut at the drain timeout) and
+    exits 0; a second one stops at once."""
+    from chatforge.api import server
     from chatforge.api.app import create_app
     from chatforge.logs import configure_logging
     from chatforge.settings import load_settings
@@ -63,10 +64,14 @@ def serve(
     role_note = {"gateway": " (gateway)", "node": " (node)"}.get(settings.role, "")
     typer.echo(f"chatforge serving {', '.join(m.model_id for m in catalog.models)} at {url}/v1{role_note}")
     try:
-        uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+        status = server.run(app_, settings.host, settings.port, settings.server,
+                            drain=lambda: app_.state.drain.run(settings.server.drain_timeout_s),
+                            log_level=settings.log_level)
     finally:
         for m in catalog.models:
-            m.engine.shutdown(settings.shutdown_grace_s)
+            m.engine.shutdown(0.0)  # the drain has ended every request already
+    if status:
+        raise typer.Exit(status)
 
 
 def _load_catalog(settings: Settings):
