@@ -10,7 +10,9 @@ fake vLLM-style node as a third-party upstream of a second model.
 - a node killed mid-load: requests that had not started streaming complete on the other node
   (those that do not stream are run again there), running streams end with the in-band error
   within a second, each request has one usage row and one settled reservation; the node
-  restarted is used again.
+  restarted is used again;
+- a node drained (SIGTERM, last): its load says draining, new requests go to the other node,
+  what it still runs at its drain timeout ends with finish reason length, and it exits 0.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +47,7 @@ from .servers import ThreadServer
 NODE_TOKEN = "fleet-test-node-token"
 FAKE = "fake-model"
 MAX_SEQS = 16
+NODE_DRAIN_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -106,7 +110,8 @@ def fleet(postgres_server, redis_url, tmp_path_factory):
                     stop_id=sorted(tokenizer.end_of_turn_ids)[0])
     fake_server = ThreadServer(fake.app()).__enter__()
     env = {"CHATFORGE_FLEET__NODE_TOKEN": NODE_TOKEN, "CHATFORGE_LOG_LEVEL": "info"}
-    node_env = {**env, "CHATFORGE_ENGINE__KV_CACHE_MB": "64", "CHATFORGE_ENGINE__MAX_NUM_SEQS": str(MAX_SEQS)}
+    node_env = {**env, "CHATFORGE_ENGINE__KV_CACHE_MB": "64", "CHATFORGE_ENGINE__MAX_NUM_SEQS": str(MAX_SEQS),
+                "CHATFORGE_SERVER__DRAIN_TIMEOUT_S": str(NODE_DRAIN_TIMEOUT_S)}
     nodes = [ServeProcess(f"node{i}", free_port(), ["--engine-only", "--threads", "1", "--database-url",
                                                    f"sqlite:///{folder / f'node{i}.db'}"], folder, node_env)
              for i in range(2)]
@@ -471,3 +476,65 @@ def metrics(gateway: ServeProcess, upstream: str) -> dict[str, float]:
             name = line.split("{", 1)[0]
             found[name] += float(line.rsplit(" ", 1)[1])
     return found
+
+
+# -- a node drained (last: the node does not come back) ----------------------------------------------
+
+
+async def test_a_node_drained_is_left_at_once_and_cuts_what_it_still_runs(fleet):
+    key = fleet.keys["open"][0]
+    survivor, victim = fleet.nodes
+    model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    tokenizer = load_tokenizer(resolve_model("smollm2"))
+    template = template_for_model(tokenizer, None)
+    tale = " ".join(f"Chapter {j} tells of the sea, the wind and the lighthouse." for j in range(12))
+
+    def favourite(content: str) -> str:  # the node every gateway picks for this prompt (over 64 tokens)
+        prompt = tokenizer.encode(template.render([{"role": "user", "content": content}]))
+        return rendezvous([Candidate(n.url) for n in fleet.nodes], prefix_key(prompt, 64)).url
+
+    contents = [f"Story {i}. {tale}" for i in range(40)]
+    on_victim = [c for c in contents if favourite(c) == victim.url][:3]
+    on_survivor = [c for c in contents if favourite(c) == survivor.url][:1]
+    tokens = 400
+
+    async def long_stream(client, i: int, content: str) -> tuple[int, list]:
+        body = {"model": "smollm2", "messages": [{"role": "user", "content": content}], "max_tokens": tokens,
+                "min_tokens": tokens, "stream": True, "stream_options": {"include_usage": True}}
+        async with client.stream("POST", fleet.gateways[i % 3].url + "/v1/chat/completions", json=body,
+                                 headers=bearer(key)) as r:
+            lines = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+        return r.status_code, [line if line == "[DONE]" else json.loads(line) for line in lines]
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        streams = [asyncio.create_task(long_stream(client, i, c)) for i, c in enumerate(on_victim + on_survivor)]
+        deadline = time.monotonic() + 120
+        while load(victim)[model]["running"] < len(on_victim):
+            assert time.monotonic() < deadline, "the victim never got its streams"
+            await asyncio.sleep(0.1)
+        victim.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        exited = asyncio.create_task(asyncio.to_thread(victim.process.wait, 120))
+        deadline = time.monotonic() + 10
+        while (r := await client.get(victim.url + "/internal/v1/load", headers=bearer(NODE_TOKEN))).status_code != 503:
+            assert time.monotonic() < deadline, "the node never said it drains"
+            await asyncio.sleep(0.05)
+        assert r.json()["status"] == "draining" and r.json()["in_flight"] == len(on_victim)
+        later = await asyncio.gather(*(client.post(fleet.gateways[i % 3].url + "/v1/chat/completions", headers=bearer(key),
+                                                   json=openai_body(c, max_tokens=2))
+                                       for i, c in enumerate(on_victim)))  # the victim's favourites, while it drains
+        assert await exited == 0, victim.log_text()[-3000:]
+        took = time.monotonic() - signalled
+        results = await asyncio.gather(*streams)
+    assert took < NODE_DRAIN_TIMEOUT_S + 15, took  # its drain timeout, then the cut requests' last outputs
+    assert all(r.status_code == 200 for r in later), [r.text for r in later]
+    where = node_of(fleet)  # none went to it (or each was refused, and went on at once)
+    assert all(where[r.headers["x-request-id"]] == survivor.name for r in later)
+    completed = []
+    for status, events in results:  # cut or whole, every stream ends properly: no error frame
+        assert status == 200 and events[-1] == "[DONE]" and not any("error" in e for e in events[:-1])
+        assert [c["finish_reason"] for e in events[:-1] for c in e["choices"] if c["finish_reason"]] == ["length"]
+        completed.append(events[-2]["usage"]["completion_tokens"])
+    assert all(0 < n < tokens for n in completed[:-1]) and completed[-1] == tokens, completed  # cut there, whole here
+    log = victim.log_text()
+    assert f"cutting {len(on_victim)} requests short" in log and "drained" in log

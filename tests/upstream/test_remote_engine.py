@@ -117,6 +117,17 @@ async def test_a_full_node_is_passed_over_without_blame(fakes):
     await engine.close()
 
 
+async def test_a_node_answering_503_is_left_at_once_and_the_request_goes_elsewhere(fakes):
+    fakes[0][0].refuse = (503, "this node is shutting down")  # a draining chatforge node answers so too
+    engine = make_engine([(s.url, "vllm") for _, s in fakes], policy="round_robin", allowed_fails=3)
+    engine.balancer._turn = -1  # the first pick is the refusing node
+    assert tokens(await collect(engine, "d1", SamplingParams(max_tokens=2))) == fakes[1][0].answer_ids[:2]
+    draining = engine.upstreams[0]
+    assert draining.counters.cooldowns == 1 and draining.cooling(time.monotonic())  # one 503, not three 500s
+    assert "shutting down" in draining.detail
+    await engine.close()
+
+
 async def test_a_request_fault_is_never_a_node_failure(fakes):
     for node, _ in fakes:
         node.error = {"type": "prompt_too_long", "message": "too long", "prompt_tokens": 40, "max_prompt_tokens": 30}

@@ -148,7 +148,7 @@ def _middleware(app: FastAPI, settings: Settings) -> None:
 def _install(app: FastAPI, catalog: ModelCatalog) -> None:
     app.state.catalog = catalog
     app.state.metrics = Metrics(catalog)
-    app.state.node = NodeServing(catalog)
+    app.state.node = NodeServing(catalog, app.state.drain)
 
 
 @asynccontextmanager

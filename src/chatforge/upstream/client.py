@@ -65,7 +65,7 @@ class _Client:
         except httpx.HTTPError as e:
             return Probe(False, detail=type(e).__name__)
         if response.status_code != 200:
-            return Probe(False, detail=f"HTTP {response.status_code}")
+            return Probe(False, detail=f"HTTP {response.status_code} {_status(response)}".rstrip())
         return self._read_probe(response)
 
     default_health_path = "/health"
@@ -78,13 +78,14 @@ class _Client:
 
     def _failure(self, status: int, body: bytes) -> Exception:
         """The error for a refused call: the request's fault for 400/413/422, a busy node for 429,
-        otherwise (5xx, or 401/403/404: a gateway or upstream misconfigured) the node's."""
+        otherwise (5xx, or 401/403/404: a gateway or upstream misconfigured) the node's; 503 (a
+        node draining, an engine gone) takes it out at once, until a probe finds it well."""
         message = _message(body) or f"HTTP {status}"
         if status in (400, 413, 422):
             return engine_errors.InvalidRequestError(f"the upstream refused the request: {message}")
         if status == 429:
             return engine_errors.EngineOverloadedError(message)
-        return NodeFailure(f"{self.url} answered HTTP {status}: {message}")
+        return NodeFailure(f"{self.url} answered HTTP {status}: {message}", unreachable=status == 503)
 
 
 class ChatforgeNodeClient(_Client):
@@ -132,6 +133,15 @@ class ChatforgeNodeClient(_Client):
             raise NodeFailure(f"{self.url} went away ({e})", unreachable=True) from e
         except (ValueError, ProtocolError) as e:
             raise NodeFailure(f"{self.url} sent a malformed line: {e}") from e
+
+
+def _status(response: httpx.Response) -> str:
+    """The `status` a health answer gives (a chatforge server's: unhealthy, draining), or ''."""
+    try:
+        status = response.json().get("status")
+    except (ValueError, AttributeError):
+        return ""
+    return status if isinstance(status, str) else ""
 
 
 def _node_error(body: Any) -> Exception:

@@ -12,8 +12,8 @@ from __future__ import annotations
 class NodeFailure(Exception):
     """A server-side failure of one upstream: refused connection, reset, silence, 5xx, a broken
     stream, or an engine that failed. Before the request's first output another upstream is
-    tried; after it the request is lost. `unreachable`: the upstream could not be reached or
-    went away (cooled down at once); otherwise the failure counts toward `allowed_fails`."""
+    tried; after it the request is lost. `unreachable`: the upstream could not be reached,
+    went away or said 503 (cooled down at once, until a good probe); otherwise the failure counts toward `allowed_fails`."""
 
     def __init__(self, message: str, *, unreachable: bool = False):
         super().__init__(message)

@@ -4,6 +4,11 @@ the model's in-process engine, and the node's load for the gateways' balancers.
 A node (`chatforge serve --engine-only`) runs its engines as an all-in-one server does; this adds
 no state. Leaving the stream (the gateway went away, or closed it on a stop string) closes the
 engine's generator, which aborts the request and frees its KV blocks at once.
+
+A node drains as a gateway does (api/drain.py): while draining, its load says `draining` (503,
+so every gateway's probes take it out) and a new generate is refused with 503 (the gateway
+tries another node at once); the requests it holds run on, each registered with the drain,
+which cuts them with finish reason `length` at the drain timeout.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import suppress
 from typing import Any
 
+from chatforge.api.drain import Drain
 from chatforge.engine.errors import EngineError
+from chatforge.engine.outputs import FinishReason
 from chatforge.service.catalog import ModelCatalog
 from chatforge.service.errors import ModelNotFoundError
 from chatforge.text.structured import CompiledSource, StructuredOutputError
@@ -27,20 +34,25 @@ log = logging.getLogger("chatforge.node")
 
 
 class NodeServing:
-    def __init__(self, catalog: ModelCatalog, heartbeat_s: float = 1.0):
+    def __init__(self, catalog: ModelCatalog, drain: Drain, heartbeat_s: float = 1.0):
         self.catalog = catalog
+        self.drain = drain
         self.heartbeat_s = heartbeat_s
 
-    def load(self) -> dict[str, Any]:
-        """What the balancers read between requests: per model, whether its engine runs, and
-        its sequences running and waiting (a request with n completions counts n)."""
+    def load(self, stalled: Collection[str] = ()) -> dict[str, Any]:
+        """What the balancers read between requests: per model, whether its engine runs (and
+        steps: `stalled` are the watchdog's), and its sequences running and waiting (a request
+        with n completions counts n)."""
         models = {}
         for m in self.catalog.models:
             stats = m.engine.stats()
             models[m.model_id] = {"running": stats.running, "waiting": stats.waiting, "kv_usage": stats.kv_usage,
-                                  "healthy": m.engine.is_running, "context_length": m.context_length}
-        healthy = all(m["healthy"] for m in models.values())
-        return {"status": "ok" if healthy else "unhealthy", "models": models}
+                                  "healthy": m.engine.is_running and m.model_id not in stalled,
+                                  "context_length": m.context_length}
+        status = "ok" if all(m["healthy"] for m in models.values()) else "unhealthy"
+        if self.drain.draining:
+            status = "draining"
+        return {"status": status, "models": models, "in_flight": self.drain.in_flight}
 
     async def stream(self, raw: bytes) -> AsyncIterator[bytes]:
         """The lines answering one generate body; every failure is the last line."""
@@ -52,6 +64,7 @@ class NodeServing:
             yield error_line(ProtocolError(str(e)))
             return
         outputs = model.engine.generate(request_id, prompt_ids, params)
+        self.drain.enter(request_id, lambda: model.engine.finish(request_id, FinishReason.LENGTH))
         pending: asyncio.Future | None = None
         generated, outcome = 0, "aborted"  # unless it ends otherwise
         try:
@@ -81,6 +94,7 @@ class NodeServing:
             log.exception("node request %s failed", request_id)
             yield error_line(e)
         finally:
+            self.drain.leave(request_id)
             log.info("node request %s model=%s prompt_tokens=%d generated=%d outcome=%s",
                      request_id, model.model_id, len(prompt_ids), generated, outcome)
             # The generator runs inside `pending`: cancelling it raises in the engine's stream,
