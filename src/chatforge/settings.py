@@ -156,6 +156,7 @@ class StorageConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     usage_buffer_rows: int = Field(default=10_000, ge=1, description="usage rows held while the database is unreachable")
+    usage_linger_s: float = Field(default=0.05, ge=0, le=5, description="usage rows gather this long, then go in one transaction")
     # "refuse": limited requests get 503 while Redis is down (the limits hold across gateways);
     # "local": each gateway enforces the limits alone until Redis returns (up to N x the budget).
     redis_unavailable: Literal["refuse", "local"] = "refuse"

@@ -8,7 +8,7 @@ import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from chatforge.platform import accounts, keys, reports
 from chatforge.platform import tables as t
@@ -122,6 +122,23 @@ async def test_rows_wait_for_the_database_and_are_written_when_it_answers(tmp_pa
     async with engine.connect() as conn:
         assert [r.request_id for r in await conn.execute(select(t.usage).order_by(t.usage.c.id))] == ["req-0", "req-1", "req-2"]
     assert (buffer.pending, buffer.dropped, health.up) == (0, 2, True)
+    await engine.dispose()
+
+
+async def test_rows_linger_to_share_a_transaction_and_a_flush_writes_them_at_once(database_url):
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    commits = []
+    event.listen(engine.sync_engine, "commit", lambda conn: commits.append(1))
+    buffer = UsageBuffer(engine, linger_s=60.0)  # longer than the test: only a flush or a full batch ends it
+    buffer.start()
+    for n in range(3):
+        buffer.submit(_record(n))
+        await asyncio.sleep(0.05)
+    assert (buffer.pending, commits) == (3, [])  # lingering, nothing written yet
+    assert await buffer.flush(timeout_s=30)
+    assert (buffer.pending, len(commits)) == (0, 1)  # the three rows in one transaction
+    await buffer.close()
     await engine.dispose()
 
 

@@ -157,6 +157,7 @@ async def _platform(settings: Settings):
     the start here), usage writer running."""
     platform = Platform(settings.database_url, settings.redis_url, products=settings.products,
                         deployments=settings.deployments, usage_buffer_rows=settings.storage.usage_buffer_rows,
+                        usage_linger_s=settings.storage.usage_linger_s,
                         redis_unavailable=settings.storage.redis_unavailable, key_cache_s=settings.key_cache_s)
     await platform.start()
     try:

@@ -69,17 +69,21 @@ class RequestLimits:
             raise RequestBoundError(f"Invalid '{param}': array too long. Expected an array with maximum length "
                                     f"{self.max_messages}, but got an array with length {count} instead.",
                                     code="array_above_max_length", param=param)
-        if req.prompts is not None:
-            chars = sum(len(p) for p in req.prompts)  # a prompt of token ids counts one per id
-        else:  # a turn's text, and the calls an assistant turn made
-            chars = sum(len(m.content or "") + sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
-                        for m in req.messages)
+        chars = prompt_chars(req)
         if chars > self.max_prompt_chars:
             raise RequestBoundError(f"Invalid '{param}': {chars} characters of text; at most {self.max_prompt_chars} "
                                     "are accepted in one request.", code="string_above_max_length", param=param)
 
     def _too_large(self) -> RequestTooLargeError:
         return RequestTooLargeError(f"The request body is larger than {self.max_body_bytes} bytes.")
+
+
+def prompt_chars(req: ChatRequest) -> int:
+    """The request's text: each turn's, and the calls an assistant turn made (a prompt of token
+    ids counts one per id)."""
+    if req.prompts is not None:
+        return sum(len(p) for p in req.prompts)
+    return sum(len(m.content or "") + sum(len(c.name) + len(c.arguments) for c in m.tool_calls) for m in req.messages)
 
 
 async def bounded_request(request: Request) -> Request:

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from chatforge.api.disconnect import ClientDisconnected, until_disconnect
 from chatforge.api.drain import Drain, DrainingError
 from chatforge.api.errors import stream_failure
-from chatforge.api.limits import QueueTimeoutError, RequestLimits
+from chatforge.api.limits import QueueTimeoutError, RequestLimits, prompt_chars
 from chatforge.api.metrics import Metrics
 from chatforge.api.sse import sse_data, sse_response
 from chatforge.errors import ChatforgeError
@@ -161,8 +161,10 @@ class Serving:
         the model, and its key's and product's limits take the request and its most tokens."""
         started = time.perf_counter()
         try:
-            # Off the event loop: rendering, tokenizing and compiling a grammar take milliseconds.
-            prep = await asyncio.to_thread(self.service.prepare, req, model_scope(caller))
+            if _quick_to_prepare(req):  # a hop to a thread and back would cost more
+                prep = self.service.prepare(req, model_scope(caller))
+            else:  # off the event loop: rendering, tokenizing and compiling a grammar take milliseconds
+                prep = await asyncio.to_thread(self.service.prepare, req, model_scope(caller))
         except ChatforgeError as e:
             self.metrics.observe_refused(dialect, req.model or "", str(e.status))
             raise
@@ -332,6 +334,16 @@ async def sse_frames(events: AsyncIterator[ChatEvent], codec: Codec) -> AsyncIte
         return
     for frame in codec.end_frames(None):
         yield frame
+
+
+# Text up to this long, with no tools, output format or caller's template, renders and tokenizes
+# in well under a millisecond.
+QUICK_PREPARE_CHARS = 2000
+
+
+def _quick_to_prepare(req: ChatRequest) -> bool:
+    return (not req.tools and req.output_format is None and req.chat_template is None
+            and prompt_chars(req) <= QUICK_PREPARE_CHARS)
 
 
 def model_scope(caller: Caller) -> ModelScope | None:

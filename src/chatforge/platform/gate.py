@@ -97,12 +97,14 @@ class Platform:
     def __init__(self, database_url: str, redis_url: str | None = None, *,
                  products: Mapping[int, ProductConfig] | None = None,
                  deployments: Mapping[str, DeploymentConfig] | None = None,
-                 usage_buffer_rows: int = 10_000, redis_unavailable: str = "refuse", key_cache_s: float = 0.0) -> None:
+                 usage_buffer_rows: int = 10_000, redis_unavailable: str = "refuse", key_cache_s: float = 0.0,
+                 usage_linger_s: float = 0.0) -> None:
         self.database_url = normalize_url(database_url)
         self.redis_url = redis_url
         self.configured_products = dict(products or {})
         self.configured_deployments = dict(deployments or {})
         self.usage_buffer_rows = usage_buffer_rows
+        self.usage_linger_s = usage_linger_s
         self.redis_unavailable = redis_unavailable  # "refuse" or "local" (rate_limit_failover.py)
         self.database_health = StoreHealth("database")
         self.redis_health = StoreHealth("redis")
@@ -127,7 +129,8 @@ class Platform:
         else:
             self.limiter = LocalRateLimiter()
         self.engine = create_engine(self.database_url)
-        self.usage = UsageBuffer(self.engine, self.database_health, capacity=self.usage_buffer_rows)
+        self.usage = UsageBuffer(self.engine, self.database_health, capacity=self.usage_buffer_rows,
+                                 linger_s=self.usage_linger_s)
         self.usage.start()
 
     async def close(self, flush_timeout_s: float | None = None) -> None:

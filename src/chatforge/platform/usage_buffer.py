@@ -3,7 +3,9 @@ an outage.
 
 `submit` only appends, without awaiting anything, so a request handler can call it from a
 `finally` even while its task is being cancelled because the client went away. A background task
-writes the oldest rows, one transaction per batch. While the database is unreachable the rows
+writes the oldest rows, one transaction per batch; it lets rows gather for `linger_s` first (a
+transaction per request costs a busy server more CPU than the request's own routing), unless a
+batch is full or someone waits for the rows (`flush`). While the database is unreachable the rows
 stay in the buffer and the batch is retried (backing off to a few seconds), so none is lost
 while the buffer holds; a row that arrives when the buffer is full is dropped and counted. A
 batch the database refuses for another reason (a bug, not an outage) is written row by row,
@@ -32,13 +34,15 @@ _BACKOFF_MAX_S = 2.0
 
 class UsageBuffer:
     def __init__(self, engine: AsyncEngine, health: StoreHealth | None = None, *, capacity: int = 10_000,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, linger_s: float = 0.0) -> None:
         self._engine = engine
         self._health = health or StoreHealth("database")
         self.capacity = capacity
         self._batch_size = batch_size
+        self._linger_s = linger_s
         self._rows: deque[dict] = deque()
         self._wake = asyncio.Event()  # rows arrived
+        self._hurry = asyncio.Event()  # a flush waits: write without lingering
         self._progress = asyncio.Event()  # rows left the buffer
         self._task: asyncio.Task | None = None
         self.accepted = 0  # rows taken into the buffer
@@ -64,10 +68,13 @@ class UsageBuffer:
         self._rows.append(asdict(record) | {"status": record.status.value})
         self.accepted += 1
         self._wake.set()
+        if len(self._rows) >= self._batch_size:
+            self._hurry.set()
 
     async def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every row buffered so far is written (or given up); False on timeout."""
         target = self.accepted
+        self._hurry.set()
         try:
             async with asyncio.timeout(timeout_s):
                 while self.done < target:
@@ -100,6 +107,8 @@ class UsageBuffer:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if not careful and not backoff:
+                await self._linger()
             batch = list(islice(self._rows, 1 if careful else self._batch_size))
             try:
                 async with self._engine.begin() as conn:
@@ -124,3 +133,11 @@ class UsageBuffer:
                 self._rows.popleft()
             self.done += len(batch)
             self._progress.set()
+
+    async def _linger(self) -> None:
+        if self._linger_s > 0 and not self._hurry.is_set() and len(self._rows) < self._batch_size:
+            try:
+                await asyncio.wait_for(self._hurry.wait(), self._linger_s)
+            except TimeoutError:
+                pass
+        self._hurry.clear()
