@@ -23,7 +23,7 @@ def serve(
     config: Annotated[Optional[Path], typer.Option(help="TOML config file")] = None,
     database_url: Annotated[Optional[str], typer.Option(help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="redis://HOST:PORT/DB, shared rate limits")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads for the engine")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="compute threads for the engine (default: the CPUs the process may use)")] = None,
     allow_open_remote: Annotated[bool, typer.Option("--allow-open-remote", help="serve without API keys on a non-loopback address (anyone who reaches it may use it)")] = False,
 ) -> None:
     """Serve models over HTTP in the OpenAI, Infomaniak and Scale EGP dialects."""
@@ -40,7 +40,7 @@ def serve(
     settings = load_settings(config, models=model, host=host, port=port, database_url=database_url, redis_url=redis_url,
                              allow_open_remote=allow_open_remote or None)
     if threads is not None:
-        settings.engine.torch_threads = threads
+        settings.engine.threads = threads
     configure_logging(settings.log_level)
     refusal = asyncio.run(open_remote_refusal(settings))
     if refusal is not None:

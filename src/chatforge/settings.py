@@ -42,7 +42,7 @@ class DeploymentConfig(BaseModel):
 class EngineSettings(BaseModel):
     """Mirrors `engine.config.EngineConfig`; see there for what each knob does."""
 
-    torch_threads: int | None = Field(default=None, ge=1, description="None = torch's default (every core)")
+    threads: int | None = Field(default=None, ge=1, description="compute threads; None = the CPUs the process may use")
     device: str | None = Field(default=None, description="cpu | cuda; None = cuda when present")
     dtype: str | None = Field(default=None, description="float32 | bfloat16 | float16; None = per device")
     block_size: int = Field(default=16, ge=1)
@@ -53,8 +53,9 @@ class EngineSettings(BaseModel):
     max_waiting: int = Field(default=256, ge=0, description="queued requests before 503")
     max_model_len: int | None = Field(default=None, ge=2)
     enable_prefix_caching: bool = True
-    batch_invariant: bool = Field(default=True, description="pad steps so results do not depend on the batch")
-    weights: str = Field(default="fp32", pattern="^(fp32|int8|int4|q4)$", description="fp32 | int8 | int4 | q4 (the low-bit modes for small steps)")
+    weights: str = Field(default="native", pattern="^(native|exact)$", description="native (chatforge's kernels) | exact (torch float32)")
+    kernel_cache_dir: str | None = Field(default=None, description="where the native kernels are built; None = ~/.cache/chatforge")
+    compiler: str = Field(default="cc", description="the C compiler that builds the native kernels")
 
 
 class Settings(BaseSettings):

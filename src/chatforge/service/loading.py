@@ -27,12 +27,13 @@ def engine_config(s: EngineSettings) -> EngineConfig:
         max_num_batched_tokens=s.max_num_batched_tokens,
         max_waiting=s.max_waiting,
         max_model_len=s.max_model_len,
-        torch_threads=s.torch_threads,
+        threads=s.threads,
         device=s.device,
         dtype=s.dtype,
         enable_prefix_caching=s.enable_prefix_caching,
-        batch_invariant=s.batch_invariant,
         weights=s.weights,
+        kernel_cache_dir=s.kernel_cache_dir,
+        compiler=s.compiler,
     )
 
 

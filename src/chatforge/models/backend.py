@@ -1,0 +1,86 @@
+"""Which backend computes a model: chosen once, when it is loaded (models/step.py).
+
+- weights "native" (the default) on a CPU: models/native_model.py, each weight in its own format
+  (a GGUF's Q4_1 / Q8_0 blocks as they are, float weights in float32), batch-invariant;
+- weights "exact", or a CUDA device: models/torch_backend.py, transformers' arithmetic in float32
+  (bfloat16 by default on CUDA).
+Where the native kernels cannot run (no AVX2, no C compiler), "native" falls back to the torch
+backend in float32 and says why in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from chatforge.models import native
+from chatforge.models.errors import ModelError
+from chatforge.models.gguf_weights import read_gguf
+from chatforge.models.loader import load_model, read_hf_folder
+from chatforge.models.registry import model_class
+from chatforge.models.source import ModelNotFoundError, ModelSource
+from chatforge.models.step import ModelBackend
+
+log = logging.getLogger("chatforge.models")
+
+WEIGHT_MODES = ("native", "exact")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Checkpoint entries that are derived, not learned: old Llama files carry RoPE's inv_freq.
+_DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name is not None:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name is not None:
+        return _DTYPES[name]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_backend(
+    source: ModelSource,
+    weights: str = "native",
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    kernel_cache_dir: str | Path | None = None,
+    compiler: str = "cc",
+) -> ModelBackend:
+    """The model of `source` on the backend its settings choose (module docstring)."""
+    if weights not in WEIGHT_MODES:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
+    dev = pick_device(device)
+    if weights == "native" and dev.type == "cpu":
+        try:
+            native.library(kernel_cache_dir, compiler)
+        except native.NativeKernelsUnavailable as e:
+            log.warning("native kernels unavailable (%s): computing in float32 with torch instead", e)
+        else:
+            return load_native(source, threads)
+    from chatforge.models.torch_backend import TorchBackend
+
+    model, _ = load_model(source, pick_dtype(dtype, dev), dev)
+    return TorchBackend(model)
+
+
+def load_native(source: ModelSource, threads: int | None = None):
+    """A NativeModel of `source` (the kernels must be loadable)."""
+    from chatforge.models.native_model import NativeModel
+
+    if source.kind == "gguf":
+        if not Path(source.path).is_file():
+            raise ModelNotFoundError(f"no GGUF file at {source.path}")
+        config, state = read_gguf(source.path, keep_quantized=True)
+    elif source.kind == "hf":
+        config, state = read_hf_folder(source.path)
+    else:
+        raise ModelError(f"unknown model source kind {source.kind!r} (expected 'gguf' or 'hf')")
+    model_class(config.architecture)  # an unsupported architecture is refused by name
+    state = {k: v for k, v in state.items() if not k.endswith(_DERIVED_SUFFIXES)}
+    return NativeModel(config, state, threads)

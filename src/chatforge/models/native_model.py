@@ -1,0 +1,265 @@
+"""The native backend: a model plan built once at load time, one C call per engine step.
+
+`NativeModel` packs every weight into its kernel's format (models/native_formats.py: a GGUF's
+Q4_1 and Q8_0 blocks as they are, float weights as float32), hands the plan to C
+(native/model.h: the plan's contract, batch invariance included) and keeps the packed arrays
+alive; no float copy of a quantized weight is kept. `execute` marshals the step's token ids,
+lengths and block tables into arrays and makes one call; the KV cache is float16, per layer
+[n_blocks, kv_heads, block_size, head_dim] for K and for V.
+
+Threads: the plan owns a pool of `threads` threads (the caller included; default: the CPUs this
+process may use). One step runs at a time per plan (engines sharing a plan take turns).
+
+Extending the plan (issue "models"): new formats are a packing function and a C kernel; new
+architectures add fields at the end of native/model.h's structs (mirrored in `_Desc`, `_Layer`
+here, in the same order) and the step that reads them in native/forward.c.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from chatforge.models import native
+from chatforge.models.config import ModelConfig
+from chatforge.models.errors import ModelError, WeightsMismatchError
+from chatforge.models.gguf_weights import QuantizedTensor
+from chatforge.models.native_formats import PackedMatrix, native_format, pack
+from chatforge.models.rotary import inverse_frequencies
+from chatforge.models.step import StepInputs
+
+_i64, _f32, _p = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+MAX_PARTS = 3
+
+
+class _Matrix(ctypes.Structure):
+    _fields_ = [("format", _i64), ("N", _i64), ("K", _i64), ("group_bytes", _i64), ("data", _p)]
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("n_parts", _i64), ("parts", _Matrix * MAX_PARTS), ("bias", _p)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [
+        ("attn_norm", _p), ("ffn_norm", _p), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear),
+        ("down", _Linear), ("sliding_window", _i64),
+    ]
+
+
+class _Desc(ctypes.Structure):
+    _fields_ = [
+        ("n_layers", _i64), ("hidden", _i64), ("n_heads", _i64), ("n_kv_heads", _i64), ("head_dim", _i64),
+        ("ffn", _i64), ("vocab", _i64), ("rms_eps", _f32), ("embed_scale", _f32), ("attn_scale", _f32),
+        ("pad_", _f32), ("inv_freq", _p), ("final_norm", _p), ("embed", _Matrix), ("lm_head", _Matrix),
+        ("layers", ctypes.POINTER(_Layer)),
+    ]
+
+
+class _Step(ctypes.Structure):
+    _fields_ = [
+        ("n_tokens", _i64), ("token_ids", _p), ("n_seqs", _i64), ("query_lens", _p), ("context_lens", _p),
+        ("block_tables", _p), ("max_blocks", _i64), ("n_sample", _i64), ("sample_rows", _p), ("logits", _p),
+        ("k_cache", _p), ("v_cache", _p), ("n_blocks", _i64), ("block_size", _i64),
+    ]
+
+
+_STRUCTS = [_Matrix, _Linear, _Layer, _Desc, _Step]  # cf_sizeof(0..4)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class NativeKVCache:
+    k: list[torch.Tensor]  # per layer, float16 [n_blocks, kv_heads, block_size, head_dim]
+    v: list[torch.Tensor]
+    num_blocks: int
+    block_size: int
+    pointers: tuple[ctypes.Array, ctypes.Array]  # the layers' data pointers, for the step
+
+
+class NativeModel:
+    """A ModelBackend (models/step.py) on chatforge's C kernels."""
+
+    def __init__(self, config: ModelConfig, state: dict[str, torch.Tensor | QuantizedTensor], threads: int | None = None):
+        lib = native.library()
+        for index, struct in enumerate(_STRUCTS):
+            if lib.cf_sizeof(index) != ctypes.sizeof(struct):
+                raise native.NativeKernelsUnavailable(f"native/model.h and {struct.__name__} disagree on the layout")
+        self.config = config
+        self.device = torch.device("cpu")
+        self.computes_in_torch = False
+        self.threads = threads or available_cpus()
+        self._lib = lib
+        self._keep: list[object] = []  # every array the C plan points into
+        self.weight_bytes = 0
+        _check_names(config, state)
+        desc = self._describe(config, state)
+        error = ctypes.create_string_buffer(512)
+        handle = ctypes.c_void_p()
+        if lib.cf_model_new(ctypes.byref(desc), self.threads, ctypes.byref(handle), error, len(error)):
+            raise ModelError(f"the native model plan was refused: {error.value.decode()}")
+        self._desc = desc
+        self._handle = handle
+        self._lock = threading.Lock()
+        self._logits = torch.empty(0, config.vocab_size)
+
+    # -- building the plan ---------------------------------------------------------------------
+
+    def _array(self, values) -> int:
+        """A float32 array the plan points at, kept alive with the model."""
+        a = np.ascontiguousarray(values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else values, dtype=np.float32)
+        self._keep.append(a)
+        return a.ctypes.data
+
+    def _matrix(self, packed: PackedMatrix) -> _Matrix:
+        self._keep.append(packed.data)
+        self.weight_bytes += packed.nbytes
+        return _Matrix(packed.format, packed.N, packed.K, packed.group_bytes, packed.data.ctypes.data)
+
+    def _linear(self, state: dict, names: list[str]) -> _Linear:
+        """Several projections side by side: one matrix where they share a format, else parts."""
+        weights = [state.pop(f"{n}.weight") for n in names]
+        lin = _Linear()
+        groups: list[list] = []
+        for w in weights:
+            if groups and native_format(groups[-1][0]) == native_format(w):
+                groups[-1].append(w)
+            else:
+                groups.append([w])
+        if len(groups) > MAX_PARTS:
+            raise ModelError(f"{names}: more than {MAX_PARTS} formats in one projection")
+        lin.n_parts = len(groups)
+        for i, group in enumerate(groups):
+            lin.parts[i] = self._matrix(pack(group))
+        biases = [state.pop(f"{n}.bias", None) for n in names]
+        if any(b is not None for b in biases):
+            sizes = [w.shape[0] for w in weights]
+            lin.bias = self._array(torch.cat([
+                b.float() if b is not None else torch.zeros(n) for b, n in zip(biases, sizes)
+            ]))
+        return lin
+
+    def _describe(self, c: ModelConfig, state: dict) -> _Desc:
+        state = dict(state)
+        layers = (_Layer * c.num_hidden_layers)()
+        for i in range(c.num_hidden_layers):
+            p = f"model.layers.{i}."
+            layers[i].attn_norm = self._array(state.pop(p + "input_layernorm.weight"))
+            layers[i].ffn_norm = self._array(state.pop(p + "post_attention_layernorm.weight"))
+            layers[i].qkv = self._linear(state, [p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"])
+            layers[i].o = self._linear(state, [p + "self_attn.o_proj"])
+            layers[i].gate_up = self._linear(state, [p + "mlp.gate_proj", p + "mlp.up_proj"])
+            layers[i].down = self._linear(state, [p + "mlp.down_proj"])
+            layers[i].sliding_window = c.layer_sliding_window(i) or 0
+        self._keep.append(layers)
+        embed = self._matrix(pack([state.pop("model.embed_tokens.weight")]))
+        head = embed if c.tie_word_embeddings else self._matrix(pack([state.pop("lm_head.weight")]))
+        return _Desc(
+            n_layers=c.num_hidden_layers, hidden=c.hidden_size, n_heads=c.num_attention_heads,
+            n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, ffn=c.intermediate_size, vocab=c.vocab_size,
+            rms_eps=c.rms_norm_eps, embed_scale=1.0, attn_scale=c.head_dim**-0.5,
+            inv_freq=self._array(inverse_frequencies(c)), final_norm=self._array(state.pop("model.norm.weight")),
+            embed=embed, lm_head=head, layers=layers,
+        )
+
+    # -- the backend ---------------------------------------------------------------------------
+
+    def kv_block_bytes(self, block_size: int) -> int:
+        c = self.config
+        return 2 * c.num_hidden_layers * block_size * c.num_key_value_heads * c.head_dim * 2
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> NativeKVCache:
+        """float16, uninitialised: a slot is always written before it is read, and untouched pages
+        cost no memory."""
+        c = self.config
+        shape = (num_blocks, c.num_key_value_heads, block_size, c.head_dim)
+        k = [torch.empty(shape, dtype=torch.float16) for _ in range(c.num_hidden_layers)]
+        v = [torch.empty(shape, dtype=torch.float16) for _ in range(c.num_hidden_layers)]
+        pointers = tuple((_p * len(ts))(*[t.data_ptr() for t in ts]) for ts in (k, v))
+        return NativeKVCache(k, v, num_blocks, block_size, pointers)
+
+    def execute(self, step: StepInputs, kv_cache: NativeKVCache) -> torch.Tensor:
+        tables = step.block_tables
+        width = max(len(t) for t in tables)
+        block_tables = np.zeros((len(tables), width), dtype=np.int32)
+        for i, table in enumerate(tables):
+            block_tables[i, : len(table)] = table
+        ids = np.asarray(step.token_ids, dtype=np.int32)
+        query_lens = np.asarray(step.query_lens, dtype=np.int32)
+        context_lens = np.asarray(step.context_lens, dtype=np.int32)
+        sample_rows = np.asarray(step.sample_rows, dtype=np.int32)
+        S = len(sample_rows)
+        if self._logits.shape[0] < S:
+            self._logits = torch.empty(max(S, 2 * self._logits.shape[0]), self.config.vocab_size)
+        logits = self._logits[:S]
+        s = _Step(
+            n_tokens=len(ids), token_ids=ids.ctypes.data, n_seqs=len(query_lens), query_lens=query_lens.ctypes.data,
+            context_lens=context_lens.ctypes.data, block_tables=block_tables.ctypes.data, max_blocks=width,
+            n_sample=S, sample_rows=sample_rows.ctypes.data, logits=logits.data_ptr(),
+            k_cache=ctypes.addressof(kv_cache.pointers[0]), v_cache=ctypes.addressof(kv_cache.pointers[1]),
+            n_blocks=kv_cache.num_blocks, block_size=kv_cache.block_size,
+        )
+        with self._lock:
+            status = self._lib.cf_model_step(self._handle, ctypes.byref(s))
+            if status:
+                message = self._lib.cf_model_error(self._handle).decode()
+                raise (MemoryError if status == -1 else ValueError)(message)
+        return logits
+
+    def pool_stats(self) -> dict[str, int]:
+        out = (_i64 * 4)()
+        self._lib.cf_model_pool_stats(self._handle, out)
+        return dict(zip(("jobs", "solo_jobs", "stalls", "fallbacks"), out))
+
+    PROFILE_OPS = ("embed", "norm", "qkv", "rope", "attention", "o", "gate_up", "swiglu", "down", "lm_head")
+
+    def profile(self, enable: bool = True) -> dict[str, float]:
+        """The calling thread's CPU seconds per kind of op since the last call (native/model.h);
+        counting restarts, on or off. Where a step goes, with threads=1 (benchmarks only)."""
+        out = (_i64 * len(self.PROFILE_OPS))()
+        self._lib.cf_model_profile(self._handle, int(enable), out)
+        return {name: ns / 1e9 for name, ns in zip(self.PROFILE_OPS, out)}
+
+    def __del__(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle:
+            self._lib.cf_model_free(handle)
+            self._handle = None
+
+
+def _check_names(c: ModelConfig, state: dict) -> None:
+    """The checkpoint has exactly the tensors the architecture reads (as the torch loader checks)."""
+    expected = {"model.embed_tokens.weight", "model.norm.weight"}
+    if not c.tie_word_embeddings:
+        expected.add("lm_head.weight")
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        expected |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            expected.add(f"{p}self_attn.{proj}.weight")
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            expected.add(f"{p}mlp.{proj}.weight")
+        if c.attention_bias:
+            expected |= {f"{p}self_attn.{x}_proj.bias" for x in "qkv"}
+        if c.o_proj_bias:
+            expected.add(f"{p}self_attn.o_proj.bias")
+        if c.mlp_bias:
+            expected |= {f"{p}mlp.{x}_proj.bias" for x in ("gate", "up", "down")}
+    names = set(state)
+    if c.tie_word_embeddings:
+        names.discard("lm_head.weight")
+    missing, unexpected = sorted(expected - names), sorted(names - expected)
+    if missing or unexpected:
+        raise WeightsMismatchError(f"missing tensors: {missing[:8]}; unexpected tensors: {unexpected[:8]}")
