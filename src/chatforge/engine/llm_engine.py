@@ -14,6 +14,7 @@ from chatforge.engine.batch import ScheduledBatch
 from chatforge.engine.block_manager import BlockManager
 from chatforge.engine.config import EngineConfig
 from chatforge.engine.errors import DuplicateRequestError, InvalidRequestError, PromptTooLongError, StepFailedError
+from chatforge.engine.grammar import grammar_error
 from chatforge.engine.model_runner import ModelRunner
 from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutput
 from chatforge.engine.sampler import Sampler, SamplerOutput
@@ -113,6 +114,8 @@ class LLMEngine:
         for name, ids in (("logit_bias", params.logit_bias), ("stop_token_ids", params.stop_token_ids)):
             if any(not 0 <= t < self.vocab_size for t in ids):
                 raise InvalidRequestError(f"{name} token ids must be in [0, {self.vocab_size})")
+        if params.grammar is not None and params.grammar.vocab_size != self.vocab_size:
+            raise InvalidRequestError(f"the grammar masks {params.grammar.vocab_size} tokens; the model has {self.vocab_size}")
         if params.n > self.config.max_num_seqs:
             raise InvalidRequestError(f"n={params.n} exceeds max_num_seqs={self.config.max_num_seqs}")
         must_generate = max(1, params.min_tokens)
@@ -198,6 +201,7 @@ class LLMEngine:
                     num_generated=seq.num_generated,
                     finish_reason=seq.finish_reason,
                     stop_token_id=seq.stop_token_id,
+                    error=grammar_error(seq),
                 )
             )
             if seq.is_finished:

@@ -11,6 +11,7 @@ class FinishReason(str, Enum):
     STOP_SEQUENCE = "stop_sequence"  # a stop string, found by the text layer
     LENGTH = "length"  # max_tokens, or the model's context
     ABORT = "abort"  # the client went away, or the server is shutting down
+    GRAMMAR_ERROR = "grammar_error"  # the grammar could not take the sampled token (engine/grammar.py)
 
 
 @dataclass
@@ -30,6 +31,7 @@ class CompletionOutput:
     num_generated: int  # generated so far in total
     finish_reason: FinishReason | None = None  # set once, on the completion's last output
     stop_token_id: int | None = None  # the id that ended it with STOP (not part of the text)
+    error: str | None = None  # the grammar's message when finish_reason is GRAMMAR_ERROR
 
 
 @dataclass

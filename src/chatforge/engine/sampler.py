@@ -3,8 +3,9 @@ per row inside one batch. This module owns the order (DESIGN §3), which matches
 transformers' logits processors and TGI, so either can serve as a reference:
 
 1. raw log-softmax of the logits, kept for `logprobs` / `top_logprobs`;
-2. `logit_bias` is added; until `min_tokens` are generated, EOS (unless `ignore_eos`) and
-   `stop_token_ids` are banned;
+2. `logit_bias` is added; a constrained row's grammar mask sets the tokens its grammar forbids
+   to -inf (engine/grammar_mask.py; so a bias cannot revive them); until `min_tokens` are
+   generated, EOS (unless `ignore_eos`) and `stop_token_ids` are banned;
 3. `repetition_penalty` over prompt + generated tokens (a positive logit is divided by it, a
    negative one multiplied);
 4. `frequency_penalty` x count and `presence_penalty` x [count > 0] are subtracted, counting
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from chatforge.engine import sampling_ops as ops
+from chatforge.engine.grammar_mask import GrammarMasks, StepMasks
 from chatforge.engine.outputs import TokenLogprob
 from chatforge.engine.sampling_batch import FilterParams, SamplingBatch
 from chatforge.engine.sequence import Sequence
@@ -49,6 +51,7 @@ class Sampler:
         else:
             self.shared_generator.manual_seed(seed)
         self._generators: dict[int, torch.Generator] = {}  # seq_id -> its own generator
+        self.grammar_masks = GrammarMasks(vocab_size, self.device)
 
     def release(self, seq_id: int) -> None:
         """Forget a finished sequence's generator."""
@@ -59,7 +62,8 @@ class Sampler:
         """logits: float32 [N, V], row i belonging to seqs[i]."""
         b = SamplingBatch.build(seqs, self.vocab_size, self.stop_token_ids, logits.device)
         raw = logits[b.logprob_rows].log_softmax(dim=-1) if b.logprob_rows is not None else None  # 1
-        processed = apply_penalties(logits, b) if b.needs_processing else logits  # 2-4
+        masks = self.grammar_masks.fill(seqs)  # None when no row is constrained
+        processed = apply_penalties(logits, b, masks) if b.needs_processing or masks is not None else logits  # 2-4
         if b.sampled_rows is None:
             tokens = processed.argmax(dim=-1)  # 5
         elif len(b.sampled_rows) == len(seqs):
@@ -126,12 +130,15 @@ class Sampler:
         return out
 
 
-def apply_penalties(logits: torch.Tensor, b: SamplingBatch) -> torch.Tensor:
-    """Steps 2-4 on a copy of logits [N, V]: bias, min_tokens bans, repetition, frequency/presence."""
+def apply_penalties(logits: torch.Tensor, b: SamplingBatch, masks: StepMasks | None = None) -> torch.Tensor:
+    """Steps 2-4 on a copy of logits [N, V]: bias, grammar masks, min_tokens bans, repetition,
+    frequency/presence."""
     logits = logits.clone()  # the raw logits stay untouched for the caller
     num_rows, vocab = logits.shape
     if b.bias_rows is not None:
         ops.add_logit_bias(logits, b.bias_rows, b.bias_cols, b.bias_values)
+    if masks is not None:
+        masks.apply(logits)
     if b.ban_rows is not None:
         ops.ban_tokens(logits, b.ban_rows, b.ban_cols)
     if b.repetition_penalty is not None:

@@ -7,6 +7,10 @@ The order in which they act is documented and owned by `engine/sampler.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatforge.engine.grammar import Grammar
 
 MAX_TOP_LOGPROBS = 20
 # Temperatures below this sample as greedy: logits / 1e-300 overflow to inf, and softmax of
@@ -34,6 +38,7 @@ class SamplingParams:
     logprobs: bool = False  # return the sampled token's raw logprob
     top_logprobs: int = 0  # and this many most likely alternatives (0..20)
     n: int = 1  # completions forked from one prompt, sharing its KV blocks
+    grammar: Grammar | None = None  # constrained decoding (engine/grammar.py), compiled by the service
 
     def __post_init__(self) -> None:
         # Programming errors only: dialects validate user input and answer in their envelope.

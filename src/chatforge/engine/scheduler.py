@@ -16,6 +16,7 @@ from collections import deque
 from chatforge.engine.batch import ScheduledBatch
 from chatforge.engine.block_manager import BlockManager
 from chatforge.engine.errors import EngineOverloadedError
+from chatforge.engine.grammar import accept_token
 from chatforge.engine.outputs import FinishReason
 from chatforge.engine.sequence import Sequence, SequenceStatus
 
@@ -157,6 +158,8 @@ class Scheduler:
 
     def _check_finished(self, seq: Sequence, token_id: int) -> bool:
         params = seq.params
+        if seq.matcher is not None and accept_token(seq, token_id, self.stop_token_ids):
+            return True  # the grammar is complete, or it refused the token
         if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in self.stop_token_ids):
             seq.finish(FinishReason.STOP, stop_token_id=token_id)
         elif seq.num_generated >= params.max_tokens or seq.num_tokens >= self.max_model_len:

@@ -45,6 +45,9 @@ class Sequence:
         self.stop_token_id: int | None = None
         self.pending_forks: list[Sequence] = []  # the request's other completions, until forked
         self.num_emitted = 0  # generated tokens already handed out in a RequestOutput
+        # The live grammar state (engine/grammar.py). Each completion starts its own from the
+        # request's compiled grammar: a fork begins at the prompt, as its parent did.
+        self.matcher = params.grammar.matcher() if params.grammar is not None else None
 
     def __len__(self) -> int:
         return len(self.token_ids)

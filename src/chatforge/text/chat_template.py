@@ -84,6 +84,10 @@ class ChatTemplate:
         source = tokenizer.get_chat_template(name, with_tools=with_tools)
         return cls(source if source is not None else DEFAULT_CHAT_TEMPLATE, tokenizer.special_tokens)
 
+    def syntax_tree(self) -> nodes.Template:
+        """The template's parsed Jinja tree, for capability checks (text/tool_prompt.py)."""
+        return self._template.environment.parse(self.source)
+
     @functools.cached_property
     def supports_content_parts(self) -> bool:
         """Whether the template loops over a message's content (so it accepts a list of parts)."""

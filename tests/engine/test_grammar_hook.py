@@ -1,0 +1,158 @@
+"""The engine's grammar hook with a scripted matcher (the llguidance one is tested end to end in
+test_constrained_decoding.py): the mask arithmetic, where it sits in the sampling order, what it
+leaves untouched, and how a grammar ends a sequence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from chatforge.engine.grammar import accept_token, grammar_error
+from chatforge.engine.grammar_mask import GrammarMasks
+from chatforge.engine.outputs import FinishReason
+from chatforge.engine.sampler import Sampler
+from chatforge.engine.sampling_params import SamplingParams
+from chatforge.engine.sequence import Sequence
+
+V = 300  # not a multiple of 32: the last mask word is partly padding
+EOS = 2
+CPU = torch.device("cpu")
+
+
+class SetFiller:
+    """Writes each matcher's allowed set as bits, the way a grammar library does."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def fill(self, items, bitmask):
+        self.calls += 1
+        for matcher, k in items:
+            bits = np.zeros(bitmask.shape[1] * 32, dtype=np.uint8)
+            bits[sorted(matcher.allowed())] = 1
+            bitmask[k] = np.packbits(bits, bitorder="little").view(np.int32)
+
+
+class ScriptedMatcher:
+    """Allows `script[i]` at step i; finished after the last step (or on EOS when it is allowed)."""
+
+    def __init__(self, script, filler):
+        self.script, self.mask_filler, self.taken, self._error = script, filler, [], ""
+
+    def allowed(self):
+        return self.script[len(self.taken)] if len(self.taken) < len(self.script) else {EOS}
+
+    def accept(self, token_id):
+        if token_id not in self.allowed():
+            self._error = f"token {token_id} is not allowed"
+            return False
+        self.taken.append(token_id)
+        return True
+
+    def is_finished(self):
+        return len(self.taken) >= len(self.script) or (self.taken and self.taken[-1] == EOS)
+
+    def error(self):
+        return self._error
+
+
+class ScriptedGrammar:
+    vocab_size = V
+
+    def __init__(self, script, filler=None):
+        self.script, self.filler = script, filler or SetFiller()
+
+    def matcher(self):
+        return ScriptedMatcher(self.script, self.filler)
+
+
+def logits_for(rows, seed=0):
+    return torch.randn(rows, V, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def seq(params, prompt=(1, 5, 9)):
+    return Sequence("r", list(prompt), params)
+
+
+def test_the_lookup_table_mask_is_exact_and_touches_only_constrained_rows():
+    filler = SetFiller()
+    allowed = [{0, 31, 32, 33, 255, 299}, set(range(100, 140))]
+    seqs = [seq(SamplingParams(grammar=ScriptedGrammar([allowed[0]], filler))), seq(SamplingParams()),
+            seq(SamplingParams(grammar=ScriptedGrammar([allowed[1]], filler)))]
+    logits = logits_for(3)
+    masked = logits.clone()
+    GrammarMasks(V, CPU).fill(seqs).apply(masked)
+    assert filler.calls == 1  # both constrained rows in one call
+    assert torch.equal(masked[1], logits[1])
+    for row, ok in ((0, allowed[0]), (2, allowed[1])):
+        expected = torch.full((V,), float("-inf"))
+        expected[sorted(ok)] = logits[row, sorted(ok)]
+        assert torch.equal(masked[row], expected)
+
+
+def test_without_constrained_rows_nothing_is_filled():
+    assert GrammarMasks(V, CPU).fill([seq(SamplingParams()), seq(SamplingParams())]) is None
+
+
+def test_unconstrained_rows_sample_the_same_tokens_and_logprobs_beside_a_constrained_row():
+    free = [SamplingParams(temperature=0, logprobs=True, top_logprobs=3), SamplingParams(seed=4, logprobs=True)]
+    logits = logits_for(3, seed=5)
+    out_alone = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits[:2], [seq(p) for p in free])
+    constrained = seq(SamplingParams(temperature=0, logprobs=True, grammar=ScriptedGrammar([{7}])))
+    out_mixed = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits, [*(seq(p) for p in free), constrained])
+    assert out_mixed.token_ids[:2] == out_alone.token_ids
+    assert out_mixed.logprobs[:2] == out_alone.logprobs
+    assert out_mixed.token_ids[2] == 7
+
+
+def test_a_constrained_row_keeps_the_raw_logprobs_and_a_bias_cannot_revive_a_forbidden_token():
+    logits = logits_for(1, seed=1)
+    favourite = int(logits[0].argmax())
+    allowed = {(favourite + 1) % V, (favourite + 2) % V}
+    for bias in (100.0, math.inf):
+        params = SamplingParams(temperature=0, logprobs=True, logit_bias={favourite: bias}, grammar=ScriptedGrammar([allowed]))
+        out = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits, [seq(params)])
+        token = out.token_ids[0]
+        assert token in allowed
+        assert out.logprobs[0].logprob == logits[0].log_softmax(-1)[token].item()  # step 1: raw
+
+
+def test_a_sampled_row_draws_only_allowed_tokens():
+    sampler = Sampler(V, frozenset({EOS}), CPU, seed=0)
+    allowed = {3, 50, 299}
+    s = seq(SamplingParams(temperature=1.5, top_p=0.9, grammar=ScriptedGrammar([allowed] * 200)))
+    for step in range(200):
+        token = sampler(logits_for(1, seed=step), [s]).token_ids[0]
+        assert token in allowed
+
+
+def test_a_finished_grammar_ends_the_sequence_even_with_ignore_eos_and_min_tokens():
+    s = seq(SamplingParams(max_tokens=10, min_tokens=8, ignore_eos=True, grammar=ScriptedGrammar([{5}, {6}])))
+    s.append_token(5)
+    assert not accept_token(s, 5, frozenset({EOS}))
+    s.append_token(6)
+    assert accept_token(s, 6, frozenset({EOS}))
+    assert s.finish_reason is FinishReason.STOP and s.stop_token_id is None  # 6 is part of the text
+
+
+def test_a_grammar_that_ends_on_eos_ends_with_that_stop_id():
+    s = seq(SamplingParams(ignore_eos=True, grammar=ScriptedGrammar([{5, EOS}])))
+    assert accept_token(s, EOS, frozenset({EOS}))
+    assert s.finish_reason is FinishReason.STOP and s.stop_token_id == EOS
+
+
+def test_a_refused_token_ends_the_sequence_with_the_grammars_message():
+    s = seq(SamplingParams(grammar=ScriptedGrammar([{5}])))
+    assert accept_token(s, 9, frozenset({EOS}))
+    assert s.finish_reason is FinishReason.GRAMMAR_ERROR
+    assert grammar_error(s) == "token 9 is not allowed"
+
+
+def test_each_completion_of_a_request_starts_its_own_matcher():
+    parent = seq(SamplingParams(n=2, grammar=ScriptedGrammar([{5}])))
+    child = parent.fork(1)
+    assert child.matcher is not parent.matcher
+    parent.matcher.accept(5)
+    assert child.matcher.taken == []

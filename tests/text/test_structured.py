@@ -1,0 +1,189 @@
+"""Constraint compilation (text/structured.py) on the bundled model's real vocabulary: what
+compiles, what is refused and how, the limits against hostile input, and what the masks allow."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from chatforge.text.structured import (
+    JSON_WHITESPACE_MAX,
+    Choice,
+    JsonObject,
+    JsonSchema,
+    LarkGrammar,
+    Regex,
+    StructuredLimits,
+    StructuredOutput,
+    StructuredOutputError,
+)
+
+CONTROL_IDS = set(range(17))  # SmolLM2's control tokens; 0 and 2 end a turn
+EOS_IDS = {0, 2}
+
+
+@pytest.fixture(scope="module")
+def structured(smol) -> StructuredOutput:
+    return StructuredOutput(smol, mask_threads=1)
+
+
+def allowed(matcher, vocab_size: int) -> set[int]:
+    bitmask = np.zeros((1, (vocab_size + 31) // 32), dtype=np.int32)
+    matcher.mask_filler.fill([(matcher, 0)], bitmask)
+    bits = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:vocab_size]
+    return set(np.flatnonzero(bits).tolist())
+
+
+def feed(smol, matcher, text: str) -> bool:
+    return all(matcher.accept(t) for t in smol.encode(text))
+
+
+def test_llguidance_sees_exactly_the_models_vocabulary(smol, structured):
+    ll = structured.ll_tokenizer
+    assert ll.vocab_size == smol.vocab_size == 49152
+    assert sorted(ll.eos_tokens) == sorted(smol.end_of_turn_ids) == [0, 2]
+    for i in range(smol.vocab_size):
+        assert ll.is_special_token(i) == smol.is_special(i), i
+        if not smol.is_special(i):
+            assert ll.decode_bytes([i]) == smol.token_bytes(i), i
+
+
+@pytest.mark.parametrize(
+    "constraint, text",
+    [
+        (JsonSchema({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}), '{"a": 12}'),
+        (JsonObject(), '{"x": [1, {"y": null}]}'),
+        (Regex(r"[0-9]{3}-[a-z]{2}"), "123-ab"),
+        (Choice(("yes", "no")), "no"),
+        (LarkGrammar('start: "A" NUM\nNUM: /[0-9]+/'), "A42"),
+    ],
+)
+def test_each_kind_of_constraint_compiles_and_accepts_a_matching_text(smol, structured, constraint, text):
+    grammar = structured.compile(constraint)
+    matcher = grammar.matcher()
+    assert feed(smol, matcher, text)
+    assert matcher.error() == ""
+    assert 2 in allowed(matcher, grammar.vocab_size)  # complete: EOS is allowed now
+
+
+def test_a_finished_json_document_ends_the_grammar_and_a_wrong_token_is_an_error(smol, structured):
+    grammar = structured.compile(JsonSchema({"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"],
+                                             "additionalProperties": False}))
+    done = grammar.matcher()
+    assert feed(smol, done, '{"a": true}') and done.is_finished()
+    wrong = grammar.matcher()  # matchers of one grammar are independent
+    assert not feed(smol, wrong, '{"a": 1}')
+    assert "doesn't satisfy the grammar" in wrong.error()
+
+
+def test_control_tokens_never_appear_inside_json_and_eos_only_when_complete(smol, structured):
+    grammar = structured.compile(JsonSchema({"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}))
+    matcher = grammar.matcher()
+    for prefix in ['{', '"s', '": "', "hello", " world"]:
+        assert feed(smol, matcher, prefix)
+        assert not allowed(matcher, grammar.vocab_size) & CONTROL_IDS, prefix
+    assert feed(smol, matcher, '"}')
+    assert allowed(matcher, grammar.vocab_size) & CONTROL_IDS == EOS_IDS
+
+
+def test_json_whitespace_is_bounded(smol, structured):
+    grammar = structured.compile(JsonObject())
+    assert feed(smol, grammar.matcher(), "{" + " " * JSON_WHITESPACE_MAX + '"a": 1}')
+    too_much = grammar.matcher()
+    assert not feed(smol, too_much, "{" + " " * (JSON_WHITESPACE_MAX + 1) + '"a": 1}')
+
+
+@pytest.mark.parametrize(
+    "schema, named",
+    [
+        ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
+        ({"type": "string", "pattern": "(?=a)b"}, "look-around"),
+        ({"type": "string", "format": "iri"}, "iri"),
+        ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf"),
+        ({"$ref": "https://example.com/schema.json"}, "https://example.com/schema.json"),
+        ({"type": "object", "properties": {"a": {"type": "string"}}, "minProperties": 1}, "maxProperties"),
+        ({"type": "wat"}, "wat"),
+        ({"properties": 3}, "properties"),
+    ],
+)
+def test_a_schema_llguidance_cannot_enforce_is_a_typed_error_naming_the_keyword(structured, schema, named):
+    with pytest.raises(StructuredOutputError) as info:
+        structured.compile(JsonSchema(schema))
+    assert info.value.kind == "rejected"
+    assert named in info.value.message
+    assert "<" not in info.value.message  # no debugging appendix
+
+
+def test_a_non_strict_schema_ignores_what_it_cannot_enforce_and_says_so(smol, structured):
+    grammar = structured.compile(JsonSchema({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, strict=False))
+    assert any("uniqueItems" in w for w in grammar.warnings)
+    assert feed(smol, grammar.matcher(), "[1, 1]")
+
+
+@pytest.mark.parametrize(
+    "constraint, kind, named",
+    [
+        (Regex(""), "invalid", "regex"),
+        (Choice(()), "invalid", "choice"),
+        (Choice(("a", "")), "invalid", "choice"),
+        (JsonSchema([1, 2]), "invalid", "JSON schema"),
+        (JsonSchema({"const": float("nan")}), "invalid", "not JSON"),
+        (LarkGrammar("start: nowhere"), "rejected", "nowhere"),
+        (Regex("a{0}"), "invalid", "empty"),
+    ],
+)
+def test_malformed_constraints_are_typed_errors(structured, constraint, kind, named):
+    with pytest.raises(StructuredOutputError) as info:
+        structured.compile(constraint)
+    assert info.value.kind == kind
+    assert named in info.value.message
+
+
+def nested(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+@pytest.mark.parametrize(
+    "schema, named",
+    [
+        (nested(200), "deeper than 64"),
+        (nested(5000), "deeper than 64"),  # json.dumps alone would recurse past Python's limit
+        ({"type": "object", "properties": {f"p{i}": {"enum": [f"v{j}" for j in range(40)]} for i in range(3000)}}, "65536 bytes"),
+    ],
+)
+def test_hostile_schemas_cost_a_limit_error_fast(structured, schema, named):
+    started = time.perf_counter()
+    with pytest.raises(StructuredOutputError) as info:
+        structured.compile(JsonSchema(schema))
+    assert info.value.kind == "limit" and named in info.value.message
+    assert time.perf_counter() - started < 5  # a generous bound on a loaded 2-core machine; typically < 0.1 s
+
+
+def test_llguidance_work_limits_apply_to_what_passes_chatforge_checks(smol):
+    tight = StructuredOutput(smol, limits=StructuredLimits(max_grammar_size=200), mask_threads=1)
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 5} for i in range(40)}}
+    with pytest.raises(StructuredOutputError) as info:
+        tight.compile(JsonSchema(schema))
+    assert info.value.kind == "rejected"
+
+
+def test_a_model_vocabulary_wider_than_the_tokenizer_masks_the_padding(tiny_spm):
+    wide = tiny_spm.vocab_size + 40
+    structured = StructuredOutput(tiny_spm, wide, mask_threads=1)
+    grammar = structured.compile(Regex("[a-z]+"))
+    assert grammar.vocab_size == wide
+    ok = allowed(grammar.matcher(), wide)
+    assert ok and max(ok) < tiny_spm.vocab_size
+    assert all(tiny_spm.token_bytes(i).isalpha() for i in ok)
+
+
+def test_compiled_schemas_carry_the_bounded_whitespace_option(structured):
+    grammar = structured.compile(JsonSchema({"type": "string"}))
+    source = json.loads(grammar.source)
+    assert source["grammars"][0]["json_schema"]["x-guidance"]["whitespace_pattern"].endswith("{1,%d}" % JSON_WHITESPACE_MAX)
