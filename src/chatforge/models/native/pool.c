@@ -16,12 +16,19 @@
 /* How long a worker spins for the next job before it sleeps, and the caller for a straggler. */
 #define WORKER_SPIN_NS 100000
 #define CALLER_SPIN_NS 30000
-/* A caller's sleep on a straggler longer than this counts as a stall; STALLS_TO_FALL_BACK stalls
-   within STALL_WINDOW jobs send the jobs of the next SOLO_NS to the caller alone (then it retries). */
+/* Starvation, judged over each WINDOW jobs run with the workers: when the caller spent more than
+   WAIT_SHARE of the jobs' time waiting for tasks that workers held, or ran less than CPU_SHARE of
+   the window's wall time itself (it was descheduled: the CPUs are wanted elsewhere, if only by
+   its own spinning workers), the workers only slow it down. Then the jobs of the next SOLO_NS run
+   on the caller alone (the workers sleep); then the workers are tried again for a window, and
+   after each failed try the caller stays alone twice as long (up to SOLO_NS << MAX_BACKOFF). A
+   wait longer than STALL_NS counts as a stall (statistics). */
+#define WINDOW 64
+#define WAIT_SHARE 0.25
+#define CPU_SHARE 0.8
+#define SOLO_NS 100000000
+#define MAX_BACKOFF 5
 #define STALL_NS 200000
-#define STALL_WINDOW 64
-#define STALLS_TO_FALL_BACK 3
-#define SOLO_NS 200000000
 
 struct worker {
     cf_pool *pool;
@@ -47,12 +54,18 @@ struct cf_pool {
     _Atomic int stop;
     /* caller-only bookkeeping */
     int64_t jobs, solo_jobs, stalls_total, fallbacks;
-    int64_t window_start, window_stalls, solo_until;
+    int64_t window_jobs, window_wait_ns, window_job_ns, window_start, window_cpu, solo_until, backoff;
 };
 
 static int64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int64_t thread_cpu_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
@@ -156,9 +169,9 @@ void cf_pool_stats(const cf_pool *p, int64_t out[4]) {
     out[0] = p->jobs, out[1] = p->solo_jobs, out[2] = p->stalls_total, out[3] = p->fallbacks;
 }
 
-/* The caller has run out of tasks: wait for the workers' last ones. Returns 1 on a stall. */
-static int wait_done(cf_pool *p, int64_t n) {
-    int64_t start = now_ns(), until = start + CALLER_SPIN_NS;
+/* The caller has run out of tasks: wait for the workers' last ones. */
+static void wait_done(cf_pool *p, int64_t n) {
+    int64_t until = now_ns() + CALLER_SPIN_NS;
     for (int i = 1; atomic_load_explicit(&p->done, memory_order_acquire) < n; i++) {
         _mm_pause();
         if (i % 64 == 0 && now_ns() > until) {
@@ -170,10 +183,9 @@ static int wait_done(cf_pool *p, int64_t n) {
                 futex_wait(&p->done_seq, w, 1000000);
             }
             atomic_store(&p->caller_sleeping, 0);
-            return now_ns() - start > STALL_NS;
+            return;
         }
     }
-    return 0;
 }
 
 void cf_pool_run(cf_pool *p, cf_task_fn fn, void *ctx, int64_t n_tasks) {
@@ -185,6 +197,8 @@ void cf_pool_run(cf_pool *p, cf_task_fn fn, void *ctx, int64_t n_tasks) {
         for (int64_t t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
+    int64_t start = now_ns();
+    if (p->window_jobs == 0) p->window_start = start, p->window_cpu = thread_cpu_ns();
     atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
     atomic_store_explicit(&p->ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
@@ -197,15 +211,20 @@ void cf_pool_run(cf_pool *p, cf_task_fn fn, void *ctx, int64_t n_tasks) {
         futex_wake(&p->job_seq, INT_MAX);
     }
     run_tasks(p, gen, 0);
-    int stalled = wait_done(p, n_tasks);
-    /* starvation: too many stalls in the recent window -> the caller alone for a while */
-    if (p->jobs - p->window_start >= STALL_WINDOW) p->window_start = p->jobs, p->window_stalls = 0;
-    if (stalled) {
-        p->stalls_total++;
-        if (++p->window_stalls >= STALLS_TO_FALL_BACK) {
-            p->solo_until = now_ns() + SOLO_NS;
+    int64_t own_done = now_ns();
+    wait_done(p, n_tasks);
+    int64_t end = now_ns(), waited = end - own_done;
+    p->stalls_total += waited > STALL_NS;
+    p->window_wait_ns += waited, p->window_job_ns += end - start;
+    if (++p->window_jobs == WINDOW) {
+        double cpu_share = (double)(thread_cpu_ns() - p->window_cpu) / (double)(end - p->window_start + 1);
+        if (p->window_wait_ns > WAIT_SHARE * p->window_job_ns || cpu_share < CPU_SHARE) {
+            p->solo_until = end + (SOLO_NS << p->backoff);
+            p->backoff += p->backoff < MAX_BACKOFF;
             p->fallbacks++;
-            p->window_stalls = 0;
+        } else {
+            p->backoff = 0;
         }
+        p->window_jobs = p->window_wait_ns = p->window_job_ns = 0;
     }
 }

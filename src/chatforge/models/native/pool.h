@@ -10,9 +10,10 @@
    a worker still runs spins briefly, then sleeps until that worker wakes it. Nothing ever spins
    for long, so a busy neighbour process costs a fair share of the CPUs, not a collapse.
 
-   Starvation: when the caller keeps waiting on workers that were descheduled mid-task, the
-   pool runs the next jobs on the caller alone for a while, then tries its workers again
-   (cf_pool_stats says how often). Results never depend on which thread ran a task. */
+   Starvation: when the caller spends much of its jobs' time waiting for tasks that workers hold
+   (they were descheduled mid-task: another process has the CPUs), the pool runs the next jobs
+   on the caller alone for a while, then tries its workers again (cf_pool_stats says how often).
+   Results never depend on which thread ran a task. */
 #ifndef CHATFORGE_POOL_H
 #define CHATFORGE_POOL_H
 
