@@ -111,13 +111,13 @@ def packed(fmt: int, w: torch.Tensor):
     return p, m, exact
 
 
-def matmul(m: _Matrix, x: torch.Tensor, rows=None, groups=None, y=None) -> torch.Tensor:
+def matmul(m: _Matrix, x: torch.Tensor, rows=None, groups=None, y=None, baseline: bool = False) -> torch.Tensor:
     M, K = x.shape
     y = torch.zeros(M, m.N) if y is None else y
     scratch = torch.empty(M * K * 3 + 64, dtype=torch.uint8)
     r0, r1 = rows or (0, M)
     g0, g1 = groups or (0, (m.N + 7) // 8)
-    lib().cf_test_matmul(ctypes.byref(m), ptr(x), M, r0, r1, g0, g1, ptr(y), ptr(scratch), 0)
+    lib().cf_test_matmul(ctypes.byref(m), ptr(x), M, r0, r1, g0, g1, ptr(y), ptr(scratch), 0, int(baseline))
     return y
 
 
@@ -189,6 +189,19 @@ def test_a_row_gets_the_same_bits_whatever_rows_and_columns_are_computed_with_it
     part = matmul(m, x, rows=(2, 7), groups=(3, 11), y=torch.full((11, 100), 7.0))
     assert torch.equal(part[2:7, 24:88], whole[2:7, 24:88])
     assert (part[:2] == 7).all() and (part[7:] == 7).all() and (part[:, :24] == 7).all() and (part[:, 88:] == 7).all()
+
+
+@pytest.mark.parametrize("fmt", [Q4_1, Q8_0])
+def test_every_instruction_set_gives_the_same_bits(fmt):
+    """The variant chosen for this CPU (AVX-512 VNNI where present) and the AVX2 one compute the
+    same integers, then the same float operations."""
+    chosen = lib().cf_select_kernels().decode()
+    assert chosen in ("avx2", "avx512vnni")
+    g = torch.Generator().manual_seed(11)
+    _, m, _ = packed(fmt, grid_weight(fmt, 77, 320, g))
+    for rows in (1, 3, 4, 9, 33):
+        x = torch.randn(rows, 320, generator=g)
+        assert torch.equal(matmul(m, x), matmul(m, x, baseline=True)), (chosen, rows)
 
 
 # -- per-row operations ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,19 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class Pages:
+    """Memory from native/memory.c (2 MiB pages where the kernel gives them), as a uint8 array;
+    returned to the system when the last reference goes."""
+
+    def __init__(self, lib, size: int):
+        address = lib.cf_alloc_pages(size)
+        if not address:
+            raise MemoryError(f"could not map {size} bytes")
+        self.array = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(address))
+        self.address = address
+        weakref.finalize(self, lib.cf_free_pages, address, size)
+
+
 @dataclass
 class NativeKVCache:
     k: list[torch.Tensor]  # per layer, float16 [n_blocks, kv_heads, block_size, head_dim]
@@ -87,6 +101,7 @@ class NativeKVCache:
     num_blocks: int
     block_size: int
     pointers: tuple[ctypes.Array, ctypes.Array]  # the layers' data pointers, for the step
+    pages: Pages  # the memory under k and v
 
 
 class NativeModel:
@@ -103,7 +118,6 @@ class NativeModel:
         self.threads = threads or available_cpus()
         self._lib = lib
         self._keep: list[object] = []  # every array the C plan points into
-        self.weight_bytes = 0
         _check_names(config, state)
         desc = self._describe(config, state)
         error = ctypes.create_string_buffer(512)
@@ -123,15 +137,28 @@ class NativeModel:
         self._keep.append(a)
         return a.ctypes.data
 
-    def _matrix(self, packed: PackedMatrix) -> _Matrix:
-        self._keep.append(packed.data)
-        self.weight_bytes += packed.nbytes
-        return _Matrix(packed.format, packed.N, packed.K, packed.group_bytes, packed.data.ctypes.data)
+    def _place_weights(self, matrices: list[PackedMatrix]) -> dict[int, int]:
+        """Every packed matrix copied into one mapping of (huge) pages, 64-byte aligned -> its
+        address by id(matrix). The packed arrays are dropped afterwards: each weight is held once."""
+        offsets, size = {}, 0
+        for packed in matrices:
+            if id(packed) not in offsets:
+                offsets[id(packed)] = size
+                size += -(-packed.nbytes // 64) * 64
+        self._weights = Pages(self._lib, size)
+        placed = {}
+        for packed in matrices:
+            offset = offsets[id(packed)]
+            if id(packed) not in placed:
+                self._weights.array[offset : offset + packed.nbytes] = packed.data
+                placed[id(packed)] = self._weights.address + offset
+        self.weight_bytes = size
+        return placed
 
-    def _linear(self, state: dict, names: list[str]) -> _Linear:
-        """Several projections side by side: one matrix where they share a format, else parts."""
+    def _linear_parts(self, state: dict, names: list[str]) -> tuple[list[PackedMatrix], int | None]:
+        """Several projections side by side: one matrix where consecutive ones share a format,
+        else parts; and the concatenated bias (address), if any."""
         weights = [state.pop(f"{n}.weight") for n in names]
-        lin = _Linear()
         groups: list[list] = []
         for w in weights:
             if groups and native_format(groups[-1][0]) == native_format(w):
@@ -140,38 +167,45 @@ class NativeModel:
                 groups.append([w])
         if len(groups) > MAX_PARTS:
             raise ModelError(f"{names}: more than {MAX_PARTS} formats in one projection")
-        lin.n_parts = len(groups)
-        for i, group in enumerate(groups):
-            lin.parts[i] = self._matrix(pack(group))
         biases = [state.pop(f"{n}.bias", None) for n in names]
+        bias = None
         if any(b is not None for b in biases):
             sizes = [w.shape[0] for w in weights]
-            lin.bias = self._array(torch.cat([
-                b.float() if b is not None else torch.zeros(n) for b, n in zip(biases, sizes)
-            ]))
-        return lin
+            bias = self._array(torch.cat([b.float() if b is not None else torch.zeros(n) for b, n in zip(biases, sizes)]))
+        return [pack(group) for group in groups], bias
 
     def _describe(self, c: ModelConfig, state: dict) -> _Desc:
         state = dict(state)
+        projections = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
+                       "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
         layers = (_Layer * c.num_hidden_layers)()
+        linears = []  # (layer, field, parts, bias)
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
             layers[i].attn_norm = self._array(state.pop(p + "input_layernorm.weight"))
             layers[i].ffn_norm = self._array(state.pop(p + "post_attention_layernorm.weight"))
-            layers[i].qkv = self._linear(state, [p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"])
-            layers[i].o = self._linear(state, [p + "self_attn.o_proj"])
-            layers[i].gate_up = self._linear(state, [p + "mlp.gate_proj", p + "mlp.up_proj"])
-            layers[i].down = self._linear(state, [p + "mlp.down_proj"])
             layers[i].sliding_window = c.layer_sliding_window(i) or 0
+            for field, names in projections.items():
+                linears.append((i, field, *self._linear_parts(state, [p + n for n in names])))
+        embed = pack([state.pop("model.embed_tokens.weight")])
+        head = embed if c.tie_word_embeddings else pack([state.pop("lm_head.weight")])
+        placed = self._place_weights([embed, head] + [m for _, _, parts, _ in linears for m in parts])
+
+        def matrix(packed: PackedMatrix) -> _Matrix:
+            return _Matrix(packed.format, packed.N, packed.K, packed.group_bytes, placed[id(packed)])
+
+        for i, field, parts, bias in linears:
+            lin = _Linear(n_parts=len(parts), bias=bias)
+            for k, packed in enumerate(parts):
+                lin.parts[k] = matrix(packed)
+            setattr(layers[i], field, lin)
         self._keep.append(layers)
-        embed = self._matrix(pack([state.pop("model.embed_tokens.weight")]))
-        head = embed if c.tie_word_embeddings else self._matrix(pack([state.pop("lm_head.weight")]))
         return _Desc(
             n_layers=c.num_hidden_layers, hidden=c.hidden_size, n_heads=c.num_attention_heads,
             n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, ffn=c.intermediate_size, vocab=c.vocab_size,
             rms_eps=c.rms_norm_eps, embed_scale=1.0, attn_scale=c.head_dim**-0.5,
             inv_freq=self._array(inverse_frequencies(c)), final_norm=self._array(state.pop("model.norm.weight")),
-            embed=embed, lm_head=head, layers=layers,
+            embed=matrix(embed), lm_head=matrix(head), layers=layers,
         )
 
     # -- the backend ---------------------------------------------------------------------------
@@ -181,14 +215,17 @@ class NativeModel:
         return 2 * c.num_hidden_layers * block_size * c.num_key_value_heads * c.head_dim * 2
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> NativeKVCache:
-        """float16, uninitialised: a slot is always written before it is read, and untouched pages
-        cost no memory."""
+        """float16 in one mapping of (huge) pages; a slot is always written before it is read, and
+        pages never touched cost no memory."""
         c = self.config
         shape = (num_blocks, c.num_key_value_heads, block_size, c.head_dim)
-        k = [torch.empty(shape, dtype=torch.float16) for _ in range(c.num_hidden_layers)]
-        v = [torch.empty(shape, dtype=torch.float16) for _ in range(c.num_hidden_layers)]
+        per_layer = num_blocks * c.num_key_value_heads * block_size * c.head_dim
+        pages = Pages(self._lib, 2 * c.num_hidden_layers * per_layer * 2)
+        halves = torch.from_numpy(pages.array.view(np.float16))
+        layers = [halves[i * per_layer : (i + 1) * per_layer].view(shape) for i in range(2 * c.num_hidden_layers)]
+        k, v = layers[: c.num_hidden_layers], layers[c.num_hidden_layers :]
         pointers = tuple((_p * len(ts))(*[t.data_ptr() for t in ts]) for ts in (k, v))
-        return NativeKVCache(k, v, num_blocks, block_size, pointers)
+        return NativeKVCache(k, v, num_blocks, block_size, pointers, pages)
 
     def execute(self, step: StepInputs, kv_cache: NativeKVCache) -> torch.Tensor:
         tables = step.block_tables

@@ -4,7 +4,8 @@ compiler on first use into one shared library and loaded with ctypes.
 - model.h / forward.c: the model plan and its one call per engine step (models/native_model.py);
 - pool.c: the thread pool that runs a step's work (a task counter, waits that yield);
 - formats.h, formats.c, fmt_*.c: the weight formats and their matmul kernels;
-- attention.c, layer_ops.c: paged attention over the float16 KV cache, the per-row operations.
+- attention.c, layer_ops.c: paged attention over the float16 KV cache, the per-row operations;
+- memory.c: the weights' and the KV cache's memory, in huge pages where the kernel gives them.
 
 Why not a torch C++ extension: compiling against torch's headers takes about a minute and needs
 ninja; these files include no torch header and compile in a few seconds. They use their own
@@ -63,7 +64,10 @@ _SIGNATURES = {
     "cf_rotate_head": ([_p, _p, _p, _i64, _p], None),
     "cf_attend_scratch_floats": ([_i64, _i64, _i64], _i64),
     "cf_attend": ([_p, _i64, _i64, _i64, _i64, _p], None),
-    "cf_test_matmul": ([_p, _p, _i64, _i64, _i64, _i64, _i64, _p, _p, _int], None),
+    "cf_test_matmul": ([_p, _p, _i64, _i64, _i64, _i64, _i64, _p, _p, _int, _int], None),
+    "cf_select_kernels": ([], ctypes.c_char_p),
+    "cf_alloc_pages": ([_i64], _p),
+    "cf_free_pages": ([_p, _i64], None),
     "cf_test_pool": ([_int, _i64, _i64, _p], _int),
     "cf_test_row": ([_p, _i64, _p], None),
 }

@@ -29,11 +29,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "blocks.h"
 #include "formats.h"
 #include "simd.h"
-
-#define Q4_1_BLOCK_BYTES 160
-#define Q8_0_BLOCK_BYTES 272
 
 /* x [blocks of 32] -> qx, dx, sx; vectorized, the same values as the scalar definition:
    q = round-half-even(x * (1 / d)), d = max|x| / 127 (0 for an all-zero block). */
@@ -68,106 +66,35 @@ void cf_quantize_q8(const float *x, int64_t M, int64_t K, int8_t *qx, float *dx,
     }
 }
 
-/* the 4 activations at p, broadcast to the 8 lanes */
-static inline __m256i bcast4(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
+/* The exact integer dot products of one block (32 inputs) of eight columns, AVX2 versions (the
+   AVX-512 VNNI ones: fmt_blocks_vnni.c; both give the same integers, hence the same results).
+   Q4_1: maddubs of the unsigned nibbles and the signed activations, 8 steps summed in 16 bits
+   (the eight partial products of a lane stay below 8 x 2 x 15 x 127 < 32768), widened once.
+   Q8_0: maddubs needs an unsigned operand, so |w| times x with w's sign moved onto x, each step
+   widened to 32 bits (two products may already reach 2 x 127 x 127). */
+#define DOT_Q4_1(q, x) dot_q4_1_avx2(q, x)
+#define DOT_Q8_0(w, x, corr) ((void)(corr), dot_q8_0_avx2(w, x))
+#define Q8_0_CORRECTION(w) _mm256_setzero_si256()
+
+static inline __attribute__((always_inline)) __m256i dot_q4_1_avx2(const __m256i q[8], const int8_t *x) {
+    __m256i s = _mm256_maddubs_epi16(q[0], bcast4(x));
+    for (int c = 1; c < 8; c++) s = _mm256_add_epi16(s, _mm256_maddubs_epi16(q[c], bcast4(x + 4 * c)));
+    return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
 }
 
-static inline __m256 load_f16x8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-
-/* R activation rows (row r at qx + r * K, dx / sx + r * nb) against one Q4_1 group:
-   y = sum_b (d_b dx_b (q_b . qx_b) + m_b sx_b), the two terms in one accumulator. */
-#define Q4_1_ROWS(R)                                                                                   \
-    static inline void q4_1_rows_##R(const int8_t *qx, const float *dx, const float *sx, int64_t nb,   \
-                                     const uint8_t *w, __m256 acc[R]) {                                \
-        const __m256i low = _mm256_set1_epi8(0xF), ones = _mm256_set1_epi16(1);                         \
-        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                       \
-        for (int64_t b = 0; b < nb; b++, w += Q4_1_BLOCK_BYTES) {                                       \
-            const __m256i *p = (const __m256i *)w;                                                      \
-            __m256i c0 = _mm256_loadu_si256(p), c1 = _mm256_loadu_si256(p + 1);                         \
-            __m256i c2 = _mm256_loadu_si256(p + 2), c3 = _mm256_loadu_si256(p + 3);                     \
-            __m256i w0 = _mm256_and_si256(c0, low), w4 = _mm256_and_si256(_mm256_srli_epi16(c0, 4), low); \
-            __m256i w1 = _mm256_and_si256(c1, low), w5 = _mm256_and_si256(_mm256_srli_epi16(c1, 4), low); \
-            __m256i w2 = _mm256_and_si256(c2, low), w6 = _mm256_and_si256(_mm256_srli_epi16(c2, 4), low); \
-            __m256i w3 = _mm256_and_si256(c3, low), w7 = _mm256_and_si256(_mm256_srli_epi16(c3, 4), low); \
-            __m256 d = load_f16x8(w + 128), m = load_f16x8(w + 144);                                    \
-            for (int r = 0; r < R; r++) {                                                               \
-                const int8_t *x = qx + (r * nb + b) * QK;                                               \
-                __m256i s = _mm256_maddubs_epi16(w0, bcast4(x));                                        \
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w1, bcast4(x + 4)));                       \
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w2, bcast4(x + 8)));                       \
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w3, bcast4(x + 12)));                      \
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w4, bcast4(x + 16)));                      \
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w5, bcast4(x + 20)));                      \
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w6, bcast4(x + 24)));                      \
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w7, bcast4(x + 28)));                      \
-                __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));                            \
-                acc[r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, _mm256_broadcast_ss(dx + r * nb + b)), acc[r]); \
-                acc[r] = _mm256_fmadd_ps(m, _mm256_broadcast_ss(sx + r * nb + b), acc[r]);             \
-            }                                                                                           \
-        }                                                                                               \
+static inline __attribute__((always_inline)) __m256i dot_q8_0_avx2(const uint8_t *w, const int8_t *x) {
+    __m256i s = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(w + c * 32));
+        __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(bcast4(x + 4 * c), v));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
     }
+    return s;
+}
 
-/* Q8_0: maddubs needs an unsigned operand, so |w| times x with w's sign moved onto x; each group
-   of 4 inputs is widened to 32 bits (two products may already reach 2 x 127 x 127). */
-#define Q8_0_ROWS(R)                                                                                   \
-    static inline void q8_0_rows_##R(const int8_t *qx, const float *dx, const float *sx, int64_t nb,   \
-                                     const uint8_t *w, __m256 acc[R]) {                                \
-        (void)sx;                                                                                       \
-        const __m256i ones = _mm256_set1_epi16(1);                                                      \
-        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                       \
-        for (int64_t b = 0; b < nb; b++, w += Q8_0_BLOCK_BYTES) {                                       \
-            __m256i s[R];                                                                               \
-            for (int r = 0; r < R; r++) s[r] = _mm256_setzero_si256();                                  \
-            for (int c = 0; c < 8; c++) {                                                               \
-                __m256i v = _mm256_loadu_si256((const __m256i *)(w + c * 32));                          \
-                __m256i a = _mm256_sign_epi8(v, v);                                                     \
-                for (int r = 0; r < R; r++) {                                                           \
-                    __m256i x = _mm256_sign_epi8(bcast4(qx + (r * nb + b) * QK + 4 * c), v);            \
-                    s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(_mm256_maddubs_epi16(a, x), ones)); \
-                }                                                                                       \
-            }                                                                                           \
-            __m256 d = load_f16x8(w + 256);                                                             \
-            for (int r = 0; r < R; r++)                                                                 \
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[r]), _mm256_mul_ps(d, _mm256_broadcast_ss(dx + r * nb + b)), acc[r]); \
-        }                                                                                               \
-    }
-
-Q4_1_ROWS(1)
-Q4_1_ROWS(2)
-Q4_1_ROWS(3)
-Q4_1_ROWS(4)
-Q8_0_ROWS(1)
-Q8_0_ROWS(2)
-Q8_0_ROWS(3)
-Q8_0_ROWS(4)
-
-/* the matmul of formats.h for format F: groups outer, rows in fours inner */
-#define BLOCK_MATMUL(F, BLOCK_BYTES)                                                                    \
-    static void F##_matmul(const cf_matrix *w, const cf_acts *x, int64_t r0, int64_t r1, int64_t g0,    \
-                           int64_t g1, const float *bias, float *y, int64_t ldy, int accumulate) {      \
-        int64_t nb = w->K / QK;                                                                         \
-        for (int64_t g = g0; g < g1; g++) {                                                             \
-            const uint8_t *wg = (const uint8_t *)w->data + g * w->group_bytes;                          \
-            for (int64_t r = r0; r < r1; r += 4) {                                                      \
-                const int8_t *qx = x->q8 + r * w->K;                                                    \
-                const float *dx = x->q8_d + r * nb, *sx = x->q8_s + r * nb;                             \
-                __m256 acc[4];                                                                          \
-                int64_t R = r1 - r < 4 ? r1 - r : 4;                                                    \
-                switch (R) {                                                                            \
-                    case 1: F##_rows_1(qx, dx, sx, nb, wg, acc); break;                                 \
-                    case 2: F##_rows_2(qx, dx, sx, nb, wg, acc); break;                                 \
-                    case 3: F##_rows_3(qx, dx, sx, nb, wg, acc); break;                                 \
-                    default: F##_rows_4(qx, dx, sx, nb, wg, acc); break;                                \
-                }                                                                                       \
-                for (int64_t i = 0; i < R; i++) store8(acc[i], w->N, g, bias, y + (r + i) * ldy, accumulate); \
-            }                                                                                           \
-        }                                                                                               \
-    }
-BLOCK_MATMUL(q4_1, Q4_1_BLOCK_BYTES)
-BLOCK_MATMUL(q8_0, Q8_0_BLOCK_BYTES)
+#define KERNEL(name) name##_avx2
+#define TILE_ROWS 4
+#include "fmt_blocks_impl.h"
 
 static inline float f16_to_f32(const uint8_t *p) {
     uint16_t h;
@@ -199,5 +126,5 @@ static void q8_0_row(const cf_matrix *w, int64_t n, float *out) {
     }
 }
 
-const cf_format cf_format_q4_1 = {"q4_1", CF_ACT_Q8, QK, q4_1_matmul, q4_1_row};
-const cf_format cf_format_q8_0 = {"q8_0", CF_ACT_Q8, QK, q8_0_matmul, q8_0_row};
+cf_format cf_format_q4_1 = {"q4_1", CF_ACT_Q8, QK, q4_1_matmul_avx2, q4_1_row, q4_1_matmul_avx2};
+cf_format cf_format_q8_0 = {"q8_0", CF_ACT_Q8, QK, q8_0_matmul_avx2, q8_0_row, q8_0_matmul_avx2};

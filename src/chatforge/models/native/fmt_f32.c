@@ -61,4 +61,4 @@ static void f32_row(const cf_matrix *w, int64_t n, float *out) {
     for (int64_t k = 0; k < w->K; k++) out[k] = wg[k * 8 + n % 8];
 }
 
-const cf_format cf_format_f32 = {"f32", CF_ACT_F32, 1, f32_matmul, f32_row};
+cf_format cf_format_f32 = {"f32", CF_ACT_F32, 1, f32_matmul, f32_row, f32_matmul};

@@ -44,8 +44,9 @@ typedef struct {
     const char *name;
     int act;             /* CF_ACT_* the matmul reads */
     int64_t k_multiple;  /* K must be a multiple of this */
-    cf_matmul_fn matmul;
+    cf_matmul_fn matmul; /* the best variant for this CPU (cf_select_kernels) */
     cf_row_fn row;
+    cf_matmul_fn matmul_baseline; /* the AVX2 variant (the same results; kernel tests) */
 } cf_format;
 
 /* Set from Python (ctypes mirror in models/native_plan.py): keep the layout in step. */
@@ -56,7 +57,12 @@ struct cf_matrix {
     const void *data;    /* ceil(N / 8) groups */
 };
 
-extern const cf_format *const cf_formats[CF_FMT_COUNT];
+extern cf_format *const cf_formats[CF_FMT_COUNT];
+
+/* Points each format's matmul at the best variant this CPU runs (AVX-512 VNNI where present);
+   every variant gives the same results. Idempotent; cf_model_new calls it. Returns the name of
+   the instruction set chosen. */
+const char *cf_select_kernels(void);
 
 /* x [M, K] -> q [M, K], d, s [M, K / 32] (cf_acts' 8-bit form); K % 32 == 0. */
 void cf_quantize_q8(const float *x, int64_t M, int64_t K, int8_t *q, float *d, float *s);

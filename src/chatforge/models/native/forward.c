@@ -130,6 +130,7 @@ static int check_desc(const cf_model_desc *d, char *err, int64_t len) {
 
 int cf_model_new(const cf_model_desc *desc, int n_threads, cf_model **out, char *err, int64_t err_len) {
     *out = NULL;
+    cf_select_kernels();
     if (check_desc(desc, err, err_len)) return -1;
     cf_model *m = calloc(1, sizeof *m);
     if (!m) goto oom;

@@ -7,10 +7,12 @@
 #include "pool.h"
 
 /* y[M, N] for rows [r0, r1) and groups [g0, g1) of w: x in float32, quantized here when the
-   format reads 8-bit activations (q8 scratch supplied by the caller: M * K + 2 * M * K / 32 floats' room). */
+   format reads 8-bit activations (q8 scratch supplied by the caller: M * K + 2 * M * K / 32 floats' room);
+   with `baseline`, the AVX2 variant instead of the one chosen for this CPU. */
 void cf_test_matmul(const cf_matrix *w, const float *x, int64_t M, int64_t r0, int64_t r1, int64_t g0, int64_t g1,
-                    float *y, void *scratch, int accumulate) {
+                    float *y, void *scratch, int accumulate, int baseline) {
     const cf_format *f = cf_formats[w->format];
+    cf_select_kernels();
     cf_acts a = {M, w->K, x, NULL, NULL, NULL};
     if (f->act & CF_ACT_Q8) {
         int8_t *q = scratch;
@@ -18,7 +20,7 @@ void cf_test_matmul(const cf_matrix *w, const float *x, int64_t M, int64_t r0, i
         cf_quantize_q8(x, M, w->K, q, d, s);
         a.q8 = q, a.q8_d = d, a.q8_s = s;
     }
-    f->matmul(w, &a, r0, r1, g0, g1, NULL, y, w->N, accumulate);
+    (baseline ? f->matmul_baseline : f->matmul)(w, &a, r0, r1, g0, g1, NULL, y, w->N, accumulate);
 }
 
 typedef struct {
