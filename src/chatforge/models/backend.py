@@ -10,6 +10,7 @@ backend in float32 and says why in the log.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
 
@@ -82,5 +83,17 @@ def load_native(source: ModelSource, threads: int | None = None):
     else:
         raise ModelError(f"unknown model source kind {source.kind!r} (expected 'gguf' or 'hf')")
     model_class(config.architecture)  # an unsupported architecture is refused by name
-    state = {k: v for k, v in state.items() if not k.endswith(_DERIVED_SUFFIXES)}
-    return NativeModel(config, state, threads)
+    for name in [k for k in state if k.endswith(_DERIVED_SUFFIXES)]:
+        del state[name]
+    model = NativeModel(config, state, threads)  # empties `state` as it packs
+    _return_freed_memory()
+    return model
+
+
+def _return_freed_memory() -> None:
+    """Hands the heap the checkpoint's tensors were read into back to the system (glibc keeps
+    freed memory otherwise: ~150 MB of resident memory for nothing after loading the bundled model)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

@@ -48,6 +48,17 @@ def native_format(weight: torch.Tensor | QuantizedTensor) -> int:
     return F32
 
 
+_GROUP_BLOCK_BYTES = {Q4_1: 160, Q8_0: 272}  # per group of eight columns and block of 32 inputs
+
+
+def packed_nbytes(weights: list[torch.Tensor | QuantizedTensor]) -> int:
+    """The bytes `pack(weights)` will take, without packing."""
+    fmt = native_format(weights[0])
+    N, K = sum(w.shape[0] for w in weights), weights[0].shape[1]
+    groups = -(-N // 8)
+    return groups * K * 8 * 4 if fmt == F32 else groups * (K // QK) * _GROUP_BLOCK_BYTES[fmt]
+
+
 def pack(weights: list[torch.Tensor | QuantizedTensor]) -> PackedMatrix:
     """The rows of `weights` (same K, same native format) stacked and packed as one matrix."""
     fmt = native_format(weights[0])

@@ -30,7 +30,7 @@ from chatforge.models import native
 from chatforge.models.config import ModelConfig
 from chatforge.models.errors import ModelError, WeightsMismatchError
 from chatforge.models.gguf_weights import QuantizedTensor
-from chatforge.models.native_formats import PackedMatrix, native_format, pack
+from chatforge.models.native_formats import native_format, pack, packed_nbytes
 from chatforge.models.rotary import inverse_frequencies
 from chatforge.models.step import StepInputs
 
@@ -108,6 +108,8 @@ class NativeModel:
     """A ModelBackend (models/step.py) on chatforge's C kernels."""
 
     def __init__(self, config: ModelConfig, state: dict[str, torch.Tensor | QuantizedTensor], threads: int | None = None):
+        """`state`: the checkpoint's tensors by Hugging Face name; each is taken out of it (popped)
+        as it is packed, so the caller's copy of a weight goes as soon as the plan holds it."""
         lib = native.library()
         for index, struct in enumerate(_STRUCTS):
             if lib.cf_sizeof(index) != ctypes.sizeof(struct):
@@ -137,27 +139,9 @@ class NativeModel:
         self._keep.append(a)
         return a.ctypes.data
 
-    def _place_weights(self, matrices: list[PackedMatrix]) -> dict[int, int]:
-        """Every packed matrix copied into one mapping of (huge) pages, 64-byte aligned -> its
-        address by id(matrix). The packed arrays are dropped afterwards: each weight is held once."""
-        offsets, size = {}, 0
-        for packed in matrices:
-            if id(packed) not in offsets:
-                offsets[id(packed)] = size
-                size += -(-packed.nbytes // 64) * 64
-        self._weights = Pages(self._lib, size)
-        placed = {}
-        for packed in matrices:
-            offset = offsets[id(packed)]
-            if id(packed) not in placed:
-                self._weights.array[offset : offset + packed.nbytes] = packed.data
-                placed[id(packed)] = self._weights.address + offset
-        self.weight_bytes = size
-        return placed
-
-    def _linear_parts(self, state: dict, names: list[str]) -> tuple[list[PackedMatrix], int | None]:
+    def _linear_groups(self, state: dict, names: list[str]) -> tuple[list[list], int | None]:
         """Several projections side by side: one matrix where consecutive ones share a format,
-        else parts; and the concatenated bias (address), if any."""
+        else parts (their weights, in order); and the concatenated bias (address), if any."""
         weights = [state.pop(f"{n}.weight") for n in names]
         groups: list[list] = []
         for w in weights:
@@ -172,32 +156,46 @@ class NativeModel:
         if any(b is not None for b in biases):
             sizes = [w.shape[0] for w in weights]
             bias = self._array(torch.cat([b.float() if b is not None else torch.zeros(n) for b, n in zip(biases, sizes)]))
-        return [pack(group) for group in groups], bias
+        return groups, bias
 
     def _describe(self, c: ModelConfig, state: dict) -> _Desc:
-        state = dict(state)
+        """The plan's description. Each weight is popped from `state`, packed and copied into one
+        mapping of (huge) pages (sized beforehand), then dropped: no weight is held twice for
+        longer than its own packing."""
         projections = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
                        "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
         layers = (_Layer * c.num_hidden_layers)()
-        linears = []  # (layer, field, parts, bias)
+        linears = []  # (layer, field, groups of weights, bias)
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
             layers[i].attn_norm = self._array(state.pop(p + "input_layernorm.weight"))
             layers[i].ffn_norm = self._array(state.pop(p + "post_attention_layernorm.weight"))
             layers[i].sliding_window = c.layer_sliding_window(i) or 0
             for field, names in projections.items():
-                linears.append((i, field, *self._linear_parts(state, [p + n for n in names])))
-        embed = pack([state.pop("model.embed_tokens.weight")])
-        head = embed if c.tie_word_embeddings else pack([state.pop("lm_head.weight")])
-        placed = self._place_weights([embed, head] + [m for _, _, parts, _ in linears for m in parts])
+                linears.append([i, field, *self._linear_groups(state, [p + n for n in names])])
+        embed = [state.pop("model.embed_tokens.weight")]
+        head = None if c.tie_word_embeddings else [state.pop("lm_head.weight")]
+        state.pop("lm_head.weight", None)
+        every = [embed] + ([head] if head else []) + [g for _, _, groups, _ in linears for g in groups]
+        sizes = [-(-packed_nbytes(g) // 64) * 64 for g in every]
+        self._weights = Pages(self._lib, sum(sizes))
+        self.weight_bytes = sum(sizes)
+        offset = 0
 
-        def matrix(packed: PackedMatrix) -> _Matrix:
-            return _Matrix(packed.format, packed.N, packed.K, packed.group_bytes, placed[id(packed)])
+        def place(weights: list) -> _Matrix:
+            nonlocal offset
+            packed = pack(weights)
+            weights.clear()
+            start, offset = offset, offset + -(-packed.nbytes // 64) * 64
+            self._weights.array[start : start + packed.nbytes] = packed.data
+            return _Matrix(packed.format, packed.N, packed.K, packed.group_bytes, self._weights.address + start)
 
-        for i, field, parts, bias in linears:
-            lin = _Linear(n_parts=len(parts), bias=bias)
-            for k, packed in enumerate(parts):
-                lin.parts[k] = matrix(packed)
+        embed_matrix = place(embed)
+        head_matrix = place(head) if head else embed_matrix
+        for i, field, groups, bias in linears:
+            lin = _Linear(n_parts=len(groups), bias=bias)
+            for k, group in enumerate(groups):
+                lin.parts[k] = place(group)
             setattr(layers[i], field, lin)
         self._keep.append(layers)
         return _Desc(
@@ -205,7 +203,7 @@ class NativeModel:
             n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, ffn=c.intermediate_size, vocab=c.vocab_size,
             rms_eps=c.rms_norm_eps, embed_scale=1.0, attn_scale=c.head_dim**-0.5,
             inv_freq=self._array(inverse_frequencies(c)), final_norm=self._array(state.pop("model.norm.weight")),
-            embed=matrix(embed), lm_head=matrix(head), layers=layers,
+            embed=embed_matrix, lm_head=head_matrix, layers=layers,
         )
 
     # -- the backend ---------------------------------------------------------------------------
