@@ -157,7 +157,7 @@ def bench_decode(engine, structured, tokenizer, streams: int, new_tokens: int, r
     constrained = SamplingParams(temperature=0, max_tokens=new_tokens, grammar=structured.compile(JsonSchema(LONG_ARRAY)))
     runs = {"unconstrained": [], "constrained": []}
     decode_round(engine, prompts[:4], free, "warm")
-    masks = engine.sampler.grammar_masks = TimedMasks(engine.sampler.grammar_masks)
+    masks = engine.runner.sampler.grammar_masks = TimedMasks(engine.runner.sampler.grammar_masks)
     for r in range(rounds):
         runs["unconstrained"].append(decode_round(engine, prompts, free, f"u{r}-"))
         runs["constrained"].append(decode_round(engine, prompts, constrained, f"c{r}-"))

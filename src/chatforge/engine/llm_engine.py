@@ -68,8 +68,9 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             stop_token_ids=self.stop_token_ids,
         )
-        self.sampler = Sampler(self.vocab_size, self.stop_token_ids, backend.device, seed)
-        self.runner = ModelRunner(backend, num_blocks, config.block_size, self.sampler)
+        sampler = Sampler(self.vocab_size, self.stop_token_ids, backend.device, seed)
+        self.runner = ModelRunner(backend, num_blocks, config.block_size, sampler)
+        self._finished_seq_ids: list[int] = []  # for the runner to forget, with the next step
         # torch's threads on the engine thread (AsyncEngine sets them there): with the native
         # backend torch only samples, and its idle OpenMP team would spin against the kernels' pool.
         self.torch_threads = config.threads if backend.computes_in_torch else 1
@@ -148,7 +149,7 @@ class LLMEngine:
         ending = [s for s in request.seqs if not s.is_finished]
         self.scheduler.finish_seqs(request.seqs, reason)
         for seq in request.seqs:
-            self.sampler.release(seq.seq_id)
+            self._finished_seq_ids.append(seq.seq_id)
         parent = request.seqs[0]
         completions = [
             CompletionOutput(s.index, [], None if not s.params.logprobs else [], s.num_generated, reason)
@@ -170,7 +171,9 @@ class LLMEngine:
         (blocks freed, nothing registered in the prefix cache: that happens only after a step
         succeeds) and StepFailedError names them; the engine stays usable for the others."""
         batch = self.scheduler.schedule()
+        batch.finished_seq_ids, self._finished_seq_ids = self._finished_seq_ids, []
         if batch.is_empty:
+            self.runner.release(batch.finished_seq_ids)
             return self._postprocess(batch, SamplerOutput([], []))
         try:
             sampled = self.runner.execute(batch)
@@ -205,7 +208,7 @@ class LLMEngine:
                 )
             )
             if seq.is_finished:
-                self.sampler.release(seq.seq_id)
+                self._finished_seq_ids.append(seq.seq_id)
         self.num_generated_tokens_total += len(sampled.token_ids)
         for request_id, out in outputs.items():
             if self._requests[request_id].finished:

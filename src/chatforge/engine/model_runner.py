@@ -25,8 +25,14 @@ class ModelRunner:
         self.sampler = sampler
         self.kv_cache = backend.allocate_kv_cache(num_blocks, block_size)
 
+    def release(self, seq_ids: list[int]) -> None:
+        """Forget finished sequences' per-sequence state."""
+        for seq_id in seq_ids:
+            self.sampler.release(seq_id)
+
     def execute(self, batch: ScheduledBatch) -> SamplerOutput:
         """One forward pass over the batch, then one token for each of batch.sample_seqs."""
+        self.release(batch.finished_seq_ids)
         logits = self.backend.execute(step_inputs(batch), self.kv_cache)  # float32 [S, V]
         if not batch.sample_indices:
             return SamplerOutput([], [])
