@@ -63,13 +63,13 @@ class LocalChat:
         self.service = ChatService(self.catalog)
 
     async def stream(self, messages, max_tokens, temperature):
-        from chatforge.service.protocol import ChatMessage, ChatRequest, GenerationParams
+        from chatforge.service.protocol import ChatMessage, ChatRequest, SamplingParams
 
         req = ChatRequest(
             request_id=uuid.uuid4().hex,
             model=None,
             messages=[ChatMessage(m["role"], m["content"]) for m in messages],
-            params=GenerationParams(temperature=temperature, max_tokens=max_tokens),
+            params=SamplingParams(temperature=temperature, max_tokens=max_tokens),
         )
         async for event in self.service.stream(self.service.prepare(req)):
             for d in event.deltas:

@@ -24,6 +24,8 @@ def serve(
     database_url: Annotated[Optional[str], typer.Option(help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="redis://HOST:PORT/DB, shared rate limits")] = None,
     threads: Annotated[Optional[int], typer.Option(help="compute threads for the engine (default: the CPUs the process may use)")] = None,
+    chat_template: Annotated[Optional[str], typer.Option("--chat-template", help="the model's chat template: chatml, gemma, llama2, llama3, mistral, qwen, or a Jinja file (default: the model's own)")] = None,
+    served_model_name: Annotated[Optional[list[str]], typer.Option("--served-model-name", help="a name the model answers to (repeatable; the first is its id, the others aliases)")] = None,
     allow_open_remote: Annotated[bool, typer.Option("--allow-open-remote", help="serve without API keys on a non-loopback address (anyone who reaches it may use it)")] = False,
 ) -> None:
     """Serve models over HTTP in the OpenAI, Infomaniak and Scale EGP dialects."""
@@ -36,11 +38,18 @@ def serve(
     from chatforge.models.source import ModelNotFoundError
     from chatforge.service.loading import load_catalog
     from chatforge.settings import load_settings
+    from chatforge.text.errors import ChatTemplateError
 
+    # --threads is one field of [engine]: given as a partial table, it is merged with the
+    # environment's and the file's engine settings (flags win), never written in afterwards.
     settings = load_settings(config, models=model, host=host, port=port, database_url=database_url, redis_url=redis_url,
-                             allow_open_remote=allow_open_remote or None)
-    if threads is not None:
-        settings.engine.threads = threads
+                             allow_open_remote=allow_open_remote or None,
+                             engine={"threads": threads} if threads is not None else None)
+    try:
+        settings = settings.with_model_flags(chat_template, served_model_name)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     configure_logging(settings.log_level)
     refusal = asyncio.run(open_remote_refusal(settings))
     if refusal is not None:
@@ -48,7 +57,7 @@ def serve(
         raise typer.Exit(1)
     try:
         catalog = load_catalog(settings)
-    except (ModelError, ModelNotFoundError, NativeKernelsUnavailable) as exc:  # a wrong path or setting: say it in one line
+    except (ModelError, ModelNotFoundError, NativeKernelsUnavailable, ChatTemplateError) as exc:  # a wrong path or setting: say it in one line
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     app_ = create_app(settings, catalog)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,12 +17,21 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from chatforge.engine.config import EngineConfig
+
 
 class ModelPrice(BaseModel):
-    """USD per million tokens, for `usage.estimated_cost`."""
+    """USD per million tokens, for `usage.estimated_cost`. The one price type: the catalog
+    holds it per model, the service computes each request's cost with it once, and the usage
+    row stores that same figure."""
 
-    input: float = 0.0
-    output: float = 0.0
+    model_config = ConfigDict(frozen=True)
+
+    input: float = Field(default=0.0, ge=0)
+    output: float = Field(default=0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
 
 class ProductConfig(BaseModel):
@@ -39,29 +48,23 @@ class DeploymentConfig(BaseModel):
     model: str | None = Field(default=None, description="None = the server's default model")
 
 
-class EngineSettings(BaseModel):
-    """Mirrors `engine.config.EngineConfig`; see there for what each knob does."""
+class ModelEntry(BaseModel):
+    """One served model: where it is, the names it answers to, its chat template, its KV pool.
+    In the config file, a `[[models]]` table; a bare string in `models` is a `path` alone."""
 
-    threads: int | None = Field(default=None, ge=1, description="compute threads; None = the CPUs the process may use")
-    device: str | None = Field(default=None, description="cpu | cuda; None = cuda when present")
-    dtype: str | None = Field(default=None, description="float32 | bfloat16 | float16; None = per device")
-    block_size: int = Field(default=16, ge=1)
-    num_kv_blocks: int | None = Field(default=None, ge=1)
-    kv_cache_mb: int = Field(default=512, ge=1, description="KV pool size when num_kv_blocks is unset")
-    max_num_seqs: int = Field(default=64, ge=1)
-    max_num_batched_tokens: int = Field(default=512, ge=16)
-    max_waiting: int = Field(default=256, ge=0, description="queued requests before 503")
-    max_model_len: int | None = Field(default=None, ge=2)
-    enable_prefix_caching: bool = True
-    weights: str = Field(default="native", pattern="^(native|exact)$", description="native (chatforge's kernels) | exact (torch float32)")
-    kernel_cache_dir: str | None = Field(default=None, description="where the native kernels are built; None = ~/.cache/chatforge")
-    compiler: str = Field(default="cc", description="the C compiler that builds the native kernels")
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(default=None, description="a .gguf file, a Hugging Face folder, or a packaged model's id or alias; None = the bundled default")
+    id: str | None = Field(default=None, description="the id it is served as; default: the file's stem, the folder's name or the packaged id")
+    aliases: list[str] = Field(default_factory=list, description="other names requests may use for it (e.g. a provider's model name)")
+    chat_template: str | None = Field(default=None, description="a named template (chatml, gemma, llama2, llama3, mistral, qwen) or a Jinja file; default: the model's own")
+    kv_cache_mb: int | None = Field(default=None, ge=1, description="this model's KV pool; default: its share of engine.kv_cache_mb")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATFORGE_", env_nested_delimiter="__", extra="forbid")
 
-    models: list[str] = Field(default_factory=list, description="paths or ids; empty = the bundled default")
+    models: list[str | ModelEntry] = Field(default_factory=list, description="paths or ids, or [[models]] entries; empty = the bundled default")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     database_url: str = "sqlite:///./chatforge.db"
@@ -70,13 +73,33 @@ class Settings(BaseSettings):
         default=False, description="serve without keys on a non-loopback address (dangerous)"
     )
     prices: dict[str, ModelPrice] = Field(default_factory=dict, description="model id -> price")
-    engine: EngineSettings = Field(default_factory=EngineSettings)
+    # The engine's own config dataclass, validated here (its __post_init__ included): one type,
+    # no mirror to keep in step. `[engine]` in TOML, CHATFORGE_ENGINE__<FIELD> in the environment.
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     # TOML and env keys are strings; pydantic turns `[products.10775]` into the int 10775.
     products: dict[int, ProductConfig] = Field(default_factory=dict, description="Infomaniak product id -> config")
     deployments: dict[str, DeploymentConfig] = Field(default_factory=dict, description="EGP deployment id -> config")
     log_level: str = "info"
     log_prompts: bool = False  # never log prompt or completion text unless asked
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    def model_entries(self) -> list[ModelEntry]:
+        """`models` as entries (a bare string is a path); the bundled default when empty."""
+        return [ModelEntry(path=m) if isinstance(m, str) else m for m in self.models] or [ModelEntry()]
+
+    def with_model_flags(self, chat_template: str | None, names: list[str] | None) -> Settings:
+        """The command line's --chat-template and --served-model-name (first name the id, the
+        others aliases) applied to the one model served; ValueError when there are several."""
+        if chat_template is None and not names:
+            return self
+        entries = self.model_entries()
+        if len(entries) != 1:
+            raise ValueError("--chat-template and --served-model-name apply to one model; "
+                             "with several, set chat_template, id and aliases per [[models]] entry in the config file")
+        update: dict[str, Any] = {} if chat_template is None else {"chat_template": chat_template}
+        if names:
+            update.update(id=names[0], aliases=[*entries[0].aliases, *names[1:]])
+        return self.model_copy(update={"models": [entries[0].model_copy(update=update)]})
 
     @classmethod
     def settings_customise_sources(

@@ -14,6 +14,8 @@ import uvicorn
 from chatforge.api.app import create_app
 from chatforge.settings import load_settings
 
+from .openai_conformance import RECORDER, Conformance
+
 PRICE_IN, PRICE_OUT = 0.5, 1.5  # USD per million tokens, to check estimated_cost
 
 
@@ -37,8 +39,22 @@ def catalog(api_settings):
         m.engine.shutdown(0)
 
 
+@pytest.fixture(autouse=True)
+def openai_conformance():
+    """Fails a test whose requests got an OpenAI-format object that OpenAI's published schema
+    refuses (the test servers validate every one they send: openai_conformance.py)."""
+    RECORDER.take()
+    yield
+    found = RECORDER.take()
+    assert not found, "objects that break OpenAI's schema:\n" + "\n".join(found[:20])
+
+
 class LiveServer:
+    """`app` behind a real uvicorn; every OpenAI-format object it sends is checked against
+    OpenAI's schema on the way out."""
+
     def __init__(self, app):
+        app = Conformance(app)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

@@ -9,10 +9,9 @@ import scale_gp
 from scale_gp import SGPClient
 
 from chatforge.api.egp import translate
-from chatforge.api.egp.router import frames
-from chatforge.engine.outputs import FinishReason
+from chatforge.api.serving import sse_frames
 from chatforge.service.errors import OverloadedError
-from chatforge.service.protocol import ChatEvent, ChoiceDelta, Usage
+from chatforge.service.protocol import ChatEvent, ChoiceDelta, FinishReason, Usage
 
 PROMPT = "What is the capital of France? Answer in one sentence."
 
@@ -61,12 +60,12 @@ def test_sdk_raises_on_a_bad_request(client):
 
 
 async def collect(events, prompt: str) -> bytes:
-    return b"".join([f async for f in frames(events, translate.StreamWriter(prompt, logprobs=False))])
+    return b"".join([f async for f in sse_frames(events, translate.EgpCodec(prompt, logprobs=False))])
 
 
 async def test_an_error_mid_stream_is_an_error_event_the_sdk_raises():
     async def events():  # one text delta, then the engine fails
-        yield ChatEvent([ChoiceDelta(0, "Hel")])
+        yield ChatEvent([ChoiceDelta(0, "Hel")], Usage(prompt_tokens=7, completion_tokens=1, estimated_cost=0.0))
         raise OverloadedError()
 
     raw = await collect(events(), "Hi")
@@ -92,8 +91,8 @@ async def test_an_error_mid_stream_is_an_error_event_the_sdk_raises():
 
 async def test_a_finished_stream_ends_with_the_counts_and_no_done():
     async def events():
-        yield ChatEvent([ChoiceDelta(0, "Paris.", finish_reason=FinishReason.STOP)])
-        yield ChatEvent([], usage=Usage(prompt_tokens=7, completion_tokens=2, estimated_cost=0.0))
+        yield ChatEvent([ChoiceDelta(0, "Paris.", finish_reason=FinishReason.STOP)], Usage(7, 2, 0.0))
+        yield ChatEvent([], usage=Usage(prompt_tokens=7, completion_tokens=2, estimated_cost=0.0), done=True)
 
     assert await collect(events(), "Q") == (
         b'data: {"completions":[["Q",["Paris."]]],"choices":[{"index":0,"logprobs":null}],"finish_reason":null}\n\n'

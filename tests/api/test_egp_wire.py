@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chatforge.api.app import create_app
-from chatforge.api.deps import DeploymentScope, configured_deployment
+from chatforge.platform.scopes import DeploymentScope
 from chatforge.settings import load_settings
 
 from .conftest import LiveServer
@@ -303,9 +303,12 @@ def test_metrics_count_the_dialect(http):
 # -- deployments (open mode's config table; the database's are in test_platform_routes.py) ------------
 def test_deployment_resolution():
     s = load_settings(deployments={"dep-a": {"model": "smollm2"}, "bare": {}})
-    assert configured_deployment(s, "dep-a") == DeploymentScope("dep-a", "smollm2")
-    assert configured_deployment(s, "bare") == DeploymentScope("bare", None)  # the server's default model
-    assert configured_deployment(s, "anything") == DeploymentScope("anything", None)
+    def configured(deployment_id):
+        return DeploymentScope.configured(deployment_id, s.deployments.get(deployment_id))
+
+    assert configured("dep-a") == DeploymentScope("dep-a", "smollm2")
+    assert configured("bare") == DeploymentScope("bare", None)  # the server's default model
+    assert configured("anything") == DeploymentScope("anything", None)
 
 
 @pytest.fixture(scope="module")

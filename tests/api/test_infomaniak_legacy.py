@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from chatforge.api.infomaniak.router import frames
-from chatforge.api.infomaniak.translate import StreamWriter
+from chatforge.api.infomaniak.translate import LegacyCodec
+from chatforge.api.serving import sse_frames
 from chatforge.service.errors import OverloadedError
-from chatforge.service.protocol import ChatEvent, ChoiceDelta
+from chatforge.service.protocol import ChatEvent, ChoiceDelta, Usage
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 URL = "/1/llm/10775"  # the page's own example product id
@@ -297,10 +297,10 @@ def test_metrics_count_the_dialect(http):
 
 async def test_an_error_mid_stream_is_an_error_event():
     async def events():  # one text delta, then the engine fails
-        yield ChatEvent([ChoiceDelta(0, "Hel")])
+        yield ChatEvent([ChoiceDelta(0, "Hel")], Usage(prompt_tokens=5, completion_tokens=1, estimated_cost=0.0))
         raise OverloadedError()
 
-    raw = b"".join([f async for f in frames(events(), StreamWriter("m", 7))])
+    raw = b"".join([f async for f in sse_frames(events(), LegacyCodec("m", 7))])
     assert raw == (
         b'data: {"model":"m","created":7,"choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},'
         b'"finish_reason":null}],"usage":null}\n\n'

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from chatforge.api.app import create_app
-from chatforge.api.deps import ProductScope, configured_product
+from chatforge.platform.scopes import ProductScope
 from chatforge.settings import load_settings
 
 from .conftest import LiveServer
@@ -53,6 +53,10 @@ def test_toml_product_and_deployment_tables(tmp_path):
 
 def test_resolution_of_configured_and_open_ids():
     s = load_settings(products={"10775": {"name": "demo", "model": "smollm2"}, "42": {"models": ["a", "b"]}})
+
+    def configured_product(s, product_id):
+        return ProductScope.configured(product_id, s.products.get(product_id))
+
     assert configured_product(s, 10775) == ProductScope(10775, "demo", ("smollm2",), "smollm2")
     assert configured_product(s, 42) == ProductScope(42, "", ("a", "b"), "a")
     assert configured_product(s, 555) == ProductScope(555, "", (), None)  # any other id: the server's models

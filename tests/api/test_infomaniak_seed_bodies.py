@@ -7,6 +7,8 @@ shows the default (the rest of the context)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
 import pytest
 
@@ -29,8 +31,8 @@ PAGE_BODY = b"""{
 
 @pytest.fixture(scope="module")
 def small(api_settings):
-    settings = api_settings.model_copy(update={"engine": api_settings.engine.model_copy(
-        update={"max_model_len": CONTEXT, "kv_cache_mb": 16, "max_num_seqs": 4})})
+    engine = dataclasses.replace(api_settings.engine, max_model_len=CONTEXT, kv_cache_mb=16, max_num_seqs=4)
+    settings = api_settings.model_copy(update={"engine": engine})
     catalog = load_catalog(settings)
     try:
         with LiveServer(create_app(settings, catalog)) as live, httpx.Client(base_url=live.url, timeout=120) as http:

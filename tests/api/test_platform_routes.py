@@ -178,7 +178,7 @@ def test_listings_show_what_the_key_may_use(closed):
     assert closed.http.get("/1/ai/2/openai/models", headers=both).status_code == 403
     assert closed.http.get("/1/ai/999/openai/models", headers=both).status_code == 404
     assert closed.http.get("/v1/models").status_code == 401
-    assert [m["id"] for m in closed.http.get("/v1/models", headers=both).json()["data"]] == [MODEL]
+    assert [m["id"] for m in closed.http.get("/v1/models", headers=both).json()["data"]] == [MODEL, "smollm2"]
     assert closed.http.get("/1/llm/profiles").status_code == 200  # published presets: public
 
 

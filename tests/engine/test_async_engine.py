@@ -100,7 +100,7 @@ async def test_abort_and_finish_end_the_stream_with_their_reason(async_engine, p
         return reasons
 
     aborted, finished = await asyncio.gather(
-        consume("a", async_engine.abort),
+        consume("a", lambda rid: async_engine.finish(rid, FinishReason.ABORT)),
         consume("f", lambda rid: async_engine.finish(rid, FinishReason.STOP_SEQUENCE)),
     )
     assert aborted[-1] is FinishReason.ABORT and finished[-1] is FinishReason.STOP_SEQUENCE

@@ -99,10 +99,8 @@ def test_abort_frees_every_block_of_running_waiting_and_pending_sequences():
     s = make_scheduler(num_blocks=8, max_num_seqs=3)
     a = make_seq(range(10, 19))
     b = make_seq(range(20, 25))
-    c = make_seq(range(30, 35))
-    fork = c.fork(1)
-    fork.status = SequenceStatus.FORK_PENDING
-    c.pending_forks = [fork]
+    c = make_seq(range(30, 35), n=2)
+    (fork,) = c.attach_forks()
     for x in (a, b, c):
         s.add(x)
     s.update(s.schedule(), [11, 21])  # c (with its fork, 2 seqs) does not fit max_num_seqs=3
@@ -118,10 +116,7 @@ def test_abort_frees_every_block_of_running_waiting_and_pending_sequences():
 def test_forks_share_the_prompt_and_sample_from_the_parents_logits():
     s = make_scheduler()
     parent = make_seq(range(10, 16), n=3)  # 6 tokens: one full block and a partial one
-    forks = [parent.fork(i) for i in (1, 2)]
-    for f in forks:
-        f.status = SequenceStatus.FORK_PENDING
-    parent.pending_forks = list(forks)
+    forks = parent.attach_forks()
     s.add(parent)
     batch = s.schedule()
     assert (batch.sample_indices, batch.sample_seqs, batch.logits_rows) == ([0], [parent, *forks], [0, 0, 0])

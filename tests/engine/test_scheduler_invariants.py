@@ -55,10 +55,7 @@ def test_random_traffic_keeps_the_books_straight(seed, num_blocks, budget):
             prompt = (shared_prefix if rng.random() < 0.5 else []) + [rng.randrange(3, 50) for _ in range(rng.randrange(1, 12))]
             params = SamplingParams(max_tokens=rng.randrange(1, 12), n=n)
             parent = Sequence(f"r{step}", prompt, params)
-            forks = [parent.fork(i) for i in range(1, n)]
-            for f in forks:
-                f.status = SequenceStatus.FORK_PENDING
-            parent.pending_forks = list(forks)
+            forks = parent.attach_forks()
             try:
                 s.add(parent)
                 requests[parent.request_id] = [parent, *forks]

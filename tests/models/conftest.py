@@ -37,6 +37,22 @@ TINY_VARIANTS = {
     "mistral_sliding": ("MistralConfig", dict(sliding_window=4)),
     "qwen2_bias_tied": ("Qwen2Config", dict(tie_word_embeddings=True)),
     "qwen2_mixed_window": ("Qwen2Config", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1)),
+    # head_dim 32, not hidden / heads: q/k/v project to 128 channels.
+    "qwen3_qk_norm_tied": ("Qwen3Config", dict(head_dim=32, tie_word_embeddings=True)),
+    "qwen3_bias": ("Qwen3Config", dict(head_dim=16, attention_bias=True, tie_word_embeddings=False)),
+    # A local layer (window 4, RoPE base 10,000) then a global one (base 1,000,000, linear scaling),
+    # an attention scale that is not head_dim's, logit soft-capping.
+    "gemma3_local_global": ("Gemma3TextConfig", dict(
+        head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        query_pre_attn_scalar=24, final_logit_softcapping=30.0,
+        rope_parameters={"full_attention": {"rope_type": "linear", "rope_theta": 1_000_000.0, "factor": 2.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+    )),
+    # llama.cpp's Gemma 3 constants (what a GGUF file leaves out): one global layer in six, local
+    # RoPE base 10,000, attention scale head_dim ** -0.5.
+    "gemma3_six_layers": ("Gemma3TextConfig", dict(num_hidden_layers=6, head_dim=16, sliding_window=4,
+                                                   query_pre_attn_scalar=16)),
+    "mixtral_4x2": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False)),
 }
 
 

@@ -214,5 +214,5 @@ def test_unsupported_gguf_architecture(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(UnsupportedArchitectureError, match=r"'phi3' is not supported; supported: llama, qwen2"):
+    with pytest.raises(UnsupportedArchitectureError, match=r"'phi3' is not supported; supported: gemma3, llama, qwen2, qwen3"):
         load_gguf(path)

@@ -42,12 +42,14 @@ def test_unsupported_architecture(tiny_hf_folder):
     config = json.loads((folder / "config.json").read_text())
     config["architectures"] = ["GPTNeoXForCausalLM"]
     (folder / "config.json").write_text(json.dumps(config))
-    expected = "'GPTNeoXForCausalLM' is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+    supported = ["Gemma3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
+                 "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
+    expected = f"'GPTNeoXForCausalLM' is not supported; supported: {', '.join(supported)}"
     with pytest.raises(UnsupportedArchitectureError, match=expected):
         load_model(resolve_model(str(folder)))
-    assert supported_architectures() == ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
+    assert supported_architectures() == supported
     with pytest.raises(UnsupportedArchitectureError):
-        model_class("MixtralForCausalLM")
+        model_class("Gemma2ForCausalLM")
 
 
 def rewrite_weights(folder, edit) -> None:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from chatforge.platform.cli import app
 from chatforge.platform.gate import Platform
 from chatforge.platform.metering import UsageRecord
+from chatforge.settings import ModelPrice
 
 runner = CliRunner()
 
@@ -94,14 +95,17 @@ def test_database_url_comes_from_the_environment(tmp_path):
 
 async def _meter(url: str, key: str) -> list[float]:
     """Three requests by `key`, metered as the API would; their costs."""
-    async with Platform.create(url, prices={"smollm2": (0.5, 1.5)}) as platform:
+    price = ModelPrice(input=0.5, output=1.5)  # the service prices each request once, so the record carries it
+    async with Platform(url) as platform:
         principal = await platform.authenticate(key, None)
         costs = []
         for n in range(1, 4):
             record = UsageRecord(request_id=f"r{n}", model="smollm2", dialect="openai", prompt_tokens=100 * n,
                                  completion_tokens=10 * n, latency_s=0.1, status="completed",
+                                 estimated_cost=price.cost(100 * n, 10 * n),
                                  key_id=principal.key.id, account_id=principal.account.id)
-            costs.append(await platform.record_usage(record))
+            await platform.record_usage(record)
+            costs.append(record.estimated_cost)
     return costs
 
 

@@ -25,7 +25,7 @@ from chatforge.platform.rate_limit_redis import RedisRateLimiter
 
 @pytest.fixture
 async def platform(database_url):
-    async with Platform.create(database_url, prices={"smollm2": (1.0, 2.0)}) as started:
+    async with Platform(database_url) as started:
         yield started
 
 
@@ -180,12 +180,12 @@ async def test_admission_applies_key_and_product_limits(platform):
 
 
 async def test_redis_url_selects_the_shared_limiter(database_url, redis_url, unreachable_redis_url):
-    async with Platform.create(database_url, redis_url=redis_url) as shared:
+    async with Platform(database_url, redis_url=redis_url) as shared:
         assert isinstance(shared.limiter, RedisRateLimiter)
-    async with Platform.create(database_url) as alone:
+    async with Platform(database_url) as alone:
         assert isinstance(alone.limiter, LocalRateLimiter)
     with pytest.raises(RateLimiterUnavailableError, match=r"Cannot reach Redis \(ConnectionError\)\."):
-        await Platform.create(database_url, redis_url=unreachable_redis_url).start()
+        await Platform(database_url, redis_url=unreachable_redis_url).start()
 
 
 @pytest.mark.parametrize(

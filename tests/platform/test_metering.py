@@ -15,22 +15,26 @@ from chatforge.platform import tables as t
 from chatforge.platform.db import create_engine
 from chatforge.platform.errors import InvalidInputError
 from chatforge.platform.gate import Platform
-from chatforge.platform.metering import Prices, UsageRecord, UsageStatus, UsageWriter
+from chatforge.platform.metering import UsageRecord, UsageStatus, UsageWriter
 from chatforge.platform.migrations import upgrade
+from chatforge.settings import ModelPrice
 
-PRICES = {"smollm2": (0.5, 1.5), "big": (3.0, 15.0)}
+PRICES = {"smollm2": ModelPrice(input=0.5, output=1.5), "big": ModelPrice(input=3.0, output=15.0)}
 
 
 @pytest.fixture
 async def platform(database_url):
-    async with Platform.create(database_url, prices=PRICES) as started:
+    async with Platform(database_url) as started:
         yield started
 
 
 def _record(n: int, **fields) -> UsageRecord:
+    """A record priced as the service prices a request: once, from its model's price."""
     base = dict(request_id=f"req-{n}", model="smollm2", dialect="openai", prompt_tokens=10 + n,
                 completion_tokens=2 * n, latency_s=0.01 * n, status="completed")
-    return UsageRecord(**(base | fields))
+    fields = base | fields
+    fields.setdefault("estimated_cost", PRICES[fields["model"]].cost(fields["prompt_tokens"], fields["completion_tokens"]))
+    return UsageRecord(**fields)
 
 
 async def _rows(platform) -> list[dict]:
@@ -39,17 +43,17 @@ async def _rows(platform) -> list[dict]:
 
 
 def test_costs_follow_the_configured_prices():
-    prices = Prices(PRICES)
-    assert prices.cost("smollm2", 1000, 2000) == 0.0035
-    assert prices.cost("big", 1_000_000, 1_000_000) == 18.0
-    assert prices.cost("unpriced", 1000, 1000) == 0.0
-    with pytest.raises(InvalidInputError, match="cannot be negative"):
-        Prices({"m": (-1.0, 0.0)})
+    assert PRICES["smollm2"].cost(1000, 2000) == 0.0035
+    assert PRICES["big"].cost(1_000_000, 1_000_000) == 18.0
+    assert ModelPrice().cost(1000, 1000) == 0.0  # an unpriced model
+    assert _record(3, prompt_tokens=1000, completion_tokens=2000).estimated_cost == 0.0035
 
 
 def test_records_validate():
     with pytest.raises(InvalidInputError, match="cannot be negative"):
         _record(1, prompt_tokens=-1)
+    with pytest.raises(InvalidInputError, match="cannot be negative"):
+        _record(1, estimated_cost=-0.5)
     with pytest.raises(ValueError):
         _record(1, status="weird")
     assert _record(1, status="aborted").status is UsageStatus.ABORTED
@@ -58,13 +62,14 @@ def test_records_validate():
 async def test_each_row_equals_its_record_and_cost(platform):
     records = [_record(n, key_id=n % 2 or None, account_id=7, product_id=n if n % 3 == 0 else None,
                        deployment_id="dep" if n == 4 else None) for n in range(1, 6)]
-    costs = [await platform.record_usage(r) for r in records]
+    for r in records:
+        await platform.record_usage(r)
     await platform.flush_usage()
     rows = await _rows(platform)
     assert len(rows) == 5
-    for record, cost, row in zip(records, costs, rows):
-        assert cost == platform.estimate_cost(record.model, record.prompt_tokens, record.completion_tokens)
-        assert row.pop("estimated_cost") == cost
+    # req-n: (10 + n) prompt tokens at 0.5 and 2n completion tokens at 1.5 USD per million
+    assert [row["estimated_cost"] for row in rows] == pytest.approx([8.5e-06, 0.000012, 0.0000155, 0.000019, 0.0000225], rel=1e-12)
+    for record, row in zip(records, rows):
         row.pop("id")
         assert row == {**record.__dict__, "status": record.status.value}
 
@@ -90,17 +95,17 @@ async def test_an_aborted_request_is_metered_even_when_its_task_is_cancelled(pla
 
 
 async def test_rows_queued_at_close_are_written(database_url):
-    async with Platform.create(database_url, prices=PRICES) as platform:
+    async with Platform(database_url) as platform:
         for n in range(300):
             await platform.record_usage(_record(n))
-    async with Platform.create(database_url) as reopened:
+    async with Platform(database_url) as reopened:
         assert len(await _rows(reopened)) == 300
 
 
 async def test_the_writer_survives_a_database_failure(tmp_path, caplog):
     url = f"sqlite:///{tmp_path / 'late.db'}"
     engine = create_engine(url)  # no tables yet: the first write fails
-    writer = UsageWriter(engine, Prices(PRICES), retries=0)
+    writer = UsageWriter(engine, retries=0)
     writer.start()
     with caplog.at_level(logging.ERROR, logger="chatforge.platform.metering"):
         writer.submit(_record(1))
@@ -128,7 +133,9 @@ async def test_reports_sum_the_rows_by_every_grouping(platform):
         _record(4, key_id=kb.id, account_id=bob.id, product_id=10, created_at=old),
         _record(5),  # open mode: no key, no account
     ]
-    costs = [await platform.record_usage(r) for r in records]
+    for r in records:
+        await platform.record_usage(r)
+    costs = [r.estimated_cost for r in records]
     await platform.flush_usage()
 
     def expected(pick):

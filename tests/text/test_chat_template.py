@@ -158,14 +158,14 @@ def test_default_template_is_chatml_and_accepts_text_parts():
     assert reference_render(DEFAULT_CHAT_TEMPLATE, messages, {}, add_generation_prompt=True) == expected
 
 
-def test_for_tokenizer_falls_back_to_chatml(smol):
+def test_for_tokenizer_is_none_without_a_template(smol):
     class NoTemplate:
         special_tokens = {"eos_token": "</s>"}
 
         def get_chat_template(self, name=None, *, with_tools=False):
             return None
 
-    assert ChatTemplate.for_tokenizer(NoTemplate()).source == DEFAULT_CHAT_TEMPLATE
+    assert ChatTemplate.for_tokenizer(NoTemplate()) is None
     assert ChatTemplate.for_tokenizer(smol).source == smol.chat_template
 
 

@@ -35,7 +35,7 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
 
             _install(app, await asyncio.to_thread(load_catalog, settings))
         try:
-            async with _platform(settings, app.state.catalog) as platform:
+            async with _platform(settings) as platform:
                 app.state.platform = platform
                 app.state.serving = Serving(ChatService(app.state.catalog), app.state.metrics, platform)
                 yield
@@ -79,12 +79,12 @@ def _install(app: FastAPI, catalog: ModelCatalog) -> None:
 
 
 @asynccontextmanager
-async def _platform(settings: Settings, catalog: ModelCatalog):
+async def _platform(settings: Settings):
     """The started platform: database migrated, rate limiter connected (a wrong Redis URL stops
-    the start here), usage writer running; the served models' prices key its cost estimates,
-    so a usage row costs what the response's `usage` said."""
-    prices = {m.model_id: (m.price.input, m.price.output) for m in catalog.models}
-    async with Platform.create(settings.database_url, settings.redis_url, prices) as platform:
+    the start here), usage writer running."""
+    platform = Platform(settings.database_url, settings.redis_url, products=settings.products,
+                        deployments=settings.deployments)
+    async with platform:
         if await platform.open_mode(is_loopback_host(settings.host), settings.allow_open_remote):
             log.warning("open mode: no API key exists, so requests need none; the first key created ends it")
         yield platform

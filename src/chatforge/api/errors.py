@@ -1,8 +1,9 @@
 """Errors as data, and a route class that renders them in each dialect's own envelope.
 
 Every dialect router is built with `dialect_route_class(render)`: request validation failures and
-the typed service errors raised by its handlers become an `ApiError`, which `render` turns into
-that dialect's JSON envelope. No 500 for bad input, and no error text matched by pattern.
+the typed errors raised by its handlers (one base, `chatforge.errors.ChatforgeError`, for the
+service's and the platform's) become an `ApiError`, which `render` turns into that dialect's JSON
+envelope. No 500 for bad input, and no error text matched by pattern.
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from chatforge.api.disconnect import ClientDisconnected
-from chatforge.service.errors import ChatError, GenerationFailedError, OverloadedError
+from chatforge.errors import ChatforgeError
+from chatforge.service.errors import GenerationFailedError
 
 log = logging.getLogger("chatforge.api")
-
-# OpenAI's error `type` for each status; other dialects pick their own words.
-KIND = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-        404: "not_found_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
 
 
 @dataclass
@@ -33,10 +31,6 @@ class ApiError:
     message: str
     param: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        return KIND.get(self.status, "invalid_request_error")
 
 
 # Pydantic puts the member of a union it tried into the error's location ("content", "str";
@@ -60,11 +54,11 @@ def from_validation(exc: RequestValidationError) -> ApiError:
     return ApiError(400, "invalid_request_error", f"{param}: {msg}" if param else msg, param)
 
 
-def stream_failure(exc: Exception) -> ChatError:
+def stream_failure(exc: Exception) -> ChatforgeError:
     """What a client hears of a failure after its stream began (the status line is sent, so it
-    goes into the stream): a service error as it is; anything else is a bug, logged here with its
-    traceback and told as 500 internal_error without its text."""
-    if isinstance(exc, ChatError):
+    goes into the stream): a chatforge error as it is; anything else is a bug, logged here with
+    its traceback and told as 500 internal_error without its text."""
+    if isinstance(exc, ChatforgeError):
         return exc
     log.error("stream failed", exc_info=exc)
     return GenerationFailedError("internal server error")
@@ -75,13 +69,10 @@ def from_exception(exc: Exception) -> ApiError | None:
     if isinstance(exc, RequestValidationError):
         return from_validation(exc)
     if isinstance(exc, HTTPException):  # e.g. a body that is not UTF-8
-        return ApiError(exc.status_code, KIND.get(exc.status_code, "invalid_request_error"), str(exc.detail))
-    if isinstance(exc, ChatError):
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, OverloadedError) else {}
-        return ApiError(exc.status, exc.code, exc.message, exc.param, headers)
-    status = getattr(exc, "status", None)  # platform errors carry status, code and headers
-    if isinstance(status, int) and hasattr(exc, "code"):
-        return ApiError(status, exc.code, str(exc), getattr(exc, "param", None), dict(getattr(exc, "headers", {}) or {}))
+        code = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return ApiError(exc.status_code, code, str(exc.detail))
+    if isinstance(exc, ChatforgeError):
+        return ApiError(exc.status, exc.code, exc.message, exc.param, dict(exc.headers))
     return None
 
 

@@ -6,11 +6,16 @@ counters are read from each model's engine at scrape time.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from chatforge.platform.metering import UsageStatus
 from chatforge.service.catalog import ModelCatalog
-from chatforge.service.chat import PreparedChat
+
+if TYPE_CHECKING:
+    from chatforge.api.serving import RequestOutcome
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
@@ -29,18 +34,18 @@ class Metrics:
         self.rate_limited = Counter("chatforge_rate_limited_requests", "Requests refused by a rate limit", ["dialect"], registry=r)
         r.register(_EngineCollector(catalog))
 
-    def observe(self, dialect: str, prep: PreparedChat, status: str) -> None:
-        model = prep.model.model_id
-        self.requests.labels(dialect, model, status).inc()
-        self.prompt_tokens.labels(model).inc(len(prep.prompt_ids))
-        self.generation_tokens.labels(model).inc(prep.completion_tokens)
-        t = prep.timing
-        if t.end is not None:
-            self.e2e.labels(model).observe(t.end - t.start)
-        if t.first_token is not None:
-            self.ttft.labels(model).observe(t.first_token - t.start)
-            if t.end is not None and prep.completion_tokens > 1:
-                self.tpot.labels(model).observe((t.end - t.first_token) / (prep.completion_tokens - 1))
+    def observe(self, dialect: str, model: str, outcome: RequestOutcome) -> None:
+        usage = outcome.usage
+        self.requests.labels(dialect, model, outcome.metric_status).inc()
+        self.prompt_tokens.labels(model).inc(usage.prompt_tokens)
+        self.generation_tokens.labels(model).inc(usage.completion_tokens)
+        completed = outcome.status is UsageStatus.COMPLETED
+        if completed:
+            self.e2e.labels(model).observe(outcome.ended - outcome.started)
+        if outcome.first_token is not None:
+            self.ttft.labels(model).observe(outcome.first_token - outcome.started)
+            if completed and usage.completion_tokens > 1:
+                self.tpot.labels(model).observe((outcome.ended - outcome.first_token) / (usage.completion_tokens - 1))
 
     def observe_refused(self, dialect: str, model: str, status: str) -> None:
         self.requests.labels(dialect, model, status).inc()

@@ -1,8 +1,15 @@
-"""What every dialect does around the service, in one place: admit the request under the
-platform's limits once its prompt is tokenized, race the work against the client's disconnect,
-open streams so that errors before the first token still get a proper status, and, when a request
-ends, whatever way it ends: observe metrics, write its usage row, settle its rate-limit
-reservation with the real token count, and log one line (ids and counts, never text or keys).
+"""The one serving template every dialect route runs (SGLang's serving_base shape):
+
+    admit -> stream or not -> (SSE loop -> the dialect's error frame) -> end
+
+A route translates its wire body into a `ChatRequest` and hands it to `Serving.serve` with a
+`Codec` factory: the codec is all a dialect adds (its JSON answer, its stream objects, how its
+stream ends, on success or after a failure once the status line is sent). Around that, `Serving`
+admits the request under the platform's limits once its prompt is tokenized, races the work
+against the client's disconnect, opens streams so that errors before the first token still get a
+proper status, and when a request ends, whatever way it ends, builds its `RequestOutcome` once:
+metrics observe it, its usage row is written, its rate-limit reservation settled with the real
+token count, and one log line says it (ids and counts, never text or keys).
 """
 
 from __future__ import annotations
@@ -10,24 +17,58 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from chatforge.api.deps import Caller
 from chatforge.api.disconnect import ClientDisconnected, until_disconnect
+from chatforge.api.errors import stream_failure
 from chatforge.api.metrics import Metrics
-from chatforge.platform.accounts import Account
-from chatforge.platform.errors import PlatformError, RateLimitedError
+from chatforge.api.sse import sse_data, sse_response
+from chatforge.errors import ChatforgeError
+from chatforge.platform.errors import RateLimitedError
 from chatforge.platform.gate import Platform
-from chatforge.platform.metering import UsageRecord, UsageStatus
+from chatforge.platform.metering import UsageStatus
 from chatforge.platform.rate_limit import Admission
-from chatforge.service.chat import ChatService, PreparedChat
-from chatforge.service.errors import ChatError
-from chatforge.service.protocol import ChatEvent, ChatRequest, ChatResult
+from chatforge.platform.scopes import Caller
+from chatforge.service.chat import ChatService, gather
+from chatforge.service.prepare import PreparedChat
+from chatforge.service.protocol import ChatEvent, ChatRequest, ChatResult, ModelScope, Usage
 
 log = logging.getLogger("chatforge.api.requests")
+
+
+class Codec(Protocol):
+    """How one dialect renders one admitted request's answer."""
+
+    def response(self, result: ChatResult) -> dict[str, Any]:
+        """The whole answer, for a request that does not stream."""
+
+    def stream_objects(self, event: ChatEvent) -> Iterable[Any]:
+        """The SSE `data:` payloads for one event (JSON-able objects)."""
+
+    def end_frames(self, error: ChatforgeError | None) -> list[bytes]:
+        """The stream's last frames: after success (error None), or after a failure once the
+        status line was sent (the error in the dialect's envelope, and maybe a closing marker)."""
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """How an admitted request ended; built once, when it ends."""
+
+    status: UsageStatus
+    http_status: int | None  # what the caller was told: 200, or the error's status; None when aborted
+    usage: Usage  # as of the last event the request produced
+    started: float  # perf_counter at admission
+    first_token: float | None  # when the first text arrived
+    ended: float
+
+    @property
+    def metric_status(self) -> str:
+        return "aborted" if self.status is UsageStatus.ABORTED else str(self.http_status)
 
 
 @dataclass
@@ -38,12 +79,20 @@ class Ticket:
     caller: Caller
     prep: PreparedChat
     admission: Admission
+    started: float
+    first_token: float | None = None
+    usage: Usage | None = field(default=None)  # the running usage of the latest event
 
     @property
     def headers(self) -> dict[str, str]:
         """For the success response: the request id (its usage row's and log line's) and the
         x-ratelimit-* headers of the tightest scope (none when nothing limits the caller)."""
         return {"x-request-id": self.prep.request.request_id, **self.admission.headers}
+
+    def see(self, event: ChatEvent) -> None:
+        self.usage = event.usage
+        if self.first_token is None and any(d.text for d in event.deltas):
+            self.first_token = time.perf_counter()
 
 
 class Serving:
@@ -53,134 +102,146 @@ class Serving:
         self.platform = platform
         self._settling: set[asyncio.Task] = set()  # strong references until each finishes
 
+    async def serve(self, request: Request, dialect: str, req: ChatRequest, caller: Caller,
+                    codec: Callable[[PreparedChat], Codec]) -> Response:
+        """The whole template: admit, then answer with `codec(prep)` as JSON or as a stream."""
+        ticket = await self.admit(dialect, req, caller)
+        return await self.respond(request, ticket, codec(ticket.prep))
+
     async def admit(self, dialect: str, req: ChatRequest, caller: Caller) -> Ticket:
-        """Render and tokenize the request, then admit it: the caller may use the model, and its
-        key's and product's limits take the request and prompt + max_tokens * n tokens."""
+        """Resolve the model, render and tokenize the request, then admit it: the caller may use
+        the model, and its key's and product's limits take the request and its most tokens."""
+        started = time.perf_counter()
         try:
-            prep = self.service.prepare(req)
-        except ChatError as e:
+            prep = self.service.prepare(req, model_scope(caller))
+        except ChatforgeError as e:
             self.metrics.observe_refused(dialect, req.model or "", str(e.status))
             raise
         product = caller.product.record if caller.product is not None else None
         try:
             admission = await self.platform.admit(
-                caller.principal, prep.model.model_id, product, len(prep.prompt_ids),
-                prep.sampling.max_tokens * prep.sampling.n, aliases=prep.model.aliases,
+                caller.principal, prep.model.model_id, product, prep.num_prompt_tokens,
+                prep.max_total_tokens - prep.num_prompt_tokens, aliases=prep.model.aliases,
             )
-        except PlatformError as e:
+        except ChatforgeError as e:
             if isinstance(e, RateLimitedError):
                 self.metrics.rate_limited.labels(dialect).inc()
             self.metrics.observe_refused(dialect, prep.model.model_id, str(e.status))
             log.info("request %s refused dialect=%s key=%s status=%d code=%s", req.request_id, dialect,
-                     _key_prefix(caller), e.status, e.code)
+                     caller.key_prefix, e.status, e.code)
             raise
-        return Ticket(dialect, caller, prep, admission)
+        return Ticket(dialect, caller, prep, admission, started)
 
-    async def complete(self, request: Request, ticket: Ticket) -> ChatResult:
-        status = "500"
+    async def respond(self, request: Request, ticket: Ticket, codec: Codec) -> Response:
+        if not ticket.prep.request.stream:
+            result = await self._complete(request, ticket)
+            return JSONResponse(codec.response(result), headers=ticket.headers)
+        events = await self._open_stream(ticket)
+        return sse_response(sse_frames(events, codec), headers=ticket.headers)
+
+    async def _complete(self, request: Request, ticket: Ticket) -> ChatResult:
+        error: BaseException | None = None
         try:
-            result = await until_disconnect(request, self.service.complete(ticket.prep))
-            status = "200"
-            return result
-        except ClientDisconnected:
-            status = "aborted"
-            raise
-        except ChatError as e:
-            status = str(e.status)
+            return await until_disconnect(request, gather(ticket.prep, self._events(ticket)))
+        except BaseException as e:
+            error = e
             raise
         finally:
-            await self._end(ticket, status)
+            await self._end(ticket, error)
 
-    async def open_stream(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
+    async def _open_stream(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
         """Starts the stream and waits for its first event (so overload or any early error is
         an ordinary error response), then returns an iterator over all events."""
-        events = self.service.stream(ticket.prep)
+        events = self._events(ticket)
         try:
             first = await anext(events)
         except BaseException as e:
             try:
                 await events.aclose()
             finally:
-                await self._end(ticket, _status_of(e))
+                await self._end(ticket, e)
             raise
         return self._rest(ticket, first, events)
 
+    async def _events(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
+        async for event in self.service.stream(ticket.prep):
+            ticket.see(event)
+            yield event
+
     async def _rest(self, ticket: Ticket, first: ChatEvent, events: AsyncIterator[ChatEvent]):
-        status = "500"
+        error: BaseException | None = None
         try:
             yield first
             async for event in events:
                 yield event
-            status = "200"
         except BaseException as e:
-            status = _status_of(e)
+            error = e
             raise
         finally:
             try:
                 await events.aclose()
             finally:
-                await self._end(ticket, status)
+                await self._end(ticket, error)
 
-    async def _end(self, ticket: Ticket, status: str) -> None:
+    async def _end(self, ticket: Ticket, error: BaseException | None) -> None:
         """Once per admitted request. Everything but the settlement is synchronous, so it all
         happens even in the `finally` of a task cancelled because its client went away. The
         settlement (a Redis round trip) runs as a task of its own behind a shield: a cancelled
         request stops waiting for it, and it completes all the same."""
-        self.metrics.observe(ticket.dialect, ticket.prep, status)
-        record, account = _usage_record(ticket, status)
-        await self.platform.record_usage(record)
+        outcome = _outcome(ticket, error)
+        prep, caller = ticket.prep, ticket.caller
+        self.metrics.observe(ticket.dialect, prep.model.model_id, outcome)
+        usage = outcome.usage
+        await self.platform.record_usage(caller.usage_record(
+            request_id=prep.request.request_id, model=prep.model.model_id, dialect=ticket.dialect,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            estimated_cost=usage.estimated_cost, latency_s=outcome.ended - outcome.started, status=outcome.status,
+        ))
+        account = caller.billed_account
         log.info(
             "request %s dialect=%s model=%s key=%s account=%s status=%s prompt_tokens=%d completion_tokens=%d latency=%.3fs",
-            record.request_id, record.dialect, record.model, _key_prefix(ticket.caller),
-            account.name if account is not None else "-",
-            status, record.prompt_tokens, record.completion_tokens, record.latency_s,
+            prep.request.request_id, ticket.dialect, prep.model.model_id, caller.key_prefix,
+            account.name if account is not None else "-", outcome.metric_status,
+            usage.prompt_tokens, usage.completion_tokens, outcome.ended - outcome.started,
         )
-        total = record.prompt_tokens + record.completion_tokens
-        task = asyncio.get_running_loop().create_task(ticket.admission.settle(total))
+        task = asyncio.get_running_loop().create_task(ticket.admission.settle(usage.total_tokens))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         await asyncio.shield(task)
 
 
-def _usage_record(ticket: Ticket, status: str) -> tuple[UsageRecord, Account | None]:
-    """The request's usage row, and the account it bills: the product's or deployment's owner,
-    else the caller's acting account (None in open mode)."""
-    prep, caller = ticket.prep, ticket.caller
-    product = caller.product.record if caller.product is not None else None
-    deployment = caller.deployment.record if caller.deployment is not None else None
-    account = caller.principal.billed_account(product, deployment)
-    key = caller.principal.key
-    end = prep.timing.end if prep.timing.end is not None else time.perf_counter()
-    record = UsageRecord(
-        request_id=prep.request.request_id,
-        model=prep.model.model_id,
-        dialect=ticket.dialect,
-        prompt_tokens=len(prep.prompt_ids),
-        completion_tokens=prep.completion_tokens,
-        latency_s=end - prep.timing.start,
-        status=_usage_status(status),
-        key_id=key.id if key is not None else None,
-        account_id=account.id if account is not None else None,
-        product_id=caller.product.usage_id if caller.product is not None else None,
-        deployment_id=caller.deployment.usage_id if caller.deployment is not None else None,
-    )
-    return record, account
+async def sse_frames(events: AsyncIterator[ChatEvent], codec: Codec) -> AsyncIterator[bytes]:
+    """SSE bytes for a stream that has begun. Its status line is sent, so a failure becomes the
+    dialect's error frame (as vLLM and OpenAI send it; the clients raise on it)."""
+    try:
+        async for event in events:
+            for obj in codec.stream_objects(event):
+                yield sse_data(obj)
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the client
+        for frame in codec.end_frames(stream_failure(exc)):
+            yield frame
+        return
+    for frame in codec.end_frames(None):
+        yield frame
 
 
-def _key_prefix(caller: Caller) -> str:
-    key = caller.principal.key
-    return key.prefix if key is not None else "-"
+def model_scope(caller: Caller) -> ModelScope | None:
+    """The models the caller's product or deployment offers (None: any served model)."""
+    if caller.product is not None:
+        p = caller.product
+        return ModelScope(f"product {p.id}", p.models, p.default_model)
+    if caller.deployment is not None:
+        return ModelScope(f"deployment {caller.deployment.id!r}", (), caller.deployment.model)
+    return None
 
 
-def _status_of(exc: BaseException) -> str:
-    if isinstance(exc, (asyncio.CancelledError, GeneratorExit, ClientDisconnected)):
-        return "aborted"
-    return str(getattr(exc, "status", 500))
-
-
-def _usage_status(status: str) -> UsageStatus:
-    if status == "200":
-        return UsageStatus.COMPLETED
-    if status == "aborted":
-        return UsageStatus.ABORTED
-    return UsageStatus.FAILED
+def _outcome(ticket: Ticket, error: BaseException | None) -> RequestOutcome:
+    if error is None:
+        status, http_status = UsageStatus.COMPLETED, 200
+    elif isinstance(error, (asyncio.CancelledError, GeneratorExit, ClientDisconnected)):
+        status, http_status = UsageStatus.ABORTED, None
+    else:
+        status, http_status = UsageStatus.FAILED, error.status if isinstance(error, ChatforgeError) else 500
+    prep = ticket.prep
+    usage = ticket.usage or Usage(prep.num_prompt_tokens, 0, prep.model.price.cost(prep.num_prompt_tokens, 0))
+    return RequestOutcome(status, http_status, usage, ticket.started, ticket.first_token, time.perf_counter())

@@ -124,12 +124,9 @@ class AsyncEngine:
             if not done:
                 self._commands.put(_End(request_id, FinishReason.ABORT))
 
-    def abort(self, request_id: str) -> None:
-        """Abort a request (counted as an abort); its consumer gets a last ABORT output."""
-        self._commands.put(_End(request_id, FinishReason.ABORT))
-
     def finish(self, request_id: str, reason: FinishReason = FinishReason.STOP_SEQUENCE) -> None:
-        """End a request without counting an abort (a stop string matched)."""
+        """End a request with `reason`: by default a matched stop string (not an abort); with
+        FinishReason.ABORT it counts as an abort."""
         self._commands.put(_End(request_id, reason))
 
     # -- the loop (engine thread) ------------------------------------------------------------

@@ -39,11 +39,6 @@ class BlockManager:
     # -- reading ---------------------------------------------------------------------------
 
     @property
-    def num_free_blocks(self) -> int:
-        """Blocks that can be handed out now, cached ones included (they get evicted)."""
-        return len(self._free)
-
-    @property
     def num_used_blocks(self) -> int:
         return self.num_blocks - len(self._free)
 

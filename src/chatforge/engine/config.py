@@ -1,18 +1,21 @@
-"""The engine's settings, validated once at start-up and copied down into each component."""
+"""The engine's settings, validated once at start-up and copied down into each component.
+
+This dataclass is also the `[engine]` table of chatforge's settings (`settings.Settings.engine`):
+pydantic validates it by its annotations and runs `__post_init__`, so the checks live here once."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-_MiB = 1024 * 1024
+MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     block_size: int = 16  # tokens per KV block
-    # The KV pool: a block count, or else as many blocks as fit in kv_cache_bytes.
+    # The KV pool: a block count, or else as many blocks as fit in kv_cache_mb MiB.
     num_kv_blocks: int | None = None
-    kv_cache_bytes: int = 512 * _MiB
+    kv_cache_mb: int = 512
     max_num_seqs: int = 64  # sequences running at once (a request with n completions counts n)
     max_num_batched_tokens: int = 512  # tokens per step; longer prompts are prefilled in chunks
     max_waiting: int = 256  # queued requests beyond which add_request raises EngineOverloadedError
@@ -36,8 +39,8 @@ class EngineConfig:
             raise ValueError("block_size must be >= 1")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError("num_kv_blocks must be >= 1")
-        if self.kv_cache_bytes < 1:
-            raise ValueError("kv_cache_bytes must be >= 1")
+        if self.kv_cache_mb < 1:
+            raise ValueError("kv_cache_mb must be >= 1")
         if self.max_num_seqs < 1 or self.max_waiting < 0:
             raise ValueError("max_num_seqs must be >= 1 and max_waiting >= 0")
         if self.max_num_batched_tokens < self.max_num_seqs:

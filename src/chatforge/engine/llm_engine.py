@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from chatforge.engine.batch import ScheduledBatch
 from chatforge.engine.block_manager import BlockManager
-from chatforge.engine.config import EngineConfig
+from chatforge.engine.config import EngineConfig, MiB
 from chatforge.engine.errors import DuplicateRequestError, InvalidRequestError, PromptTooLongError, StepFailedError
 from chatforge.engine.grammar import grammar_error
 from chatforge.engine.model_runner import ModelRunner
@@ -20,7 +20,7 @@ from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutp
 from chatforge.engine.sampler import Sampler, SamplerOutput
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.engine.scheduler import Scheduler
-from chatforge.engine.sequence import Sequence, SequenceStatus
+from chatforge.engine.sequence import Sequence
 from chatforge.engine.stats import EngineStats
 from chatforge.models.step import ModelBackend
 
@@ -54,7 +54,7 @@ class LLMEngine:
         self.model_config = model_config
         self.vocab_size = model_config.vocab_size
         self.stop_token_ids = frozenset(model_config.eos_token_ids if stop_token_ids is None else stop_token_ids)
-        num_blocks = config.num_kv_blocks or max(1, config.kv_cache_bytes // backend.kv_block_bytes(config.block_size))
+        num_blocks = config.num_kv_blocks or max(1, config.kv_cache_mb * MiB // backend.kv_block_bytes(config.block_size))
         # A sequence can never outgrow the pool, or it would preempt itself forever.
         self.max_model_len = min(
             config.max_model_len or model_config.max_position_embeddings, num_blocks * config.block_size
@@ -99,10 +99,7 @@ class LLMEngine:
             raise DuplicateRequestError(f"request {request_id!r} is already in flight")
         self._validate(prompt_ids, params)
         parent = Sequence(request_id, prompt_ids, params, index=0)
-        forks = [parent.fork(i) for i in range(1, params.n)]
-        for fork in forks:
-            fork.status = SequenceStatus.FORK_PENDING
-        parent.pending_forks = list(forks)
+        forks = parent.attach_forks()
         self.scheduler.add(parent)
         self._requests[request_id] = _Request(request_id, [parent, *forks])
         self.num_prompt_tokens_total += len(prompt_ids)

@@ -41,3 +41,6 @@ class RequestOutput:
     num_cached_tokens: int  # prompt tokens served from the prefix cache
     outputs: list[CompletionOutput]  # only completions with something new this step
     finished: bool  # every completion of the request has finished
+    # Once, on the request's first output, when SamplingParams.prompt_logprobs asked for them:
+    # one per prompt token, None for the first (nothing precedes it).
+    prompt_logprobs: list[TokenLogprob | None] | None = None

@@ -60,7 +60,6 @@ class FilterParams:
 
 @dataclass
 class SamplingBatch:
-    all_greedy: bool
     sampled_rows: torch.Tensor | None  # [S] rows with temperature > 0
     filters: FilterParams | None  # for sampled_rows
     logprob_rows: torch.Tensor | None  # rows that asked for logprobs
@@ -95,7 +94,6 @@ class SamplingBatch:
         sampled = [i for i, p in enumerate(ps) if p.temperature > 0]
         logprob_rows = [i for i, p in enumerate(ps) if p.logprobs]
         b = cls(
-            all_greedy=not sampled,
             sampled_rows=_long(sampled, device) if sampled else None,
             filters=FilterParams.build([seqs[i] for i in sampled], vocab_size, device) if sampled else None,
             logprob_rows=_long(logprob_rows, device) if logprob_rows else None,

@@ -30,7 +30,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to the logit
     seed: int | None = None  # a per-request generator when set
-    max_tokens: int = 16  # generated tokens at most
+    max_tokens: int | None = 16  # generated tokens at most; None: until the context is full
     min_tokens: int = 0  # EOS and stop ids are banned until this many were generated
     stop: list[str] = field(default_factory=list)  # matched on text by the detokenizer, not here
     stop_token_ids: list[int] = field(default_factory=list)
@@ -56,9 +56,9 @@ class SamplingParams:
             raise ValueError("typical_p must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
-        if self.max_tokens < 1:
+        if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
-        if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
             raise ValueError("min_tokens must be in [0, max_tokens]")
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")

@@ -162,7 +162,7 @@ class Scheduler:
             return True  # the grammar is complete, or it refused the token
         if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in self.stop_token_ids):
             seq.finish(FinishReason.STOP, stop_token_id=token_id)
-        elif seq.num_generated >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+        elif (params.max_tokens is not None and seq.num_generated >= params.max_tokens) or seq.num_tokens >= self.max_model_len:
             seq.finish(FinishReason.LENGTH)
         return seq.is_finished
 

@@ -3,7 +3,8 @@ its KV lives. Plain Python (no torch), shared by the block manager, the schedule
 
 A request with n completions owns n sequences. The first one (index 0) prefills the prompt; the
 others wait as `pending_forks` of it and are forked off when the prompt's last token is computed,
-each sampling its own first token from the same logits (see `Scheduler.fork`).
+each sampling its own first token from the same logits (see `Scheduler.update` and
+`BlockManager.fork`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ class Sequence:
         self.finish_reason: FinishReason | None = None
         self.stop_token_id: int | None = None
         self.pending_forks: list[Sequence] = []  # the request's other completions, until forked
-        self.num_emitted = 0  # generated tokens already handed out in a RequestOutput
         # The live grammar state (engine/grammar.py). Each completion starts its own from the
         # request's compiled grammar: a fork begins at the prompt, as its parent did.
         self.matcher = params.grammar.matcher() if params.grammar is not None else None
@@ -89,3 +89,12 @@ class Sequence:
     def fork(self, index: int) -> Sequence:
         """A sibling with the same prompt and no generated token, to be forked off this one."""
         return Sequence(self.request_id, self.token_ids[: self.num_prompt_tokens], self.params, index)
+
+    def attach_forks(self) -> list[Sequence]:
+        """Set a new request up: its other n - 1 completions become this (first) sequence's
+        pending forks, waiting (FORK_PENDING) until its prompt's last token is computed."""
+        forks = [self.fork(i) for i in range(1, self.params.n)]
+        for fork in forks:
+            fork.status = SequenceStatus.FORK_PENDING
+        self.pending_forks = list(forks)
+        return forks

@@ -1,9 +1,16 @@
-"""GGUF tensors -> Hugging Face state-dict tensors for the Llama family.
+"""GGUF tensors -> Hugging Face state-dict tensors (Llama family, Qwen3, Mixtral, Gemma 3).
 
-llama.cpp names tensors its own way (`blk.3.attn_q.weight`) and, for the "llama" architecture,
-its converter permutes the rows of q/k projections so that RoPE can rotate adjacent channel
-pairs (interleaved layout). Our model rotates halves (HF layout), so those rows are permuted
-back here; after that the weights equal what transformers loads from the same file.
+llama.cpp names tensors its own way (`blk.3.attn_q.weight`) and changes some on conversion;
+each change is undone here, so that the weights equal what transformers loads from the file:
+- for the "llama" architecture its converter permutes the rows of q/k projections so that RoPE
+  can rotate adjacent channel pairs (interleaved layout); our model rotates halves (HF layout),
+  so those rows are permuted back;
+- for Gemma 3 it stores RMSNorm weights as the factor itself, 1 + w (Gemma's norms multiply by
+  1 + w); 1 is taken off again;
+- Gemma's `ffn_norm` is the MLP's pre-norm, and it has post-norms of its own (`_GEMMA3_NAMES`);
+- Mixtral's experts come as one [E, out, in] tensor per projection (`ffn_gate_exps`, ...), the
+  layout the model keeps; old files with one tensor per expert (`ffn_gate.3.weight`) are mapped
+  to Hugging Face's per-expert names, which the loader stacks (models/mixtral.py).
 """
 
 from __future__ import annotations
@@ -37,17 +44,36 @@ _BLOCK_NAMES = {
     "ffn_down": "mlp.down_proj",
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate_inp": "mlp.gate",
 }
+_GEMMA3_NAMES = {
+    **_BLOCK_NAMES,
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+# Stacked experts are parameters of their own, without a ".weight" suffix.
+_EXPERT_NAMES = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
+_OLD_EXPERT_NAMES = {"ffn_gate": "w1", "ffn_down": "w2", "ffn_up": "w3"}
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+_OLD_EXPERT_RE = re.compile(r"blk\.(\d+)\.(ffn_gate|ffn_up|ffn_down)\.(\d+)\.weight")
 # Per-frequency RoPE divisors (llama3-style scaling, GGUF's form). Not a model parameter.
 ROPE_FREQS = "rope_freqs.weight"
 
 
-def hf_name(gguf_name: str) -> str:
-    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`."""
+def hf_name(gguf_name: str, arch: str = "llama") -> str:
+    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight` (`arch`: the file's
+    `general.architecture`)."""
+    names = _GEMMA3_NAMES if arch == "gemma3" else _BLOCK_NAMES
     m = _BLOCK_RE.fullmatch(gguf_name)
-    if m and m.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    if m and m.group(2) in names:
+        return f"model.layers.{m.group(1)}.{names[m.group(2)]}.{m.group(3)}"
+    if m and m.group(2) in _EXPERT_NAMES and m.group(3) == "weight":
+        return f"model.layers.{m.group(1)}.mlp.experts.{_EXPERT_NAMES[m.group(2)]}"
+    if m := _OLD_EXPERT_RE.fullmatch(gguf_name):
+        return f"model.layers.{m.group(1)}.block_sparse_moe.experts.{m.group(3)}.{_OLD_EXPERT_NAMES[m.group(2)]}.weight"
     stem, _, suffix = gguf_name.rpartition(".")
     if stem in _GLOBAL_NAMES and suffix in ("weight", "bias"):
         return f"{_GLOBAL_NAMES[stem]}.{suffix}"
@@ -95,7 +121,8 @@ def read_gguf(path: str | Path, keep_quantized: bool = False) -> tuple[ModelConf
     gguf = GGUFFile(path)
     try:
         config = ModelConfig.from_gguf_metadata(gguf.metadata, gguf.tensors.keys())
-        permuted = gguf.metadata.get("general.architecture") == "llama"
+        arch = gguf.metadata.get("general.architecture")
+        permuted = arch == "llama"
         heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
         state: dict[str, torch.Tensor] = {}
         for name in gguf.tensors:
@@ -103,7 +130,7 @@ def read_gguf(path: str | Path, keep_quantized: bool = False) -> tuple[ModelConf
                 factors = gguf.dequantize(name).reshape(-1).tolist()
                 config = replace(config, rope_scaling={"rope_type": "freq_factors", "factors": tuple(factors)})
                 continue
-            target = hf_name(name)
+            target = hf_name(name, arch)
             info = gguf.tensors[name]
             m = _BLOCK_RE.fullmatch(name)
             rows_permuted = permuted and m and m.group(2) in heads
@@ -115,6 +142,8 @@ def read_gguf(path: str | Path, keep_quantized: bool = False) -> tuple[ModelConf
             w = gguf.dequantize(name)
             if rows_permuted:
                 w = unpermute_rotary(w, heads[m.group(2)])
+            if arch == "gemma3" and name.endswith("norm.weight"):
+                w -= 1.0  # the converter stored 1 + w
             state[target] = torch.from_numpy(w)
         return config, state
     finally:

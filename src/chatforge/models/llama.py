@@ -1,10 +1,11 @@
-"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2): pre-norm transformer blocks of
-RMSNorm -> grouped-query attention with RoPE -> residual, RMSNorm -> SwiGLU MLP -> residual.
+"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, Mixtral): pre-norm transformer
+blocks of RMSNorm -> grouped-query attention with RoPE -> residual, RMSNorm -> SwiGLU MLP (or
+Mixtral's mixture of SwiGLU experts, models/mixtral.py) -> residual.
 
-The families differ only in configuration (qkv bias for Qwen2, a sliding window for Mistral,
-RoPE scaling for Llama 3.1), so one class serves all three. Parameter names equal Hugging
-Face's state-dict names (`model.layers.N.self_attn.q_proj.weight`, ...), so safetensors files
-load without renaming. Activations are a flat batch of T tokens; attention runs over the
+The families differ only in configuration (qkv bias for Qwen2, QK-norm for Qwen3, a sliding
+window for Mistral, RoPE scaling for Llama 3.1, experts for Mixtral), so one class serves all.
+Parameter names equal Hugging Face's state-dict names (`model.layers.N.self_attn.q_proj.weight`,
+...), so safetensors files load without renaming (Mixtral's experts are stacked, mixtral.py). Activations are a flat batch of T tokens; attention runs over the
 paged KV cache described by `AttentionMetadata`.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from chatforge.models.attention import AttentionMetadata, allocate_kv_caches, paged_attention
 from chatforge.models.config import ModelConfig
+from chatforge.models.mixtral import SparseMoeBlock
 from chatforge.models.rotary import RotaryEmbedding, apply_rotary
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -40,8 +42,11 @@ class Attention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.scale = self.head_dim**-0.5
+        self.scale = config.attention_scale
         self.sliding_window = config.layer_sliding_window(layer)
+        # Qwen3: each head's query and key RMS-normalised (over head_dim) before RoPE.
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         d, qkv_bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=qkv_bias)
@@ -50,9 +55,10 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
         T, H, Hkv, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
-        q = apply_rotary(self.q_proj(x).view(T, H, D), cos, sin)
-        k = apply_rotary(self.k_proj(x).view(T, Hkv, D), cos, sin)
-        v = self.v_proj(x).view(T, Hkv, D)
+        q, k, v = self.q_proj(x).view(T, H, D), self.k_proj(x).view(T, Hkv, D), self.v_proj(x).view(T, Hkv, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = paged_attention(q, k, v, meta, kv_cache, self.scale, self.sliding_window)  # [T, H, D]
         return self.o_proj(out.reshape(T, H * D))
 
@@ -77,7 +83,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = SparseMoeBlock(config) if config.num_experts else MLP(config)
 
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache: KVCache | None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, kv_cache)
@@ -106,7 +112,8 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Serves LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM checkpoints."""
+    """Serves LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and
+    MixtralForCausalLM checkpoints."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -17,7 +17,9 @@ from torch import nn
 
 from chatforge.models.config import ModelConfig
 from chatforge.models.errors import ModelError, WeightsMismatchError
+from chatforge.models.gguf_file import GGUFFile
 from chatforge.models.gguf_weights import read_gguf
+from chatforge.models.mixtral import stack_expert_weights
 from chatforge.models.registry import model_class
 from chatforge.models.source import ModelNotFoundError, ModelSource
 
@@ -40,6 +42,23 @@ def load_model(
     else:
         raise ModelError(f"unknown model source kind {source.kind!r} (expected 'gguf' or 'hf')")
     return build_model(config, state, dtype, device), config
+
+
+def read_config(source: ModelSource) -> ModelConfig:
+    """The model's config alone (no weights read): to size its KV pool and check memory first."""
+    if source.kind == "gguf":
+        if not Path(source.path).is_file():
+            raise ModelNotFoundError(f"no GGUF file at {source.path}")
+        gguf = GGUFFile(source.path)
+        try:
+            return ModelConfig.from_gguf_metadata(gguf.metadata, gguf.tensors.keys())
+        finally:
+            gguf.close()
+    config_path = Path(source.path) / "config.json"
+    if not config_path.is_file():
+        raise ModelNotFoundError(f"no config.json in {Path(source.path).resolve()}")
+    generation_path = Path(source.path) / "generation_config.json"
+    return ModelConfig.from_hf_dict(_read_json(config_path), _read_json(generation_path) if generation_path.is_file() else None)
 
 
 def read_hf_folder(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -86,6 +105,8 @@ def build_model(
         model = cls(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     state = {k: v for k, v in state.items() if not k.endswith(_DERIVED_SUFFIXES)}
+    if config.num_experts:
+        state = stack_expert_weights(state, config.num_experts)  # Mixtral files' expert layouts
     if config.tie_word_embeddings:
         # Some tied checkpoints still store the (identical) lm_head; the embedding is the one used.
         state.pop("lm_head.weight", None)

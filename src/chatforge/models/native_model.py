@@ -73,6 +73,45 @@ class _Step(ctypes.Structure):
 _STRUCTS = [_Matrix, _Linear, _Layer, _Desc, _Step]  # cf_sizeof(0..4)
 
 
+# The architectures the plan computes today (native/model.h says how others are added).
+NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+def native_support(c: ModelConfig) -> str | None:
+    """None when the native plan computes a model of this config, else why not."""
+    if c.architecture not in NATIVE_ARCHITECTURES:
+        return f"{c.architecture} is not in the native plan yet"
+    missing = [name for name, absent in (
+        ("QK-norm", not c.qk_norm), ("experts", not c.num_experts), (f"activation {c.hidden_act}", c.hidden_act == "silu"),
+        ("query_pre_attn_scalar", c.query_pre_attn_scalar is None), ("a local RoPE base", c.rope_local_theta is None),
+        ("logit soft-capping", c.final_logit_softcapping is None),
+    ) if not absent]
+    if missing:
+        return f"the native plan has no {', '.join(missing)} yet"
+    if c.head_dim % 8 or c.head_dim > 512 or c.hidden_size % 8:
+        return f"the native kernels need head_dim and hidden_size multiples of 8 (head_dim <= 512), not {c.head_dim} and {c.hidden_size}"
+    return None
+
+
+def native_weights_bytes(source) -> int:
+    """The bytes a model's packed weights take: a GGUF's Q4_1 / Q8_0 matrices about their file
+    size, everything else float32."""
+    from chatforge.models.gguf_file import GGUFFile
+    from chatforge.models.memory import weights_bytes
+
+    if source.kind != "gguf":
+        return weights_bytes(source.kind, source.path, torch.float32)
+    gguf = GGUFFile(source.path)
+    try:
+        total = 0
+        for t in gguf.tensors.values():
+            kept = t.ggml_type in (3, 8) and len(t.shape) == 2  # Q4_1, Q8_0 (native_formats.py)
+            total += t.nbytes if kept else 4 * int(np.prod(t.shape))
+        return total
+    finally:
+        gguf.close()
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask), at least 1."""
     try:
@@ -119,6 +158,9 @@ class NativeModel:
         self.computes_in_torch = False
         self.threads = threads or available_cpus()
         self._lib = lib
+        why_not = native_support(config)
+        if why_not is not None:
+            raise ModelError(why_not)
         self._keep: list[object] = []  # every array the C plan points into
         _check_names(config, state)
         desc = self._describe(config, state)

@@ -5,12 +5,17 @@ from __future__ import annotations
 from torch import nn
 
 from chatforge.models.errors import UnsupportedArchitectureError
+from chatforge.models.gemma3 import Gemma3ForCausalLM
 from chatforge.models.llama import LlamaForCausalLM
 
+# The Llama family differs only in configuration (models/llama.py); Gemma 3 has its own decoder.
 _ARCHITECTURES: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
+    "Qwen3ForCausalLM": LlamaForCausalLM,
+    "MixtralForCausalLM": LlamaForCausalLM,
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
 }
 
 

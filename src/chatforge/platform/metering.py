@@ -1,4 +1,6 @@
-"""Metering: one usage row per request, finished, failed or aborted, with its estimated cost.
+"""Metering: one usage row per request, finished, failed or aborted, with its estimated cost
+(computed once, by the service from the model's price, and carried in the record as the
+response's `usage` said it).
 
 `UsageWriter.submit` only queues the row, without awaiting anything, so a request handler can
 call it from a `finally` even while its task is being cancelled because the client went away; a
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -38,6 +39,7 @@ class UsageRecord:
     completion_tokens: int
     latency_s: float  # from receipt to the last byte (or the abort)
     status: UsageStatus
+    estimated_cost: float = 0.0  # USD, the figure the response's usage carried
     key_id: int | None = None  # None in open mode
     account_id: int | None = None  # the account billed: the product's or deployment's owner
     product_id: int | None = None
@@ -48,27 +50,14 @@ class UsageRecord:
         object.__setattr__(self, "status", UsageStatus(self.status))
         if self.prompt_tokens < 0 or self.completion_tokens < 0:
             raise InvalidInputError("token counts cannot be negative")
-
-
-class Prices:
-    """USD per million input and output tokens, per model id; unknown models cost 0."""
-
-    def __init__(self, prices: Mapping[str, tuple[float, float]] | None = None) -> None:
-        self._prices = dict(prices or {})
-        for model, (usd_in, usd_out) in self._prices.items():
-            if usd_in < 0 or usd_out < 0:
-                raise InvalidInputError(f"price of {model!r} cannot be negative")
-
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        usd_in, usd_out = self._prices.get(model, (0.0, 0.0))
-        return (prompt_tokens * usd_in + completion_tokens * usd_out) / 1_000_000
+        if self.estimated_cost < 0:
+            raise InvalidInputError("a cost cannot be negative")
 
 
 class UsageWriter:
-    def __init__(self, engine: AsyncEngine, prices: Prices, *, batch_size: int = 256,
-                 max_queued: int = 100_000, retries: int = 3) -> None:
+    def __init__(self, engine: AsyncEngine, *, batch_size: int = 256, max_queued: int = 100_000,
+                 retries: int = 3) -> None:
         self._engine = engine
-        self._prices = prices
         self._batch_size = batch_size
         self._retries = retries
         self._queue: asyncio.Queue[dict] = asyncio.Queue(max_queued)
@@ -78,16 +67,14 @@ class UsageWriter:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="chatforge-usage-writer")
 
-    def submit(self, record: UsageRecord) -> float:
-        """Queue the row (never waits) and return its estimated cost."""
-        cost = self._prices.cost(record.model, record.prompt_tokens, record.completion_tokens)
-        row = asdict(record) | {"status": record.status.value, "estimated_cost": cost}
+    def submit(self, record: UsageRecord) -> None:
+        """Queue the row; never waits."""
+        row = asdict(record) | {"status": record.status.value}
         try:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
             log.error("usage queue full (%d rows): dropped the row of request %s",
                       self._queue.maxsize, record.request_id)
-        return cost
 
     async def flush(self) -> None:
         await self._queue.join()

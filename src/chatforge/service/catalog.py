@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chatforge.service.errors import ModelNotFoundError
+from chatforge.settings import ModelPrice
 
 if TYPE_CHECKING:
     from chatforge.engine.async_engine import AsyncEngine
@@ -14,26 +15,15 @@ if TYPE_CHECKING:
     from chatforge.text.tokenizer import Tokenizer
 
 
-@dataclass(frozen=True)
-class Price:
-    """USD per million tokens."""
-
-    input: float = 0.0
-    output: float = 0.0
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
-
-
 @dataclass
 class ServedModel:
     model_id: str
     tokenizer: Tokenizer
-    template: ChatTemplate
+    template: ChatTemplate | None  # None: the model has none and none was configured (chat is refused)
     engine: AsyncEngine
     context_length: int
     created: int  # unix time the model was loaded, for /v1/models
-    price: Price = field(default_factory=Price)
+    price: ModelPrice = field(default_factory=ModelPrice)
     aliases: tuple[str, ...] = ()
 
 

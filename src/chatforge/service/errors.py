@@ -3,17 +3,15 @@ nothing upstream matches on message text."""
 
 from __future__ import annotations
 
+from chatforge.errors import ChatforgeError
 
-class ChatError(Exception):
-    """Base: `message` is safe to show the caller; `param` names the offending field."""
+
+class ChatError(ChatforgeError):
+    """Base of the service's errors: `message` is safe to show the caller; `param` names the
+    offending field."""
 
     status = 400
     code = "invalid_request_error"
-
-    def __init__(self, message: str, *, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 class InvalidRequestError(ChatError):
@@ -41,7 +39,7 @@ class OverloadedError(ChatError):
     code = "overloaded"
 
     def __init__(self, message: str = "the server is overloaded; retry shortly", *, retry_after: int = 1):
-        super().__init__(message)
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
 
 

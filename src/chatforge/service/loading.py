@@ -1,63 +1,76 @@
-"""Turns a model path or id into a ServedModel: weights, tokenizer, chat template, a running engine."""
+"""Turns the configured models into ServedModels: weights, tokenizer, chat template, names, a KV
+pool each, a running engine. Before any weights are read, every model's need is checked against
+the memory available (models/memory.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 
 from chatforge.engine.async_engine import AsyncEngine
-from chatforge.engine.config import EngineConfig
+from chatforge.engine.config import MiB, EngineConfig
 from chatforge.engine.llm_engine import LLMEngine
-from chatforge.models.source import BUNDLED_ALIASES, BUNDLED_MODEL_ID, resolve_model
-from chatforge.service.catalog import ModelCatalog, Price, ServedModel
-from chatforge.settings import EngineSettings, Settings
-from chatforge.text.chat_template import ChatTemplate
+from chatforge.models.backend import choose_backend
+from chatforge.models.loader import read_config
+from chatforge.models.memory import check_fits, kv_pool_shares
+from chatforge.models.source import resolve_model
+from chatforge.service.catalog import ModelCatalog, ServedModel
+from chatforge.settings import ModelEntry, ModelPrice, Settings
+from chatforge.text.named_templates import template_for_model
 from chatforge.text.tokenizer import load_tokenizer
 
 log = logging.getLogger("chatforge.loading")
 
 
-def engine_config(s: EngineSettings) -> EngineConfig:
-    return EngineConfig(
-        block_size=s.block_size,
-        num_kv_blocks=s.num_kv_blocks,
-        kv_cache_bytes=s.kv_cache_mb * 1024 * 1024,
-        max_num_seqs=s.max_num_seqs,
-        max_num_batched_tokens=s.max_num_batched_tokens,
-        max_waiting=s.max_waiting,
-        max_model_len=s.max_model_len,
-        threads=s.threads,
-        device=s.device,
-        dtype=s.dtype,
-        enable_prefix_caching=s.enable_prefix_caching,
-        weights=s.weights,
-        kernel_cache_dir=s.kernel_cache_dir,
-        compiler=s.compiler,
-    )
-
-
-def load_served_model(path_or_id: str | None, engine_settings: EngineSettings, price: Price | None = None) -> ServedModel:
+def load_served_model(entry: ModelEntry | str | None, cfg: EngineConfig, price: ModelPrice | None = None) -> ServedModel:
+    """One model, ready to serve: `entry` a path or id (None: the bundled default), or a config
+    entry with its names and chat template."""
     t0 = time.perf_counter()
-    source = resolve_model(path_or_id)
-    cfg = engine_config(engine_settings)
+    entry = entry if isinstance(entry, ModelEntry) else ModelEntry(path=entry)
+    source = resolve_model(entry.path)
     tokenizer = load_tokenizer(source)
-    template = ChatTemplate.for_tokenizer(tokenizer)
+    template = template_for_model(tokenizer, entry.chat_template)
     llm = LLMEngine.from_source(source, cfg, stop_token_ids=sorted(tokenizer.end_of_turn_ids))
     engine = AsyncEngine(llm)
     engine.start()
-    aliases = BUNDLED_ALIASES if source.model_id == BUNDLED_MODEL_ID else ()
-    log.info("loaded %s from %s in %.2f s", source.model_id, source.path, time.perf_counter() - t0)
+    model_id = entry.id or source.model_id
+    # A packaged model keeps its well-known names (id, aliases) when renamed; a file's name is dropped.
+    known = (source.model_id, *source.aliases) if source.aliases else ()
+    aliases = tuple(n for n in dict.fromkeys([*entry.aliases, *known]) if n != model_id)
+    log.info("loaded %s from %s in %.2f s", model_id, source.path, time.perf_counter() - t0)
     return ServedModel(
-        model_id=source.model_id,
+        model_id=model_id,
         tokenizer=tokenizer,
         template=template,
         engine=engine,
         context_length=llm.max_model_len,
         created=int(time.time()),
-        price=price or Price(),
+        price=price or ModelPrice(),
         aliases=aliases,
     )
+
+
+def engine_configs(settings: Settings) -> list[EngineConfig]:
+    """Each model's engine config, its KV pool sized: `engine.kv_cache_mb` is the budget of all
+    served models together, split so that each holds the same number of tokens, unless an entry
+    sets its own kv_cache_mb (models/memory.py `kv_pool_shares`). Also refuses, with the numbers,
+    models that would not fit in the memory available (CPU: the weights as loaded plus the pools)."""
+    entries, engine = settings.model_entries(), settings.engine
+    sources = [resolve_model(e.path) for e in entries]
+    configs = [read_config(s) for s in sources]
+    choices = [choose_backend(c, engine.weights, engine.device, engine.dtype, engine.kernel_cache_dir, engine.compiler)
+               for c in configs]
+    per_token = [choice.kv_bytes_per_token(c) for choice, c in zip(choices, configs)]
+    pools = kv_pool_shares(per_token, [e.kv_cache_mb and e.kv_cache_mb * MiB for e in entries], engine.kv_cache_mb * MiB)
+    if engine.num_kv_blocks is not None:  # a fixed block count per model
+        pools = [engine.num_kv_blocks * engine.block_size * t for t in per_token]
+    if choices[0].device.type == "cpu":
+        weights = sum(choice.weights_bytes(s) for choice, s in zip(choices, sources))
+        held = "their own formats" if choices[0].native else choices[0].dtype
+        check_fits(" + ".join(e.id or s.model_id for e, s in zip(entries, sources)), weights, sum(pools), held)
+    return [dataclasses.replace(engine, kv_cache_mb=max(1, pool // MiB)) for pool in pools]
 
 
 def load_catalog(settings: Settings) -> ModelCatalog:
@@ -88,12 +101,12 @@ def load_catalog(settings: Settings) -> ModelCatalog:
 
 def _load_catalog(settings: Settings) -> ModelCatalog:
     models = []
-    for path_or_id in settings.models or [None]:
-        served = load_served_model(path_or_id, settings.engine)
+    for entry, cfg in zip(settings.model_entries(), engine_configs(settings)):
+        served = load_served_model(entry, cfg)
         price = settings.prices.get(served.model_id) or next(
             (settings.prices[a] for a in served.aliases if a in settings.prices), None
         )
         if price is not None:
-            served.price = Price(price.input, price.output)
+            served.price = price
         models.append(served)
     return ModelCatalog(models)

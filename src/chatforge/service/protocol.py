@@ -1,9 +1,13 @@
 """The one internal request and result model. Every dialect translates its wire body into a
-`ChatRequest` and renders `ChatResult` / `ChatEvent`s back; nothing here knows a dialect."""
+`ChatRequest` and renders `ChatResult` / `ChatEvent`s back; nothing here knows a dialect.
+
+The sampling knobs are the engine's own `SamplingParams` (re-exported here, like
+`FinishReason`): a dialect fills them once, and the service only resolves `max_tokens` (None:
+the rest of the context) before handing them to the engine.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +15,7 @@ from chatforge.engine.outputs import FinishReason
 from chatforge.engine.sampling_params import SamplingParams
 
 __all__ = [
-    "ChatMessage", "GenerationParams", "ChatRequest", "TokenInfo", "TokenLogprobs",
+    "ChatMessage", "SamplingParams", "ModelScope", "ChatRequest", "TokenInfo", "TokenLogprobs",
     "ChoiceDelta", "ChatEvent", "Choice", "ChatResult", "Usage", "FinishReason",
 ]
 
@@ -23,43 +27,30 @@ class ChatMessage:
     name: str | None = None
 
 
-@dataclass
-class GenerationParams:
-    """Sampling knobs as the caller gave them; `max_tokens` None means the rest of the context."""
+@dataclass(frozen=True)
+class ModelScope:
+    """The models a request's product or deployment offers, from the platform's scope."""
 
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    seed: int | None = None
-    max_tokens: int | None = None
-    min_tokens: int = 0
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-    logprobs: bool = False
-    top_logprobs: int = 0
-    n: int = 1
-
-    def to_sampling_params(self, max_tokens: int) -> SamplingParams:
-        fields = dataclasses.asdict(self)
-        fields["max_tokens"] = max_tokens
-        fields["min_tokens"] = min(self.min_tokens, max_tokens)
-        return SamplingParams(**fields)
+    owner: str  # "product 10775", for the refusal's message
+    models: tuple[str, ...] = ()  # ids or aliases; empty = every served model
+    default: str | None = None  # run when the request names none; None = the server's default
 
 
 @dataclass
 class ChatRequest:
     request_id: str
-    model: str | None  # None: the default model (of the server, product or deployment)
+    model: str | None  # as the caller named it; None: the default (of the server, product or deployment)
     messages: list[ChatMessage]
-    params: GenerationParams = field(default_factory=GenerationParams)
+    # max_tokens None: the rest of the context (resolved by the service).
+    params: SamplingParams = field(default_factory=lambda: SamplingParams(max_tokens=None))
+    stream: bool = False
+    # Generate nothing, only score the prompt (the completions route's `max_tokens: 0` with
+    # `echo`): the engine samples one token, which the service drops.
+    score_only: bool = False
     add_generation_prompt: bool = True
+    # Raw prompts (the completions route): used instead of `messages`, without a chat template;
+    # each a text or token ids. Choice i * n + j is completion j of prompt i.
+    prompts: list[str | list[int]] | None = None
     # Keep only the last N prompt tokens (Infomaniak's `truncate`).
     truncate_prompt_tokens: int | None = None
     # Drop the oldest turns until the prompt and max_tokens fit (EGP's documented behaviour);
@@ -84,11 +75,11 @@ class TokenLogprobs:
     top: list[TokenInfo]  # best first; empty unless top_logprobs > 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
-    estimated_cost: float  # USD
+    estimated_cost: float  # USD, from the model's price: computed once, here
     cached_tokens: int = 0
 
     @property
@@ -102,15 +93,19 @@ class ChoiceDelta:
     text: str
     logprobs: list[TokenLogprobs] | None = None
     finish_reason: FinishReason | None = None
+    # On a choice's first delta when the request asked for the prompt's logprobs: one per
+    # prompt token, None for the first (nothing precedes it).
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 @dataclass
 class ChatEvent:
-    """One step of a streamed answer. The last event carries `usage` (and every choice has
-    finished by then)."""
+    """One step of an answer. `usage` is the running total as of this event; the last event
+    has `done` set (every choice has finished by then)."""
 
     deltas: list[ChoiceDelta]
-    usage: Usage | None = None
+    usage: Usage
+    done: bool = False
 
 
 @dataclass
@@ -119,6 +114,7 @@ class Choice:
     text: str
     finish_reason: FinishReason
     logprobs: list[TokenLogprobs] | None = None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 @dataclass
@@ -126,6 +122,5 @@ class ChatResult:
     request_id: str
     model: str
     created: int
-    prompt: str  # the rendered prompt (EGP returns it); never logged
     choices: list[Choice]
     usage: Usage

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -41,18 +42,9 @@ from chatforge.text.template_sandbox import ChatSandbox
 
 __all__ = ["ChatTemplate", "ChatTemplateError", "DEFAULT_CHAT_TEMPLATE", "TemplateLimits", "flatten_text_parts"]
 
-# ChatML, for a model without a template of its own. It accepts content as a string or as a list
-# of text parts.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# ChatML (templates/chatml.jinja, the named template "chatml"). It accepts content as a string or
+# as a list of text parts.
+DEFAULT_CHAT_TEMPLATE = (Path(__file__).parent / "templates" / "chatml.jinja").read_text(encoding="utf-8")
 _RESERVED = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
 _REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 
@@ -78,11 +70,11 @@ class ChatTemplate:
         return cls(DEFAULT_CHAT_TEMPLATE, special_tokens)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, name: str | None = None, *, with_tools: bool = False) -> ChatTemplate:
+    def for_tokenizer(cls, tokenizer: Any, name: str | None = None, *, with_tools: bool = False) -> ChatTemplate | None:
         """The tokenizer's template (a named one, or "tool_use" when tools are used and the model
-        has one), or ChatML when the model has none."""
+        has one), or None when the model has none (text/named_templates.py picks one then)."""
         source = tokenizer.get_chat_template(name, with_tools=with_tools)
-        return cls(source if source is not None else DEFAULT_CHAT_TEMPLATE, tokenizer.special_tokens)
+        return None if source is None else cls(source, tokenizer.special_tokens)
 
     def syntax_tree(self) -> nodes.Template:
         """The template's parsed Jinja tree, for capability checks (text/tool_prompt.py)."""

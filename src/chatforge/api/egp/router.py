@@ -7,18 +7,14 @@ parse it as a response)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from chatforge.api.deps import DeploymentCaller
+from chatforge.api.deps import DeploymentCaller, ServingDep
 from chatforge.api.egp import translate
 from chatforge.api.egp.schemas import CompletionResponse, EgpChatRequest, EgpErrorResponse
-from chatforge.api.errors import ApiError, dialect_route_class, stream_failure
-from chatforge.api.serving import Serving
-from chatforge.api.sse import sse_data, sse_event, sse_response
-from chatforge.service.protocol import ChatEvent
+from chatforge.api.errors import ApiError, dialect_route_class
 
 
 DIALECT = "egp"
@@ -26,18 +22,6 @@ DIALECT = "egp"
 
 def render_error(err: ApiError) -> JSONResponse:
     return JSONResponse(translate.error_body(err.code, err.message, err.param), status_code=err.status, headers=err.headers)
-
-
-async def frames(events: AsyncIterator[ChatEvent], writer: translate.StreamWriter) -> AsyncIterator[bytes]:
-    """SSE bytes for a stream that has begun: its status line is sent, so a failure becomes an
-    `event: error` carrying the error body, and the stream ends there."""
-    try:
-        async for event in events:
-            for obj in writer.objects(event):
-                yield sse_data(obj)
-    except Exception as exc:  # noqa: BLE001 - every failure must reach the client as an event
-        err = stream_failure(exc)
-        yield sse_event("error", translate.error_body(err.code, err.message, err.param))
 
 
 # One SSE event (OpenAPI 3.1 describes each event of a stream): a whole response as JSON, or
@@ -66,17 +50,11 @@ def build_router() -> APIRouter:
 
     @router.post("/v4/models/{model_deployment_id}/chat-completions", responses=RESPONSES, response_model=None)
     async def chat_completions(model_deployment_id: str, body: EgpChatRequest, request: Request,
-                               caller: DeploymentCaller):
-        serving: Serving = request.app.state.serving
-        model = caller.model_for(None, request.app.state.catalog)
-        ticket = await serving.admit(DIALECT, translate.to_internal(body, "egp-" + secrets.token_hex(12), model), caller)
-        if not body.stream:
-            result = await serving.complete(request, ticket)
-            return JSONResponse(translate.to_response(result, body.prompt), headers=ticket.headers)
-        events = await serving.open_stream(ticket)
-        return sse_response(frames(events, translate.StreamWriter(body.prompt, body.logprobs)), headers=ticket.headers)
+                               caller: DeploymentCaller, serving: ServingDep):
+        req = translate.to_internal(body, "egp-" + secrets.token_hex(12))
+        return await serving.serve(request, DIALECT, req, caller, lambda _: translate.EgpCodec(body.prompt, body.logprobs))
 
     return router
 
 
-__all__ = ["build_router", "frames"]
+__all__ = ["build_router"]

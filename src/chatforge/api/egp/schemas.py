@@ -14,28 +14,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from chatforge.api.wire import SEED_MAX, WholeNumber, WireModel
+from chatforge.service.prepare import RESERVED_TEMPLATE_VARIABLES
 
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
-# A signed 64-bit bound: schema validators compare larger integers as floats, which blurs the edge.
-SEED_MAX = 2**63 - 1
-# Template arguments the service sets itself; a request may not replace them.
-RESERVED_TEMPLATE_KWARGS = ("messages", "tools", "documents", "add_generation_prompt")
-
-
-def _whole(value):
-    # JSON Schema's "integer" includes 5.0; strict ints would refuse it, lax ones would take "5".
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-WholeNumber = Annotated[int, BeforeValidator(_whole)]
-
-
-class WireModel(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class EgpTextPart(WireModel):
@@ -89,7 +74,7 @@ class EgpChatRequest(WireModel):
     top_logprobs: WholeNumber | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     chat_template: str | None = Field(default=None, description="a Jinja chat template, rendered in the sandbox")
     chat_template_kwargs: dict[str, Any] | None = Field(
-        default=None, json_schema_extra={"propertyNames": {"not": {"enum": list(RESERVED_TEMPLATE_KWARGS)}}}
+        default=None, json_schema_extra={"propertyNames": {"not": {"enum": sorted(RESERVED_TEMPLATE_VARIABLES)}}}
     )
 
     @field_validator("top_k")

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatforge.api.egp.schemas import RESERVED_TEMPLATE_KWARGS, EgpBindings, EgpChatRequest, EgpHistoryMessage
-from chatforge.engine.outputs import FinishReason
-from chatforge.service.errors import InvalidRequestError
-from chatforge.service.protocol import ChatEvent, ChatMessage, ChatRequest, ChatResult, GenerationParams, TokenLogprobs
+from chatforge.api.egp.schemas import EgpBindings, EgpChatRequest, EgpHistoryMessage
+from chatforge.api.sse import sse_event
+from chatforge.api.wire import join_text_parts, logprobs_dict
+from chatforge.errors import ChatforgeError
+from chatforge.service.protocol import (
+    ChatEvent, ChatMessage, ChatRequest, ChatResult, FinishReason, SamplingParams, TokenLogprobs,
+)
 
 DEFAULT_TEMPERATURE = 0.2
 # The highest temperature a chatforge model takes; EGP clamps a larger value to its model's
@@ -23,20 +26,17 @@ FINISH = {
 }
 
 
-def to_internal(body: EgpChatRequest, request_id: str, model: str | None) -> ChatRequest:
-    """`model` is the one the deployment resolved to (None: the server's default)."""
-    kwargs = dict(body.chat_template_kwargs or {})
-    if clash := set(RESERVED_TEMPLATE_KWARGS) & kwargs.keys():
-        raise InvalidRequestError(f"chat_template_kwargs may not set {sorted(clash)}", param="chat_template_kwargs")
+def to_internal(body: EgpChatRequest, request_id: str) -> ChatRequest:
+    """No model: the deployment's (the service resolves it with the deployment's scope)."""
     v = _sampling_values(body)
-    params = GenerationParams(
-        temperature=min(_given(v.temperature, DEFAULT_TEMPERATURE), MAX_TEMPERATURE),
-        top_p=_given(v.top_p, 1.0),
-        top_k=max(_given(v.top_k, 0), 0),  # 0 and -1 both mean off
-        min_p=_given(v.min_p, 0.0),
-        repetition_penalty=_given(v.repetition_penalty, 1.0),
-        frequency_penalty=_given(v.frequency_penalty, 0.0),
-        presence_penalty=_given(v.presence_penalty, 0.0),
+    params = SamplingParams(
+        temperature=min(DEFAULT_TEMPERATURE if v.temperature is None else v.temperature, MAX_TEMPERATURE),
+        top_p=1.0 if v.top_p is None else v.top_p,
+        top_k=max(v.top_k or 0, 0),  # 0 and -1 both mean off
+        min_p=v.min_p or 0.0,
+        repetition_penalty=1.0 if v.repetition_penalty is None else v.repetition_penalty,
+        frequency_penalty=v.frequency_penalty or 0.0,
+        presence_penalty=v.presence_penalty or 0.0,
         seed=v.seed,
         max_tokens=v.max_tokens,
         stop=list(body.stop_sequences or []),
@@ -45,13 +45,10 @@ def to_internal(body: EgpChatRequest, request_id: str, model: str | None) -> Cha
     )
     messages = [_message(m) for m in body.chat_history] + [ChatMessage("user", body.prompt)]
     return ChatRequest(
-        request_id=request_id, model=model, messages=messages, params=params,
-        drop_oldest_turns=True, chat_template=body.chat_template, chat_template_kwargs=kwargs,
+        request_id=request_id, model=None, messages=messages, params=params, stream=body.stream,
+        drop_oldest_turns=True, chat_template=body.chat_template,
+        chat_template_kwargs=dict(body.chat_template_kwargs or {}),
     )
-
-
-def _given(value, default):
-    return default if value is None else value
 
 
 def _sampling_values(body: EgpChatRequest) -> EgpBindings:
@@ -66,26 +63,10 @@ def _sampling_values(body: EgpChatRequest) -> EgpBindings:
 def _message(m: EgpHistoryMessage) -> ChatMessage:
     if isinstance(m.content, str):
         return ChatMessage(m.role, m.content)
-    return ChatMessage(m.role, "\n".join(p.text for p in m.content))  # text parts joined as vLLM does
+    return ChatMessage(m.role, join_text_parts(p.text for p in m.content))
 
 
 # -- responses -----------------------------------------------------------------------------------
-def logprobs_dict(lps: list[TokenLogprobs] | None) -> dict[str, Any] | None:
-    if lps is None:
-        return None
-    return {
-        "content": [
-            {
-                "token": lp.sampled.token,
-                "logprob": lp.sampled.logprob,
-                "bytes": lp.sampled.bytes,
-                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top],
-            }
-            for lp in lps
-        ]
-    }
-
-
 def response(prompt: str, text: str, logprobs: list[TokenLogprobs] | None, finish: str | None,
              prompt_tokens: int | None = None, response_tokens: int | None = None) -> dict[str, Any]:
     """`completions[0][0]` is the request's own `prompt` field, never the rendered template."""
@@ -105,28 +86,35 @@ def to_response(result: ChatResult, prompt: str) -> dict[str, Any]:
     return response(prompt, c.text, c.logprobs, FINISH[c.finish_reason], u.prompt_tokens, u.completion_tokens)
 
 
-class StreamWriter:
-    """One request's events as whole response objects, each carrying only the new text in
-    `completions[0][1][0]` (and its tokens' logprobs); the last one, with empty text, carries
-    `finish_reason` and the token counts."""
+class EgpCodec:
+    """One request's answer as a `CompletionResponse`, or streamed as whole response objects,
+    each carrying only the new text in `completions[0][1][0]` (and its tokens' logprobs); the
+    last one, with empty text, carries `finish_reason` and the token counts. No `[DONE]` (the SDK
+    would parse it as a response); a failure is `event: error` with the error body."""
 
     def __init__(self, prompt: str, logprobs: bool):
         self.prompt = prompt
         self.logprobs = logprobs
         self.finish: FinishReason | None = None
 
-    def objects(self, event: ChatEvent) -> list[dict[str, Any]]:
+    def response(self, result: ChatResult) -> dict[str, Any]:
+        return to_response(result, self.prompt)
+
+    def stream_objects(self, event: ChatEvent) -> list[dict[str, Any]]:
         out = []
         for d in event.deltas:
             if d.text or d.logprobs:
                 out.append(response(self.prompt, d.text, d.logprobs if self.logprobs else None, None))
             if d.finish_reason is not None:
                 self.finish = d.finish_reason
-        if event.usage is not None:
+        if event.done:
             finish = FINISH[self.finish or FinishReason.ABORT]
             u = event.usage
             out.append(response(self.prompt, "", [] if self.logprobs else None, finish, u.prompt_tokens, u.completion_tokens))
         return out
+
+    def end_frames(self, error: ChatforgeError | None) -> list[bytes]:
+        return [sse_event("error", error_body(error.code, error.message, error.param))] if error is not None else []
 
 
 # The service names the conversation `messages`; here it is the history and the prompt.

@@ -11,27 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from chatforge.api.wire import SEED_MAX, WholeNumber, WireModel
 
 MAX_NEW_TOKENS = 5000
 MAX_TRUNCATE = 30000
-# A signed 64-bit bound: schema validators compare larger integers as floats, which blurs the edge.
-SEED_MAX = 2**63 - 1
 ProfileType = Literal["creative", "standard", "strict"]
-
-
-def _whole(value):
-    # JSON Schema's "integer" includes 5.0; strict ints would refuse it, lax ones would take "5".
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-WholeNumber = Annotated[int, BeforeValidator(_whole)]
-
-
-class WireModel(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class LegacyMessage(WireModel):

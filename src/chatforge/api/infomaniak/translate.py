@@ -7,9 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from chatforge.api.infomaniak.schemas import LegacyRequest, ProfilePreset
-from chatforge.engine.outputs import FinishReason
+from chatforge.api.sse import sse_data, sse_event
+from chatforge.errors import ChatforgeError
 from chatforge.service.errors import InvalidRequestError
-from chatforge.service.protocol import ChatEvent, ChatMessage, ChatRequest, ChatResult, GenerationParams, Usage
+from chatforge.service.prepare import PreparedChat
+from chatforge.service.protocol import (
+    ChatEvent, ChatMessage, ChatRequest, ChatResult, FinishReason, SamplingParams, Usage,
+)
 
 DEFAULT_PROFILE = "standard"
 # The published presets (README, `GET /1/llm/profiles`). Any parameter the request sets itself
@@ -35,17 +39,18 @@ ERROR_CODES = {400: "validation_error", 401: "not_authorized", 403: "forbidden",
 KEPT_CODES = {"context_length_exceeded", "model_not_found", "model_not_allowed", "product_not_found"}
 
 
-def to_internal(body: LegacyRequest, request_id: str, model: str | None) -> ChatRequest:
-    """`model` is the one the product resolved for this request (None: the server's default)."""
+def to_internal(body: LegacyRequest, request_id: str) -> ChatRequest:
+    """No `model`: the product's default (the service resolves it with the product's scope)."""
     _check_turns(body)
     preset = PROFILES[body.profile_type or DEFAULT_PROFILE]
-    params = GenerationParams(
-        temperature=_given(body.temperature, preset.temperature),
-        top_p=_given(body.top_p, preset.top_p),
-        top_k=_given(body.top_k, preset.top_k or 0),
-        typical_p=_given(body.typical_p, 1.0),
-        repetition_penalty=_given(body.repetition_penalty, preset.repetition_penalty),
-        frequency_penalty=_given(body.frequency_penalty, 0.0),
+    # A parameter the request sets overrides its preset's value.
+    params = SamplingParams(
+        temperature=body.temperature if body.temperature is not None else preset.temperature,
+        top_p=body.top_p if body.top_p is not None else preset.top_p,
+        top_k=body.top_k if body.top_k is not None else preset.top_k or 0,
+        typical_p=body.typical_p if body.typical_p is not None else 1.0,
+        repetition_penalty=body.repetition_penalty if body.repetition_penalty is not None else preset.repetition_penalty,
+        frequency_penalty=body.frequency_penalty if body.frequency_penalty is not None else 0.0,
         seed=body.seed,
         max_tokens=body.max_new_tokens,
         stop=list(body.stop or []),
@@ -53,13 +58,9 @@ def to_internal(body: LegacyRequest, request_id: str, model: str | None) -> Chat
     messages = [ChatMessage("system", body.system_prompt)] if body.system_prompt is not None else []
     messages += [ChatMessage(m.role, m.content) for m in body.messages]
     return ChatRequest(
-        request_id=request_id, model=model, messages=messages, params=params,
+        request_id=request_id, model=body.model, messages=messages, params=params, stream=body.stream,
         truncate_prompt_tokens=body.truncate,
     )
-
-
-def _given(value, default):
-    return default if value is None else value
 
 
 def _check_turns(body: LegacyRequest) -> None:
@@ -94,16 +95,25 @@ def to_response(result: ChatResult, model_name: str) -> dict[str, Any]:
     return {"result": "success", "data": data}
 
 
-class StreamWriter:
-    """One request's events as streamed `data` objects: the role in the first delta, text
-    deltas as they come, then one last object with `finish_reason` and the usage."""
+class LegacyCodec:
+    """One request's answer as the `{result, data}` envelope, or streamed as `data` objects: the
+    role in the first delta, text deltas as they come, then one last object with `finish_reason`
+    and the usage, then `[DONE]`; after a failure, `event: error` with the envelope, and no more."""
 
     def __init__(self, model_name: str, created: int):
+        self.model_name = model_name
         self.base = {"model": model_name, "created": created}
         self.started = False
         self.finish: FinishReason | None = None
 
-    def objects(self, event: ChatEvent) -> list[dict[str, Any]]:
+    @classmethod
+    def of(cls, prep: PreparedChat) -> LegacyCodec:
+        return cls(prep.model_name, prep.created)
+
+    def response(self, result: ChatResult) -> dict[str, Any]:
+        return to_response(result, self.model_name)
+
+    def stream_objects(self, event: ChatEvent) -> list[dict[str, Any]]:
         out = []
         for d in event.deltas:
             if d.text or not self.started:
@@ -112,12 +122,17 @@ class StreamWriter:
                 out.append(self._data(delta, None, None))
             if d.finish_reason is not None:
                 self.finish = d.finish_reason
-        if event.usage is not None:
+        if event.done:
             out.append(self._data({}, FINISH[self.finish or FinishReason.ABORT], usage_dict(event.usage)))
         return out
 
     def _data(self, delta: dict, finish: str | None, usage: dict | None) -> dict[str, Any]:
         return {**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": usage}
+
+    def end_frames(self, error: ChatforgeError | None) -> list[bytes]:
+        if error is not None:
+            return [sse_event("error", error_body(error.status, error.code, error.message))]
+        return [sse_data("[DONE]")]
 
 
 def error_code(status: int, code: str) -> str:

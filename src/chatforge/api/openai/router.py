@@ -1,4 +1,6 @@
-"""OpenAI / DeepInfra routes. Handlers hold no logic: translate -> service -> translate."""
+"""OpenAI-format routes: OpenAI's and DeepInfra's paths, and Infomaniak's successor API (the
+same dialect under `/1/ai/{product_id}/openai/...`, scoped to the product: its models, its limits,
+`max_tokens` at most 5000). Handlers hold no logic: translate -> serve (admit, answer) -> codec."""
 
 from __future__ import annotations
 
@@ -7,21 +9,21 @@ import secrets
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from chatforge.api.deps import BearerCaller, BearerPrincipal, Caller
-from chatforge.api.errors import KIND, ApiError, dialect_route_class, stream_failure
+from chatforge.api.deps import BearerCaller, BearerPrincipal, CatalogDep, ProductCaller, ServingDep
+from chatforge.api.errors import ApiError, dialect_route_class
 from chatforge.api.openai import translate
 from chatforge.api.openai.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
-from chatforge.api.serving import Serving
-from chatforge.api.sse import sse_data, sse_response
+from chatforge.platform.scopes import Caller
 from chatforge.service.catalog import ModelCatalog
 
 DIALECT = "openai"
+PRODUCT_DIALECT = "infomaniak_openai"  # the successor route's label in metrics and usage rows
+PRODUCT_MAX_TOKENS = 5000  # the successor's documented max_tokens bound
 
 
 def render_error(err: ApiError) -> JSONResponse:
-    return JSONResponse(
-        translate.error_body(err.message, err.kind, err.code, err.param), status_code=err.status, headers=err.headers
-    )
+    body = translate.error_body(err.message, translate.KIND.get(err.status, "invalid_request_error"), err.code, err.param)
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)}
@@ -31,59 +33,36 @@ CHAT_RESPONSES = {
 }
 
 
-def new_completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
-
-
-async def serve_chat(request: Request, body: ChatCompletionRequest, caller: Caller, dialect: str = DIALECT,
-                     max_tokens_cap: int | None = None):
-    """The chat handler, shared with routes that speak this dialect under another path."""
-    serving: Serving = request.app.state.serving
-    catalog: ModelCatalog = request.app.state.catalog
-    completion_id = new_completion_id()
+async def _chat(request: Request, body: ChatCompletionRequest, caller: Caller, serving: ServingDep,
+                dialect: str = DIALECT, max_tokens_cap: int | None = None):
+    completion_id = "chatcmpl-" + secrets.token_hex(12)
     req = translate.to_internal(body, completion_id, max_tokens_cap=max_tokens_cap)
-    ticket = await serving.admit(dialect, req, caller)
-    prep = ticket.prep
-    model_name = body.model if body.model in catalog else prep.model.model_id
-    if not body.stream:
-        result = await serving.complete(request, ticket)
-        return JSONResponse(translate.to_response(result, completion_id, model_name), headers=ticket.headers)
-    events = await serving.open_stream(ticket)
     options = body.stream_options
-    writer = translate.ChunkWriter(
-        completion_id, model_name, prep.created, body.n,
+    return await serving.serve(request, dialect, req, caller, lambda prep: translate.ChatCodec(
+        prep, completion_id,
         include_usage=bool(options and options.include_usage),
         continuous_usage=bool(options and options.continuous_usage_stats),
-    )
-
-    async def frames():
-        # The status line is sent: a failure from here on becomes an `error` object in the
-        # stream (as vLLM and OpenAI send it; the openai client raises APIError on it).
-        try:
-            async for event in events:
-                for chunk in writer.chunks(event, prep.usage()):
-                    yield sse_data(chunk)
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the client
-            err = stream_failure(exc)
-            yield sse_data(translate.error_body(err.message, KIND.get(err.status, "server_error"), err.code, err.param))
-        yield sse_data("[DONE]")
-
-    return sse_response(frames(), headers=ticket.headers)
+    ))
 
 
-def models_body(catalog: ModelCatalog) -> dict:
+def models_body(catalog: ModelCatalog, names: list[str] | None = None) -> dict:
+    """The model list: one card per name a request may use (each model's id, then its aliases),
+    or these names (ids or aliases) as named. `root` is the model's id, as vLLM writes it."""
+    served = ([(n, m) for m in catalog.models for n in (m.model_id, *m.aliases)] if names is None
+              else [(n, catalog.get(n)) for n in names])
     return {
         "object": "list",
         "data": [
             {
-                "id": m.model_id,
+                "id": name,
                 "object": "model",
                 "created": m.created,
                 "owned_by": "chatforge",
+                "root": m.model_id,
                 "context_length": m.context_length,
                 "max_model_len": m.context_length,
             }
-            for m in catalog.models
+            for name, m in served
         ],
     }
 
@@ -92,22 +71,35 @@ def build_router() -> APIRouter:
     router = APIRouter(route_class=dialect_route_class(render_error), tags=["openai"])
 
     @router.post("/v1/chat/completions", responses=CHAT_RESPONSES, response_model=None)
-    async def chat_completions(body: ChatCompletionRequest, request: Request, caller: BearerCaller):
-        return await serve_chat(request, body, caller)
+    async def chat_completions(body: ChatCompletionRequest, request: Request, caller: BearerCaller, serving: ServingDep):
+        return await _chat(request, body, caller, serving)
 
     @router.post("/v1/openai/chat/completions", responses=CHAT_RESPONSES, response_model=None)
-    async def deepinfra_chat_completions(body: ChatCompletionRequest, request: Request, caller: BearerCaller):
-        return await serve_chat(request, body, caller)
+    async def deepinfra_chat_completions(body: ChatCompletionRequest, request: Request, caller: BearerCaller,
+                                         serving: ServingDep):
+        return await _chat(request, body, caller, serving)
+
+    @router.post("/1/ai/{product_id}/openai/chat/completions", responses=CHAT_RESPONSES, response_model=None,
+                 tags=["infomaniak"])
+    async def product_chat_completions(product_id: int, body: ChatCompletionRequest, request: Request,
+                                       caller: ProductCaller, serving: ServingDep):
+        return await _chat(request, body, caller, serving, PRODUCT_DIALECT, PRODUCT_MAX_TOKENS)
 
     @router.get("/v1/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
-    async def list_models(request: Request, _: BearerPrincipal):
-        return models_body(request.app.state.catalog)
+    async def list_models(catalog: CatalogDep, _: BearerPrincipal):
+        return models_body(catalog)
 
     @router.get("/v1/openai/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
-    async def deepinfra_list_models(request: Request, _: BearerPrincipal):
-        return models_body(request.app.state.catalog)
+    async def deepinfra_list_models(catalog: CatalogDep, _: BearerPrincipal):
+        return models_body(catalog)
+
+    @router.get("/1/ai/{product_id}/openai/models", response_model=ModelList, responses=ERROR_RESPONSES,
+                tags=["infomaniak"])
+    async def product_models(product_id: int, catalog: CatalogDep, caller: ProductCaller):
+        names = list(caller.product.models) or [m.model_id for m in catalog.models]
+        return models_body(catalog, [n for n in names if n in catalog])
 
     return router
 
 
-__all__ = ["build_router", "serve_chat", "render_error", "models_body"]
+__all__ = ["build_router", "render_error", "models_body"]

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from chatforge.api.wire import WireModel
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # the union of DeepInfra's two documented ranges
-
-
-class WireModel(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class TextPart(WireModel):
@@ -38,7 +36,6 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class Message(WireModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -97,11 +94,13 @@ class TokenLogprob(TopLogprob):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None  # always null: required by OpenAI's schema
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
+    refusal: str | None  # always null: required by OpenAI's schema
 
 
 class Choice(BaseModel):
@@ -137,6 +136,7 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    root: str  # the model's id; differs from `id` on an alias's card
     context_length: int
     max_model_len: int
 

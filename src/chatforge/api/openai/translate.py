@@ -6,13 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from chatforge.api.openai.schemas import ChatCompletionRequest, ImagePart, Message
-from chatforge.engine.outputs import FinishReason
+from chatforge.api.sse import sse_data
+from chatforge.api.wire import join_text_parts, logprobs_dict
+from chatforge.errors import ChatforgeError
 from chatforge.service.errors import InvalidRequestError
+from chatforge.service.prepare import PreparedChat
 from chatforge.service.protocol import (
-    ChatEvent, ChatMessage, ChatRequest, ChatResult, GenerationParams, TokenLogprobs, Usage,
+    ChatEvent, ChatMessage, ChatRequest, ChatResult, FinishReason, SamplingParams, TokenLogprobs, Usage,
 )
 
 MAX_STOP = 4
+# OpenAI's error `type` for each status.
+KIND = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+        404: "not_found_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
 FINISH = {
     FinishReason.STOP: "stop",
     FinishReason.STOP_SEQUENCE: "stop",
@@ -28,7 +34,9 @@ def to_internal(body: ChatCompletionRequest, request_id: str, *, max_tokens_cap:
         raise InvalidRequestError(f"max_tokens must be at most {max_tokens_cap}", param="max_tokens")
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
-    params = GenerationParams(
+    if max_tokens is not None and body.min_tokens > max_tokens:
+        raise InvalidRequestError("min_tokens must not exceed max_tokens", param="min_tokens")
+    params = SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=max(body.top_k or 0, 0),
@@ -47,13 +55,12 @@ def to_internal(body: ChatCompletionRequest, request_id: str, *, max_tokens_cap:
         top_logprobs=body.top_logprobs or 0,
         n=body.n,
     )
-    if max_tokens is not None and body.min_tokens > max_tokens:
-        raise InvalidRequestError("min_tokens must not exceed max_tokens", param="min_tokens")
     return ChatRequest(
         request_id=request_id,
         model=body.model,
         messages=[_message(m, i) for i, m in enumerate(body.messages)],
         params=params,
+        stream=body.stream,
         chat_template_kwargs=dict(body.chat_template_kwargs or {}),
     )
 
@@ -76,7 +83,7 @@ def _message(m: Message, i: int) -> ChatMessage:
     if isinstance(m.content, list):
         if any(isinstance(p, ImagePart) for p in m.content):
             raise InvalidRequestError("this model accepts text only", param=f"messages[{i}].content")
-        content = "\n".join(p.text for p in m.content)  # text parts joined as vLLM does
+        content = join_text_parts(p.text for p in m.content)
     else:
         content = m.content or ""
     role = "system" if m.role == "developer" else m.role
@@ -114,20 +121,10 @@ def usage_dict(u: Usage) -> dict[str, Any]:
     }
 
 
-def logprobs_dict(lps: list[TokenLogprobs] | None) -> dict[str, Any] | None:
-    if lps is None:
-        return None
-    return {
-        "content": [
-            {
-                "token": lp.sampled.token,
-                "logprob": lp.sampled.logprob,
-                "bytes": lp.sampled.bytes,
-                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in lp.top],
-            }
-            for lp in lps
-        ]
-    }
+def chat_logprobs(lps: list[TokenLogprobs] | None) -> dict[str, Any] | None:
+    """The choice's `logprobs`: `content` and `refusal`, both required (nullable) by OpenAI's schema."""
+    out = logprobs_dict(lps)
+    return None if out is None else {**out, "refusal": None}
 
 
 def to_response(result: ChatResult, completion_id: str, model_name: str) -> dict[str, Any]:
@@ -139,8 +136,9 @@ def to_response(result: ChatResult, completion_id: str, model_name: str) -> dict
         "choices": [
             {
                 "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": logprobs_dict(c.logprobs),
+                # refusal: required (nullable) by OpenAI's schema; chatforge's models never refuse by field
+                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "logprobs": chat_logprobs(c.logprobs),
                 "finish_reason": FINISH[c.finish_reason],
             }
             for c in result.choices
@@ -149,17 +147,23 @@ def to_response(result: ChatResult, completion_id: str, model_name: str) -> dict
     }
 
 
-class ChunkWriter:
-    """Renders one request's events as `chat.completion.chunk` objects: the role in the first
-    delta of each choice, a `finish_reason` chunk per choice, the usage chunk when asked."""
+class ChatCodec:
+    """One request's answer as `chat.completion`, or as `chat.completion.chunk` objects: the role
+    in the first delta of each choice, a `finish_reason` chunk per choice, the usage chunk when
+    asked, then `[DONE]` (also after an error object, as vLLM sends it)."""
 
-    def __init__(self, completion_id: str, model_name: str, created: int, n: int, include_usage: bool, continuous_usage: bool):
-        self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
-        self.started = [False] * n
+    def __init__(self, prep: PreparedChat, completion_id: str, include_usage: bool, continuous_usage: bool):
+        self.completion_id = completion_id
+        self.model_name = prep.model_name
+        self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": prep.created, "model": prep.model_name}
+        self.started = [False] * prep.num_choices
         self.include_usage = include_usage
         self.continuous_usage = include_usage and continuous_usage
 
-    def chunks(self, event: ChatEvent, running_usage: Usage | None = None) -> list[dict[str, Any]]:
+    def response(self, result: ChatResult) -> dict[str, Any]:
+        return to_response(result, self.completion_id, self.model_name)
+
+    def stream_objects(self, event: ChatEvent) -> list[dict[str, Any]]:
         out = []
         for d in event.deltas:
             delta: dict[str, Any] = {}
@@ -169,21 +173,29 @@ class ChunkWriter:
             if d.text or "role" in delta:
                 delta["content"] = d.text
             if delta or d.logprobs:
-                out.append(self._chunk(d.index, delta, d.logprobs, None, running_usage))
+                out.append(self._chunk(d.index, delta, d.logprobs, None, event.usage))
             if d.finish_reason is not None:
-                out.append(self._chunk(d.index, {}, None, FINISH[d.finish_reason], running_usage))
-        if event.usage is not None and self.include_usage:
+                out.append(self._chunk(d.index, {}, None, FINISH[d.finish_reason], event.usage))
+        if event.done and self.include_usage:
             out.append({**self.base, "choices": [], "usage": usage_dict(event.usage)})
         return out
 
     def _chunk(self, index, delta, lps, finish, usage) -> dict[str, Any]:
         chunk = {
             **self.base,
-            "choices": [{"index": index, "delta": delta, "logprobs": logprobs_dict(lps), "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "logprobs": chat_logprobs(lps), "finish_reason": finish}],
         }
         if self.include_usage:
-            chunk["usage"] = usage_dict(usage) if self.continuous_usage and usage is not None else None
+            chunk["usage"] = usage_dict(usage) if self.continuous_usage else None
         return chunk
+
+    def end_frames(self, error: ChatforgeError | None) -> list[bytes]:
+        frames = [sse_data(error_dict(error))] if error is not None else []
+        return [*frames, sse_data("[DONE]")]
+
+
+def error_dict(err: ChatforgeError) -> dict[str, Any]:
+    return error_body(err.message, KIND.get(err.status, "server_error"), err.code, err.param)
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None) -> dict[str, Any]:

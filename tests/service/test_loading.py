@@ -13,15 +13,27 @@ import pytest
 
 from chatforge.models.source import ModelNotFoundError
 from chatforge.service.loading import load_catalog
-from chatforge.settings import Settings
+from chatforge.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    cat = load_catalog(load_settings(engine={"threads": 1, "max_model_len": 64, "kv_cache_mb": 16},
+                                     prices={"smollm2": {"input": 0.5, "output": 1.5}}))
+    yield cat
+    for m in cat.models:
+        m.engine.shutdown(0)
 
 
 def test_the_loader_thread_is_gone_and_the_engine_runs(catalog):
-    # `catalog` (conftest) was built by load_catalog on this very thread.
+    # `catalog` was built by load_catalog on this very thread.
     names = [t.name for t in threading.enumerate()]
     assert "chatforge-loader" not in names
     engine = catalog.models[0].engine
     assert engine.is_running and engine.thread is not threading.current_thread()
+    # the configured price reached the model by its alias; the engine config as given
+    model = catalog.models[0]
+    assert (model.price.input, model.price.output, model.context_length) == (0.5, 1.5, 64)
 
 
 def test_a_loading_error_is_raised_in_the_caller(tmp_path):
