@@ -1,7 +1,8 @@
 """chatforge's own CPU kernels in C (this folder's *.c and *.h files), built with the system's C
 compiler on first use into one shared library and loaded with ctypes.
 
-- model.h / forward.c: the model plan and its one call per engine step (models/native_model.py);
+- model.h, plan.c / plan.h, forward.c: the model plan (life cycle, then its one call per engine
+  step; models/native_model.py);
 - pool.c: the thread pool that runs a step's work (a task counter, waits that yield);
 - formats.h, formats.c, fmt_*.c: the weight formats and their matmul kernels;
 - attention.c, layer_ops.c: paged attention over the float16 KV cache, the per-row operations;

@@ -1,4 +1,4 @@
-/* The model plan (model.h) and its step: one call runs the whole forward pass.
+/* The step of the model plan (model.h): one call runs the whole forward pass.
 
    Work is handed to the thread pool (pool.h) op by op: a matmul as tasks of (rows, column
    groups), the attention as tasks of (sequence, kv head, run of queries), the per-row operations
@@ -7,203 +7,11 @@
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
-#include <time.h>
-#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#include "model.h"
 #include "ops.h"
-#include "pool.h"
-
-#define QUERY_RUN 16        /* queries of one sequence per attention task */
-#define ROW_MATMUL_BLOCK 32 /* rows per matmul task when the step has more */
-#define INLINE_ROW_WORK 65536 /* per-row ops of less work than this run on the caller alone */
-
-typedef struct {
-    int64_t cap;              /* tokens the buffers hold */
-    float *x, *h, *qkv, *q, *attn, *gu, *act, *rope; /* activations */
-    int8_t *q8;               /* 8-bit copy of the current matmul input */
-    float *q8_d, *q8_s;
-    int32_t *tok_seq, *tok_pos;
-    int32_t *tasks;           /* attention tasks: (seq, first token, count) */
-} workspace;
-
-/* Where a step's time goes (cf_model_profile): the calling thread's CPU time per kind of op. */
-enum { P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_O, P_GATE_UP, P_SWIGLU, P_DOWN, P_HEAD, P_COUNT };
-
-struct cf_model {
-    cf_model_desc d;
-    int profiling;
-    int64_t profile_ns[P_COUNT];
-    int64_t mark;
-    cf_layer *layers;
-    cf_pool *pool;
-    float *scratch;           /* per thread: attention scratch */
-    int64_t scratch_floats;
-    workspace ws;
-    char error[256];
-    const cf_step *step;      /* the step being run */
-};
-
-int64_t cf_sizeof(int64_t what) {
-    switch (what) {
-        case 0: return sizeof(cf_matrix);
-        case 1: return sizeof(cf_linear);
-        case 2: return sizeof(cf_layer);
-        case 3: return sizeof(cf_model_desc);
-        case 4: return sizeof(cf_step);
-        default: return -1;
-    }
-}
-
-static int linear_acts(const cf_linear *lin) {
-    int acts = 0;
-    for (int64_t p = 0; p < lin->n_parts; p++) acts |= cf_formats[lin->parts[p].format]->act;
-    return acts;
-}
-
-static int64_t linear_n(const cf_linear *lin) {
-    int64_t n = 0;
-    for (int64_t p = 0; p < lin->n_parts; p++) n += lin->parts[p].N;
-    return n;
-}
-
-/* ---- validation ------------------------------------------------------------------------- */
-
-static int check_matrix(const cf_matrix *w, int64_t N, int64_t K, const char *what, char *err, int64_t len) {
-    if (w->format < 0 || w->format >= CF_FMT_COUNT || !w->data) {
-        snprintf(err, (size_t)len, "%s: unknown format %lld or no data", what, (long long)w->format);
-        return -1;
-    }
-    if ((N >= 0 && w->N != N) || w->K != K || K % cf_formats[w->format]->k_multiple) {
-        snprintf(err, (size_t)len, "%s: shape [%lld, %lld] in %s, expected [%lld, %lld]", what, (long long)w->N,
-                 (long long)w->K, cf_formats[w->format]->name, (long long)N, (long long)K);
-        return -1;
-    }
-    return 0;
-}
-
-static int check_linear(const cf_linear *lin, int64_t N, int64_t K, const char *what, char *err, int64_t len) {
-    if (lin->n_parts < 1 || lin->n_parts > CF_MAX_PARTS) {
-        snprintf(err, (size_t)len, "%s: %lld parts", what, (long long)lin->n_parts);
-        return -1;
-    }
-    for (int64_t p = 0; p < lin->n_parts; p++)
-        if (check_matrix(&lin->parts[p], -1, K, what, err, len)) return -1;
-    if (linear_n(lin) != N) {
-        snprintf(err, (size_t)len, "%s: %lld outputs, expected %lld", what, (long long)linear_n(lin), (long long)N);
-        return -1;
-    }
-    return 0;
-}
-
-static int check_desc(const cf_model_desc *d, char *err, int64_t len) {
-    if (d->n_layers < 1 || d->hidden < 8 || d->n_heads < 1 || d->n_kv_heads < 1 || d->n_heads % d->n_kv_heads ||
-        d->head_dim % 8 || d->head_dim > 512 || d->ffn < 1 || d->vocab < 1 || !d->inv_freq || !d->final_norm || !d->layers) {
-        snprintf(err, (size_t)len, "unsupported sizes (head_dim %% 8, heads %% kv heads) or missing tensors");
-        return -1;
-    }
-    if (check_matrix(&d->embed, d->vocab, d->hidden, "embedding", err, len) ||
-        check_matrix(&d->lm_head, d->vocab, d->hidden, "lm_head", err, len))
-        return -1;
-    int64_t H = d->n_heads, Hkv = d->n_kv_heads, D = d->head_dim;
-    for (int64_t l = 0; l < d->n_layers; l++) {
-        const cf_layer *L = &d->layers[l];
-        char what[64];
-        if (!L->attn_norm || !L->ffn_norm) {
-            snprintf(err, (size_t)len, "layer %lld: missing norms", (long long)l);
-            return -1;
-        }
-        snprintf(what, sizeof what, "layer %lld qkv", (long long)l);
-        if (check_linear(&L->qkv, (H + 2 * Hkv) * D, d->hidden, what, err, len)) return -1;
-        snprintf(what, sizeof what, "layer %lld o", (long long)l);
-        if (check_linear(&L->o, d->hidden, H * D, what, err, len)) return -1;
-        snprintf(what, sizeof what, "layer %lld gate_up", (long long)l);
-        if (check_linear(&L->gate_up, 2 * d->ffn, d->hidden, what, err, len)) return -1;
-        snprintf(what, sizeof what, "layer %lld down", (long long)l);
-        if (check_linear(&L->down, d->hidden, d->ffn, what, err, len)) return -1;
-    }
-    return 0;
-}
-
-/* ---- life cycle ------------------------------------------------------------------------- */
-
-int cf_model_new(const cf_model_desc *desc, int n_threads, cf_model **out, char *err, int64_t err_len) {
-    *out = NULL;
-    cf_select_kernels();
-    if (check_desc(desc, err, err_len)) return -1;
-    cf_model *m = calloc(1, sizeof *m);
-    if (!m) goto oom;
-    m->d = *desc;
-    m->layers = malloc(sizeof(cf_layer) * (size_t)desc->n_layers);
-    if (!m->layers) goto oom;
-    memcpy(m->layers, desc->layers, sizeof(cf_layer) * (size_t)desc->n_layers);
-    m->d.layers = m->layers;
-    m->pool = cf_pool_new(n_threads);
-    if (!m->pool) {
-        snprintf(err, (size_t)err_len, "could not start %d threads", n_threads);
-        cf_model_free(m);
-        return -1;
-    }
-    m->scratch_floats = cf_attend_scratch_floats(desc->head_dim, desc->n_heads / desc->n_kv_heads, QUERY_RUN);
-    m->scratch = malloc(sizeof(float) * (size_t)(m->scratch_floats * cf_pool_threads(m->pool)));
-    if (!m->scratch) goto oom;
-    *out = m;
-    return 0;
-oom:
-    snprintf(err, (size_t)err_len, "out of memory");
-    cf_model_free(m);
-    return -1;
-}
-
-static void free_workspace(workspace *w) {
-    free(w->x), free(w->h), free(w->qkv), free(w->q), free(w->attn), free(w->gu), free(w->act), free(w->rope);
-    free(w->q8), free(w->q8_d), free(w->q8_s), free(w->tok_seq), free(w->tok_pos), free(w->tasks);
-    memset(w, 0, sizeof *w);
-}
-
-void cf_model_free(cf_model *m) {
-    if (!m) return;
-    cf_pool_free(m->pool);
-    free_workspace(&m->ws);
-    free(m->scratch), free(m->layers), free(m);
-}
-
-const char *cf_model_error(const cf_model *m) { return m->error; }
-int64_t cf_model_threads(const cf_model *m) { return cf_pool_threads(m->pool); }
-void cf_model_pool_stats(const cf_model *m, int64_t out[4]) { cf_pool_stats(m->pool, out); }
-
-static int reserve(cf_model *m, int64_t T) {
-    workspace *w = &m->ws;
-    if (T <= w->cap) return 0;
-    free_workspace(w);
-    const cf_model_desc *d = &m->d;
-    int64_t H = d->n_heads, Hkv = d->n_kv_heads, D = d->head_dim;
-    int64_t widest = d->hidden > H * D ? d->hidden : H * D;
-    if (d->ffn > widest) widest = d->ffn;
-    size_t f = sizeof(float), t = (size_t)T;
-    w->x = malloc(f * t * (size_t)d->hidden);
-    w->h = malloc(f * t * (size_t)d->hidden);
-    w->qkv = malloc(f * t * (size_t)((H + 2 * Hkv) * D));
-    w->q = malloc(f * t * (size_t)(H * D));
-    w->attn = malloc(f * t * (size_t)(H * D));
-    w->gu = malloc(f * t * (size_t)(2 * d->ffn));
-    w->act = malloc(f * t * (size_t)d->ffn);
-    w->rope = malloc(f * t * (size_t)D);
-    w->q8 = malloc(t * (size_t)widest);
-    w->q8_d = malloc(f * t * (size_t)(widest / QK + 1));
-    w->q8_s = malloc(f * t * (size_t)(widest / QK + 1));
-    w->tok_seq = malloc(sizeof(int32_t) * t);
-    w->tok_pos = malloc(sizeof(int32_t) * t);
-    w->tasks = malloc(sizeof(int32_t) * 3 * (2 * t + 1));
-    if (!w->x || !w->h || !w->qkv || !w->q || !w->attn || !w->gu || !w->act || !w->rope || !w->q8 || !w->q8_d ||
-        !w->q8_s || !w->tok_seq || !w->tok_pos || !w->tasks) {
-        free_workspace(w);
-        return -1;
-    }
-    w->cap = T;
-    return 0;
-}
+#include "plan.h"
 
 /* ---- per-row operations ---------------------------------------------------------------- */
 
@@ -352,13 +160,6 @@ static inline void mark(cf_model *m, int what) {
     m->mark = now;
 }
 
-void cf_model_profile(cf_model *m, int enable, int64_t *out) {
-    if (out)
-        for (int i = 0; i < P_COUNT; i++) out[i] = m->profile_ns[i];
-    memset(m->profile_ns, 0, sizeof m->profile_ns);
-    m->profiling = enable;
-}
-
 /* ---- the layer's per-row steps ---------------------------------------------------------- */
 
 typedef struct {
@@ -411,7 +212,7 @@ static void layer(cf_model *m, int64_t l, int64_t T, int64_t n_attn_tasks) {
     int64_t H = d->n_heads, Hkv = d->n_kv_heads, D = d->head_dim, dim = d->hidden;
     layer_ctx lc = {l};
 
-    cf_acts in = prepare_input(m, w->x, L->attn_norm, w->h, T, dim, linear_acts(&L->qkv));
+    cf_acts in = prepare_input(m, w->x, L->attn_norm, w->h, T, dim, cf_linear_acts(&L->qkv));
     mark(m, P_NORM);
     linear(m, &L->qkv, &in, w->qkv, (H + 2 * Hkv) * D, 0);
     mark(m, P_QKV);
@@ -420,18 +221,18 @@ static void layer(cf_model *m, int64_t l, int64_t T, int64_t n_attn_tasks) {
     attn_ctx ac = {m, l};
     cf_pool_run(m->pool, attn_task, &ac, n_attn_tasks);
     mark(m, P_ATTN);
-    in = prepare_input(m, w->attn, NULL, NULL, T, H * D, linear_acts(&L->o));
+    in = prepare_input(m, w->attn, NULL, NULL, T, H * D, cf_linear_acts(&L->o));
     mark(m, P_NORM);
     linear(m, &L->o, &in, w->x, dim, 1);
     mark(m, P_O);
 
-    in = prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, linear_acts(&L->gate_up));
+    in = prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, cf_linear_acts(&L->gate_up));
     mark(m, P_NORM);
     linear(m, &L->gate_up, &in, w->gu, 2 * d->ffn, 0);
     mark(m, P_GATE_UP);
     for_rows(m, swiglu_row, NULL, T, 2 * d->ffn);
     mark(m, P_SWIGLU);
-    in = prepare_input(m, w->act, NULL, NULL, T, d->ffn, linear_acts(&L->down));
+    in = prepare_input(m, w->act, NULL, NULL, T, d->ffn, cf_linear_acts(&L->down));
     mark(m, P_NORM);
     linear(m, &L->down, &in, w->x, dim, 1);
     mark(m, P_DOWN);
@@ -478,7 +279,7 @@ int cf_model_step(cf_model *m, const cf_step *s) {
     m->error[0] = 0;
     if (s->n_tokens < 1 || s->n_seqs < 1 || s->n_sample < 0 || s->n_sample > s->n_tokens) return bad_step(m, "sizes");
     if (!s->k_cache || !s->v_cache || s->block_size < 1) return bad_step(m, "no KV cache");
-    if (reserve(m, s->n_tokens)) {
+    if (cf_reserve(m, s->n_tokens)) {
         snprintf(m->error, sizeof m->error, "out of memory for a step of %lld tokens", (long long)s->n_tokens);
         return -1;
     }

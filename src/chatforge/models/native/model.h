@@ -1,4 +1,4 @@
-/* A model plan and its one call per engine step (forward.c).
+/* A model plan (plan.c) and its one call per engine step (forward.c).
 
    The plan is built once, when the model is loaded (models/native_model.py fills cf_model_desc
    and calls cf_model_new): every weight in its kernel's format (formats.h), the sizes, the
@@ -26,7 +26,7 @@
    (grouped-query, RoPE in the rotate-half layout, optional sliding window per layer, optional
    qkv bias) -> residual add -> RMSNorm -> SwiGLU MLP -> residual add. Further architectures add
    fields at the END of these structs, zero meaning "absent" (so older plans stay valid), and a
-   step in forward.c that reads them:
+   step in forward.c that reads them (and their checks in plan.c):
    - Qwen3 / Gemma 3 QK-norm: per-layer q_norm, k_norm [D] (RMSNorm per head before RoPE);
    - Gemma 3: GeGLU (an `activation` id), norms of 1 + weight (fold the 1 in when packing),
      embeddings times sqrt(d) (`embed_scale` exists), post-attention / post-MLP norms, and
