@@ -15,6 +15,8 @@ The servers run one at a time, never together; each is measured on:
 - one stream beside one busy single-threaded process (`python -c 'while True: pass'`), against
   the same stream quiet;
 - the server process's peak resident memory (VmHWM).
+chatforge is also measured with `--threads 1` at 1 and 32 streams, a check of its default thread
+count (the CPUs the process may use).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import random
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,6 +71,9 @@ def server_commands(threads: int, port: int, work: Path) -> dict[str, list[str] 
     return {
         # chatforge exactly as `make serve` runs it: no engine setting given
         "chatforge": [str(CHATFORGE), "serve", "--port", str(port), "--database-url", f"sqlite:///{work / 'bench.db'}"],
+        # a check of the default's thread count: the same server on one thread
+        "chatforge (1 thread)": [str(CHATFORGE), "serve", "--port", str(port), "--threads", "1",
+                                 "--database-url", f"sqlite:///{work / 'bench1.db'}"],
         "llama-server": llama_cmd + ["-np", "32"] if Path(llama).is_file() else None,
         "llama-server (128 slots)": llama_cmd + ["-np", "128"] if Path(llama).is_file() else None,
         "llama-cpp-python": [str(PEER_SCRIPT), "serve", str(port)] if PEER_PY.exists() else None,
@@ -325,6 +331,7 @@ PLANS = {
     # name -> what is measured on it
     "chatforge": {"levels": [(1, 8, False), (32, 64, False), (64, 128, False), (128, 256, False), (1, 4, True),
                              (32, 64, True)], "ttft_pairs": 3, "contention": 6},
+    "chatforge (1 thread)": {"levels": [(1, 8, False), (32, 64, False)], "ttft_pairs": 0, "contention": 0},
     "llama-server": {"levels": [(1, 8, False), (32, 64, False), (1, 4, True), (32, 64, True)], "ttft_pairs": 3,
                      "contention": 3},
     "llama-server (128 slots)": {"levels": [(64, 128, False), (128, 256, False)], "ttft_pairs": 0, "contention": 0},
@@ -332,6 +339,7 @@ PLANS = {
 }
 QUICK = {
     "chatforge": {"levels": [(1, 2, False), (8, 8, False), (1, 2, True)], "ttft_pairs": 1, "contention": 1},
+    "chatforge (1 thread)": {"levels": [(1, 2, False)], "ttft_pairs": 0, "contention": 0},
     "llama-server": {"levels": [(1, 2, False), (8, 8, False), (1, 2, True)], "ttft_pairs": 1, "contention": 1},
     "llama-server (128 slots)": {"levels": [(8, 8, False)], "ttft_pairs": 0, "contention": 0},
     "llama-cpp-python": {"levels": [(1, 2, False)], "ttft_pairs": 0, "contention": 0},
@@ -357,6 +365,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few small requests, to check the set-up")
     ap.add_argument("--only", nargs="+", help="measure only these servers")
     args = ap.parse_args()
+    # a terminated run still stops the server it started (the `running` blocks' finally)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.work.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
     plans = QUICK if args.quick else PLANS

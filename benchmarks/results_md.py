@@ -4,7 +4,7 @@ the fraction of them reached."""
 
 from __future__ import annotations
 
-PRIMARY, SECONDARY, WIDE = "llama-server", "llama-cpp-python", "llama-server (128 slots)"
+PRIMARY, SECONDARY, WIDE, ONE = "llama-server", "llama-cpp-python", "llama-server (128 slots)", "chatforge (1 thread)"
 
 
 def _level(results: dict, server: str, streams: int, stream: bool = False) -> dict | None:
@@ -61,7 +61,7 @@ def goals(results: dict) -> list[str]:
 def decode_table(results: dict) -> list[str]:
     out = ["| server | streams | requests | response | output tok/s | TTFT p50 (ms) | prompt tokens |",
            "|---|---:|---:|---|---:|---:|---:|"]
-    for server in ("chatforge", PRIMARY, WIDE, SECONDARY):
+    for server in ("chatforge", ONE, PRIMARY, WIDE, SECONDARY):
         for lv in (results.get(server) or {}).get("levels", []):
             out.append(f"| {server} | {lv['streams']} | {lv['requests']} | {'streamed' if lv['stream'] else 'whole'} | "
                        f"{lv['tok_s']:.1f} | {_fmt(lv['ttft_p50_ms'], '.0f')} | {_fmt(lv['prompt_tokens'], '.0f')} |")
@@ -99,7 +99,7 @@ def contention_table(results: dict) -> list[str]:
 
 def rss_table(results: dict) -> list[str]:
     out = ["| server | peak RSS (MiB) |", "|---|---:|"]
-    for server in ("chatforge", PRIMARY, WIDE, SECONDARY):
+    for server in ("chatforge", ONE, PRIMARY, WIDE, SECONDARY):
         rss = (results.get(server) or {}).get("peak_rss_mib")
         if rss is not None:
             out.append(f"| {server} | {rss:.0f} |")
@@ -137,7 +137,7 @@ def roofline(results: dict) -> list[str]:
 
 
 def errors(results: dict) -> list[str]:
-    lines = [f"- {server}: {e}" for server in ("chatforge", PRIMARY, WIDE, SECONDARY)
+    lines = [f"- {server}: {e}" for server in ("chatforge", ONE, PRIMARY, WIDE, SECONDARY)
              for e in (results.get(server) or {}).get("errors", [])]
     return ["## Measurements that failed", "", *lines, ""] if lines else []
 
