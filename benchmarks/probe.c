@@ -3,11 +3,14 @@
 
    cc -O2 -mavx2 -mfma -pthread benchmarks/probe.c -o probe && ./probe THREADS   (JSON on stdout)
 
+   Rates are work per second of each thread's CPU time (best of a few runs), so the one-thread
+   figures hold on a machine other processes share too (memory bandwidth excepted: it is shared
+   whatever the clock); the N-thread figures assume the threads ran together (a quiet machine).
    - read: each thread sums its own slice of a 512 MiB buffer with 256-bit loads (best of 5);
    - fp32: 12 independent chains of 8-lane FMAs per thread (2 flops per lane and FMA);
    - int8 (maddubs): AVX2's u8 x s8 pairs -> s16 then -> s32 (the block kernels' step), counted in
      multiply-accumulates; int8 (vnni): AVX-512 VNNI's vpdpbusd on 256-bit vectors, where the
-     CPU has it (the kernels' choice there). */
+     CPU has it (the kernels' choice there), 16 independent chains. */
 #define _GNU_SOURCE
 #include <immintrin.h>
 #include <pthread.h>
@@ -16,12 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 #define BUF ((size_t)512 << 20)
 static uint8_t *buffer;
@@ -78,28 +75,36 @@ static void *int8_maddubs(job *j) {
 }
 
 __attribute__((target("avx512f,avx512vl,avx512vnni"))) static void *int8_vnni(job *j) {
-    __m256i a[8], w = _mm256_set1_epi8(3), x = _mm256_set1_epi8(-2);
-    for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_si256();
+    __m256i a[16], w = _mm256_set1_epi8(3), x = _mm256_set1_epi8(-2);
+    for (int k = 0; k < 16; k++) a[k] = _mm256_setzero_si256();
     for (long i = 0; i < ITERS; i++)
-        for (int k = 0; k < 8; k++) a[k] = _mm256_dpbusd_epi32(a[k], w, x);
+        for (int k = 0; k < 16; k++) a[k] = _mm256_dpbusd_epi32(a[k], w, x);
     __m256i s = a[0];
-    for (int k = 1; k < 8; k++) s = _mm256_add_epi32(s, a[k]);
+    for (int k = 1; k < 16; k++) s = _mm256_add_epi32(s, a[k]);
     volatile int sink = _mm256_extract_epi32(s, 0);
     (void)sink;
-    j->work = 32.0 * 8 * ITERS;
+    j->work = 32.0 * 16 * ITERS;
     return NULL;
+}
+
+/* CPU time of the calling thread: the rate of a CPU while the probe has it, whatever else the
+   machine runs (a loaded machine gives the probe's threads only part of each CPU) */
+static double thread_cpu(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 static void *run(void *arg) {
     job *j = arg;
-    double t = now();
+    double t = thread_cpu();
     switch (j->kind) {
         case 0: read_slice(j); break;
         case 1: fp32(j); break;
         case 2: int8_maddubs(j); break;
         default: int8_vnni(j); break;
     }
-    j->seconds = now() - t;
+    j->seconds = thread_cpu() - t;
     return NULL;
 }
 
