@@ -1,11 +1,14 @@
 """The native backend: a model plan built once at load time, one C call per engine step.
 
 `NativeModel` packs every weight into its kernel's format (models/native_formats.py: a GGUF's
-Q4_1 and Q8_0 blocks as they are, float weights as float32), hands the plan to C
-(native/model.h: the plan's contract, batch invariance included) and keeps the packed arrays
-alive; no float copy of a quantized weight is kept. `execute` marshals the step's token ids,
-lengths and block tables into arrays and makes one call; the KV cache is float16, per layer
-[n_blocks, kv_heads, block_size, head_dim] for K and for V.
+Q4_1 and Q8_0 blocks as they are, float weights as float32) and copies it into one mapping of
+(huge) pages (native/memory.c), one weight at a time, dropping the checkpoint's tensor as it
+goes: no weight is held twice, no float copy of a quantized one is made. It hands the plan to C
+(native/model.h: the plan's contract, batch invariance included). `execute` marshals the step's
+token ids, lengths and block tables into arrays and makes one call; the KV cache is float16, per
+layer [n_blocks, kv_heads, block_size, head_dim] for K and for V. `native_support` says which
+configs the plan computes (the Llama, Mistral and Qwen2 architectures today); the others run on
+the torch backend (models/backend.py).
 
 Threads: the plan owns a pool of `threads` threads (the caller included; default: the CPUs this
 process may use). One step runs at a time per plan (engines sharing a plan take turns).
