@@ -22,13 +22,15 @@ $(STAMP): pyproject.toml
 serve: setup
 	$(BIN)/chatforge serve
 
-# The platform tests start real PostgreSQL and Redis servers from the installed binaries.
+# The platform tests start real PostgreSQL and Redis servers from the installed binaries; the
+# browser tests drive Debian's chromium through Playwright (which never downloads a browser here).
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v redis-server >/dev/null; then \
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v redis-server >/dev/null \
+	    || ! [ -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server chromium >/dev/null; \
 	  else \
-	    echo "install postgresql and redis-server (e.g. sudo apt-get install postgresql redis-server)"; exit 1; \
+	    echo "install postgresql, redis-server and chromium (e.g. sudo apt-get install postgresql redis-server chromium)"; exit 1; \
 	  fi; \
 	fi
 

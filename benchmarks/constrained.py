@@ -14,6 +14,14 @@ schemas up to 10 KiB; constrained streams keep >= 90% of the unconstrained tok/s
 
     .venv/bin/python benchmarks/constrained.py --threads 2 [--weights exact] [--json out.json]
 
+The report ends with `goals`: each goal's measured value and whether it was met (also printed
+as one line on stderr). The same comparison through a live server (the service's compile and
+tool parsing included), constrained and unconstrained streams taken alternately:
+
+    chatforge bench http://127.0.0.1:8000 --compare http://127.0.0.1:8000 --label free \
+        --compare-label json --compare-json-schema '{"type": "array", "items": {"type": "string",
+        "maxLength": 24}, "minItems": 60}' --concurrency 32 --output-tokens 48
+
 A loaded machine distorts every figure here: the load average is recorded at start and end.
 """
 
@@ -45,6 +53,8 @@ from chatforge.text.tokenizer import load_tokenizer  # noqa: E402
 from chatforge.text.tool_format import SMOLLM2, FunctionTool, ToolChoice, tool_call_grammar  # noqa: E402
 
 LONG_ARRAY = {"type": "array", "items": {"type": "string", "maxLength": 24}, "minItems": 60}
+COMPILE_P99_GOAL_MS = 50.0  # schemas up to 10 KiB
+THROUGHPUT_RATIO_GOAL = 0.90  # constrained / unconstrained tok/s, 32 streams
 
 
 def random_property(rng: random.Random, depth: int) -> dict:
@@ -167,6 +177,17 @@ def bench_decode(engine, structured, tokenizer, streams: int, new_tokens: int, r
             "mask_step_ms": masks.report()}
 
 
+def goals(report: dict) -> dict:
+    p99 = report["compile"]["json_schema"]["p99_ms"]
+    decode = report["decode"]
+    ratio = decode["ratio_constrained_to_unconstrained"]
+    return {
+        "compile_p99_ms": {"value": p99, "goal": f"< {COMPILE_P99_GOAL_MS}", "met": p99 < COMPILE_P99_GOAL_MS},
+        f"ratio_at_{decode['streams']}_streams": {"value": ratio, "goal": f">= {THROUGHPUT_RATIO_GOAL} at 32 streams",
+                                                   "met": ratio >= THROUGHPUT_RATIO_GOAL},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -191,8 +212,11 @@ def main() -> None:
     engine = LLMEngine(backend, config, stop_token_ids=sorted(tokenizer.end_of_turn_ids), seed=0)
     report["decode"] = bench_decode(engine, structured, tokenizer, args.streams, args.new_tokens, args.rounds)
     report["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    report["goals"] = goals(report)
     text = json.dumps(report, indent=2)
     print(text)
+    print("goals: " + "; ".join(f"{name} {g['value']} ({g['goal']}: {'met' if g['met'] else 'NOT met'})"
+                                for name, g in report["goals"].items()), file=sys.stderr)
     if args.json:
         args.json.write_text(text + "\n")
 

@@ -9,6 +9,8 @@ from typing import Protocol, TextIO
 
 import httpx
 
+from chatforge.schema_option import response_format
+
 
 class ChatBackend(Protocol):
     def stream(self, messages: list[dict], max_tokens: int, temperature: float): ...  # async iterator of str
@@ -16,11 +18,12 @@ class ChatBackend(Protocol):
 
 
 class HttpChat:
-    def __init__(self, url: str, model: str | None, api_key: str | None):
+    def __init__(self, url: str, model: str | None, api_key: str | None, json_schema: dict | None = None):
         self.url = url.rstrip("/")
         if not self.url.endswith("/v1"):
             self.url += "/v1"
         self.model = model
+        self.json_schema = json_schema  # every answer is JSON valid for it
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(600, connect=10))
 
@@ -34,6 +37,8 @@ class HttpChat:
     async def stream(self, messages, max_tokens, temperature):
         body = {"model": await self._model(), "messages": messages, "stream": True,
                 "max_tokens": max_tokens, "temperature": temperature}
+        if self.json_schema is not None:
+            body["response_format"] = response_format(self.json_schema)
         async with self.client.stream("POST", f"{self.url}/chat/completions", json=body) as r:
             if r.status_code != 200:
                 detail = (await r.aread()).decode(errors="replace")
@@ -54,22 +59,26 @@ class HttpChat:
 class LocalChat:
     """The bundled (or named) model run in this process, no server needed."""
 
-    def __init__(self, model: str | None):
+    def __init__(self, model: str | None, json_schema: dict | None = None):
         from chatforge.service.chat import ChatService
         from chatforge.service.loading import load_catalog
         from chatforge.settings import load_settings
 
         self.catalog = load_catalog(load_settings(models=[model] if model else None))
         self.service = ChatService(self.catalog)
+        self.json_schema = json_schema
 
     async def stream(self, messages, max_tokens, temperature):
-        from chatforge.service.protocol import ChatMessage, ChatRequest, SamplingParams
+        from chatforge.service.protocol import ChatMessage, ChatRequest, OutputFormat, SamplingParams
+        from chatforge.text.structured import JsonSchema
 
+        schema = self.json_schema
         req = ChatRequest(
             request_id=uuid.uuid4().hex,
             model=None,
             messages=[ChatMessage(m["role"], m["content"]) for m in messages],
             params=SamplingParams(temperature=temperature, max_tokens=max_tokens),
+            output_format=OutputFormat(JsonSchema(schema), "--json-schema", "json_schema") if schema is not None else None,
         )
         async for event in self.service.stream(self.service.prepare(req)):
             for d in event.deltas:

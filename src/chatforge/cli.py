@@ -101,14 +101,26 @@ def chat(
     max_tokens: Annotated[int, typer.Option(help="tokens per answer at most")] = 512,
     temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.7,
     api_key: Annotated[Optional[str], typer.Option(envvar="CHATFORGE_API_KEY", help="bearer key for the server")] = None,
+    json_schema: Annotated[Optional[str], typer.Option(help="answer in JSON valid for this schema (inline JSON or a file)")] = None,
 ) -> None:
     """A terminal chat with streaming output. Empty line or Ctrl-D ends it."""
     from chatforge.chat_client import HttpChat, LocalChat, run_chat
+    from chatforge.schema_option import load_json_schema
 
-    backend = HttpChat(url, model, api_key) if url else LocalChat(model)
+    try:
+        schema = load_json_schema(json_schema) if json_schema is not None else None
+    except ValueError as e:
+        typer.echo(f"error: --json-schema: {e}", err=True)
+        raise typer.Exit(2) from None
+    from chatforge.errors import ChatforgeError
+
+    backend = HttpChat(url, model, api_key, schema) if url else LocalChat(model, schema)
     try:
         asyncio.run(run_chat(backend, system=system, max_tokens=max_tokens, temperature=temperature,
                              stdin=sys.stdin, stdout=sys.stdout))
+    except (RuntimeError, ChatforgeError) as e:  # the server's or the service's refusal, in one line
+        typer.echo(f"\nerror: {e}", err=True)
+        raise typer.Exit(1) from None
     finally:
         backend.close()
 

@@ -8,10 +8,19 @@ event, validates each object, and records what fails; an autouse fixture fails t
 caused it. The published schemas allow properties they do not list (none of the response
 objects sets `additionalProperties: false`), so chatforge's additions (`usage.estimated_cost`,
 a model's `context_length` and `max_model_len`) validate as they are.
+
+Two places where the published document is narrower than OpenAI's API itself, both on the
+legacy completions object, are relaxed here and nowhere else (see `_derived`):
+- `token_logprobs` / `top_logprobs` items may be null: the first token of an echoed prompt has
+  no logprob (nothing precedes it), and OpenAI, vLLM and llama.cpp send null there;
+- a streamed chunk's `finish_reason` may be null: the document says streamed and whole objects
+  share one shape, yet a stream can only say why it finished in its last chunk (OpenAI sends
+  null before, as the chat chunk's schema allows).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import threading
@@ -26,16 +35,33 @@ SPEC = Path(__file__).parent / "openai_spec" / "schemas.json"
 _ROUTES = [
     (re.compile(r"^(/v1|/v1/openai|/1/ai/[^/]+/openai)/chat/completions$"),
      "CreateChatCompletionResponse", "CreateChatCompletionStreamResponse"),
-    (re.compile(r"^(/v1|/v1/openai|/1/ai/[^/]+/openai)/completions$"),
-     "CreateCompletionResponse", "CreateCompletionResponse"),
+    (re.compile(r"^(/v1|/v1/openai|/1/ai/[^/]+/openai)/completions$"), "TextCompletion", "TextCompletionChunk"),
     (re.compile(r"^(/v1|/v1/openai|/1/ai/[^/]+/openai)/models$"), "ListModelsResponse", None),
 ]
 
 
 @cache
 def _validator(name: str) -> Draft202012Validator:
-    spec = json.loads(SPEC.read_text())
-    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": {"schemas": spec["schemas"]}})
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": {"schemas": _schemas()}})
+
+
+@cache
+def _schemas() -> dict:
+    schemas = json.loads(SPEC.read_text())["schemas"]
+    return {**schemas, **_derived(schemas)}
+
+
+def _derived(schemas: dict) -> dict:
+    """CreateCompletionResponse with the two relaxations of the module docstring, and only those."""
+    whole = copy.deepcopy(schemas["CreateCompletionResponse"])
+    choice = whole["properties"]["choices"]["items"]["properties"]
+    legacy_logprobs = choice["logprobs"]["anyOf"][0]["properties"]
+    for field in ("token_logprobs", "top_logprobs"):
+        legacy_logprobs[field]["items"] = {"anyOf": [legacy_logprobs[field]["items"], {"type": "null"}]}
+    chunk = copy.deepcopy(whole)
+    finish = chunk["properties"]["choices"]["items"]["properties"]["finish_reason"]
+    finish["type"], finish["enum"] = ["string", "null"], [*finish["enum"], None]
+    return {"TextCompletion": whole, "TextCompletionChunk": chunk}
 
 
 def problems(name: str, obj) -> list[str]:

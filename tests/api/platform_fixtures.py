@@ -150,14 +150,14 @@ class Call:
     headers: dict[str, str]
 
 
-# The chat routes: name -> the dialect its usage rows carry.
+# The generating routes: name -> the dialect its usage rows carry.
 DIALECTS = {"openai": "openai", "deepinfra": "openai", "legacy": "infomaniak", "successor": "infomaniak_openai",
-            "egp": "egp"}
+            "egp": "egp", "completions": "openai"}
 
 
 def chat_call(route: str, key: str | None, account: str | None = None, scope: int | str | None = None, *,
               max_tokens: int = 1, stream: bool = False, prompt: str = Q[0]["content"]) -> Call:
-    """A short chat request on `route` (`scope`: the product id or deployment id in the path),
+    """A short generating request on `route` (`scope`: the product id or deployment id in the path),
     with the key in the route's own header."""
     headers = {}
     if key is not None:
@@ -173,6 +173,7 @@ def chat_call(route: str, key: str | None, account: str | None = None, scope: in
         "successor": (f"/1/ai/{scope}/openai/chat/completions",
                       {"model": "smollm2", "messages": messages, "max_tokens": max_tokens}),
         "egp": (f"/v4/models/{scope}/chat-completions", {"chat_history": [], "prompt": prompt, "max_tokens": max_tokens}),
+        "completions": ("/v1/completions", {"model": "smollm2", "prompt": prompt, "max_tokens": max_tokens}),
     }[route]
     return Call(path, {**body, **extra}, headers)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,27 @@ async def test_the_second_turn_carries_the_first(server):
     assert [m["role"] for m in first] == ["system", "user"]
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert second[2]["content"] and second[2]["content"] in out.getvalue()
+
+
+def test_answers_follow_a_json_schema(server, tmp_path):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+              "additionalProperties": False}
+    (tmp_path / "city.json").write_text(json.dumps(schema))
+    chatforge = Path(sys.executable).with_name("chatforge")
+    proc = subprocess.run(
+        [str(chatforge), "chat", "--url", server.url, "--temperature", "0", "--max-tokens", "24",
+         "--json-schema", str(tmp_path / "city.json")],
+        input="Name the capital of France.\n\n", capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    answer = proc.stdout.split("assistant> ")[1].split("\nyou> ")[0]  # JSON may hold line breaks
+    assert set(json.loads(answer)) == {"city"}
+
+
+def test_a_schema_the_server_cannot_enforce_is_one_line_of_error(server):
+    chatforge = Path(sys.executable).with_name("chatforge")
+    proc = subprocess.run(
+        [str(chatforge), "chat", "--url", server.url, "--json-schema", '{"type": "array", "uniqueItems": true}'],
+        input="Hi\n\n", capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1 and "uniqueItems" in proc.stderr and "Traceback" not in proc.stderr

@@ -14,7 +14,6 @@ import pytest
 
 from chatforge.api.app import create_app
 from chatforge.service.loading import load_catalog
-from chatforge.settings import load_settings
 
 from .conftest import LiveServer
 

@@ -129,7 +129,8 @@ def test_over_long_prompt_is_context_length_exceeded(client):
 
 def test_models_list(client):
     models = client.models.list().data
-    assert [m.id for m in models] == [MODEL]
+    assert [m.id for m in models] == [MODEL, "smollm2"]  # the id, then its alias, each a name requests may use
+    assert [m.model_extra["root"] for m in models] == [MODEL, MODEL]
     assert models[0].model_extra["context_length"] == 8192
 
 

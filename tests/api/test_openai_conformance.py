@@ -58,3 +58,19 @@ def test_the_servers_send_every_openai_object_through_the_check(http):
     http.get("/v1/models")
     http.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "Hi"}]})
     assert RECORDER.checked - before == len(frames) + 2
+
+
+def test_the_completion_relaxations_are_exactly_the_documented_two():
+    choice = {"index": 0, "text": "Paris", "finish_reason": "length",
+              "logprobs": {"tokens": ["Paris"], "token_logprobs": [None], "top_logprobs": [None], "text_offset": [0]}}
+    obj = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL, "choices": [choice]}
+    assert problems("TextCompletion", obj) == [] and problems("TextCompletionChunk", obj) == []
+    assert len(problems("CreateCompletionResponse", obj)) == 1  # the published schema: numbers only
+    streaming = json.loads(json.dumps(obj))
+    streaming["choices"][0]["finish_reason"] = None
+    assert problems("TextCompletionChunk", streaming) == []
+    assert problems("TextCompletion", streaming) != []  # a whole answer always says why it finished
+    wrong = json.loads(json.dumps(obj))
+    wrong["choices"][0]["logprobs"]["token_logprobs"] = ["x"]
+    wrong["choices"][0]["finish_reason"] = "eos_token"
+    assert len(problems("TextCompletionChunk", wrong)) == 2

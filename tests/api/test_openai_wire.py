@@ -30,8 +30,8 @@ def post(http, body, path="/v1/chat/completions"):
         ({"model": MODEL, "messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": MODEL, "messages": MSG, "logit_bias": {"abc": 1}}, "logit_bias"),
         ({"model": MODEL, "messages": MSG, "frobnicate": True}, "frobnicate"),
-        ({"model": MODEL, "messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"model": MODEL, "messages": MSG, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"model": MODEL, "messages": MSG, "tools": [{"type": "function", "function": {"name": "f f"}}]}, "tools[0].function.name"),
+        ({"model": MODEL, "messages": MSG, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}}, "response_format"),
         ({"model": MODEL, "messages": []}, "messages"),
         ({"messages": MSG}, "model"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
@@ -173,3 +173,29 @@ def test_a_step_failing_mid_stream_ends_the_stream_with_an_error_object(http, ca
         assert engine.stats().num_blocks_used == 0 and engine.is_running
     finally:
         del runner.execute
+
+
+@pytest.mark.parametrize("method, path, status, envelope", [
+    ("GET", "/v1/chat/completions", 405, "openai"),
+    ("POST", "/v1/no-such-thing", 404, "openai"),
+    ("GET", "/1/ai/10775/openai/completions", 405, "openai"),
+    ("GET", "/tokenize", 405, "openai"),
+    ("GET", "/v4/models/d/chat-completions", 405, "egp"),
+    ("POST", "/1/llm/profiles", 405, "infomaniak"),
+    ("POST", "/1/ai", 405, "infomaniak"),
+])
+def test_a_path_or_method_no_route_serves_answers_in_the_dialects_envelope(http, method, path, status, envelope):
+    r = http.request(method, path, json={})
+    assert r.status_code == status
+    body = r.json()
+    code = {404: "not_found", 405: "method_not_allowed"}[status]
+    if envelope == "openai":
+        assert body["error"]["code"] == code
+        assert body["error"]["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+        assert set(body["error"]) == {"message", "type", "param", "code"} and path in body["error"]["message"]
+    elif envelope == "egp":
+        assert set(body) == {"detail", "code", "param"} and body["code"] == code
+    else:
+        assert body["result"] == "error" and body["error"]["code"] == code
+    if status == 405:
+        assert r.headers["allow"]

@@ -80,14 +80,15 @@ def refusal_code(route: str, body: dict) -> str:
     return body["error"]["code"]
 
 
-async def test_20_concurrent_requests_against_rpm_5(tmp_path, server_at, limiter_redis):
+async def test_concurrent_requests_on_every_route_against_rpm_5(tmp_path, server_at, limiter_redis):
     url = db(tmp_path)
     key = await make_key(url, rpm=5)
     with server_at(url, limiter_redis) as live:
         responses = await fire(live, [chat_call(route, key, scope=SCOPES.get(route)) for route in ROUTES * 4])
         metrics = httpx.get(live.url + "/metrics").text
     statuses = [r.status_code for r in responses]
-    assert (statuses.count(200), statuses.count(429)) == (5, 15)
+    refused = 4 * len(ROUTES) - 5  # four on each route at once: 5 admitted, the rest refused
+    assert (statuses.count(200), statuses.count(429)) == (5, refused)
     for route, r in zip(ROUTES * 4, responses):
         assert r.headers["x-ratelimit-limit-requests"] == "5"
         if r.status_code == 429:
@@ -96,17 +97,28 @@ async def test_20_concurrent_requests_against_rpm_5(tmp_path, server_at, limiter
             assert refusal_code(route, r.json()) == "rate_limit_exceeded"
     remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in responses if r.status_code == 200)
     assert remaining == [0, 1, 2, 3, 4]
-    assert rate_limited_total(metrics) == 15
+    assert rate_limited_total(metrics) == refused
     engine = create_engine(url)
     try:
         for _ in range(100):  # the server writes rows a few milliseconds after answering
             rows = await usage_rows(engine)
-            if len(rows) == 5:
+            if len(rows) == len(responses):
                 break
             await asyncio.sleep(0.05)
     finally:
         await engine.dispose()
-    assert sorted(row["request_id"] for row in rows) == sorted(r.headers["x-request-id"] for r in responses if r.status_code == 200)
+
+    def row_ids(status: str) -> list[str]:
+        return sorted(row["request_id"] for row in rows if row["status"] == status)
+
+    def answer_ids(code: int) -> list[str]:
+        return sorted(r.headers["x-request-id"] for r in responses if r.status_code == code)
+
+    assert row_ids("completed") == answer_ids(200)
+    # each refusal is a usage row of its own, without tokens or cost, under the id it was told
+    assert row_ids("rate_limited") == answer_ids(429)
+    assert {(row["prompt_tokens"], row["completion_tokens"], row["estimated_cost"])
+            for row in rows if row["status"] == "rate_limited"} == {(0, 0, 0.0)}
 
 
 def prompt_tokens(live, key: str) -> int:

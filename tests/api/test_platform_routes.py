@@ -61,6 +61,7 @@ ROUTES = {
     "legacy": ("infomaniak", {"bob": 1, "carol": 2, "missing": 999}),
     "successor": ("infomaniak_openai", {"bob": 1, "carol": 2, "missing": 999}),
     "egp": ("egp", {"bob": "d-bob", "carol": "d-carol", "missing": "nope"}),
+    "completions": ("openai", None),
 }
 PROMPT = Q[0]["content"]
 
@@ -211,6 +212,16 @@ async def test_a_keys_model_allow_list(closed):
     assert r.status_code == 403
     assert r.json()["error"] == {"message": f"This API key may not use the model {MODEL!r}.", "type": "permission_error",
                                  "param": None, "code": "model_not_allowed"}
+    for path, body in [("/tokenize", {"prompt": "Hi"}), ("/detokenize", {"tokens": [1]})]:
+        r = closed.http.post(path, json=body, headers={"Authorization": f"Bearer {narrow}"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed", path
+
+
+def test_token_counting_takes_a_key_too(closed):
+    for path, body in [("/tokenize", {"prompt": "Hi"}), ("/detokenize", {"tokens": [1]})]:
+        assert closed.http.post(path, json=body).status_code == 401
+        r = closed.http.post(path, json=body, headers={"Authorization": f"Bearer {closed.cast.carol}"})
+        assert r.status_code == 200, r.text
 
 
 async def test_a_revoked_key_is_refused_at_once(closed):

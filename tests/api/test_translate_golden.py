@@ -16,8 +16,9 @@ from chatforge.api.egp import translate as egp
 from chatforge.api.egp.schemas import EgpChatRequest
 from chatforge.api.infomaniak import translate as infomaniak
 from chatforge.api.infomaniak.schemas import LegacyRequest
+from chatforge.api.openai import completions
 from chatforge.api.openai import translate as openai
-from chatforge.api.openai.schemas import ChatCompletionRequest
+from chatforge.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from chatforge.service.errors import ContextLengthExceededError
 from chatforge.service.prepare import PreparedChat, Prompt
 from chatforge.service.protocol import (
@@ -45,6 +46,7 @@ def _plain(value):
 
 
 def prep(n: int = 1, stream: bool = False, model_name: str = "smollm2") -> PreparedChat:
+    """A prepared request of one prompt, "<prompt>" (3 tokens)."""
     from chatforge.service.protocol import ChatRequest
 
     req = ChatRequest("rid", model_name, [], SamplingParams(max_tokens=8, n=n), stream=stream)
@@ -96,6 +98,25 @@ def test_openai_error_frames():
     assert codec.end_frames(None) == [b"data: [DONE]\n\n"]
 
 
+# -- OpenAI's legacy completions --------------------------------------------------------------------
+def test_completions_request():
+    body = CompletionRequest.model_validate({
+        "model": "smollm2", "prompt": [[1, 2, 3], [4, 5]], "echo": True, "logprobs": 2, "max_tokens": 0,
+        "n": 2, "best_of": 2, "temperature": 0, "stop": ["\n"], "stream": None, "suffix": "",
+    })
+    golden("completions_request", completions.to_internal(body, "cmpl-1"))
+
+
+def test_completions_response_and_chunks():
+    prompt_lps = [lp("<prompt", 1, None), lp(">", 2, -3.0, ("!", 4, -1.0), (">", 2, -3.0))]
+    result = dataclasses.replace(RESULT, choices=[dataclasses.replace(RESULT.choices[0], prompt_logprobs=prompt_lps)])
+    codec = completions.CompletionCodec(prep(), "cmpl-1", echo=True, logprobs=1, include_usage=True, continuous_usage=False)
+    golden("completions_response", codec.response(result))
+    events = [ChatEvent([dataclasses.replace(EVENTS[0].deltas[0], prompt_logprobs=prompt_lps)], EVENTS[0].usage), EVENTS[1]]
+    codec = completions.CompletionCodec(prep(), "cmpl-1", echo=True, logprobs=1, include_usage=True, continuous_usage=False)
+    golden("completions_chunks", [obj for e in events for obj in codec.stream_objects(e)])
+
+
 # -- Infomaniak ---------------------------------------------------------------------------------
 def test_infomaniak_request():
     body = LegacyRequest.model_validate({
@@ -138,6 +159,7 @@ def test_no_golden_file_is_stale():
     names = {p.stem for p in GOLDEN.glob("*.json")}
     assert names == {
         "openai_request", "openai_response", "openai_chunks", "openai_chunks_continuous_usage",
+        "completions_request", "completions_response", "completions_chunks",
         "infomaniak_request", "infomaniak_response", "infomaniak_stream",
         "egp_request", "egp_response", "egp_stream",
     }

@@ -30,7 +30,7 @@ def test_one_server_two_levels(fake_server, tmp_path):
     url, fake = fake_server(FakeBehaviour(first_delay=FIRST, gap=GAP))
     r = run_json(tmp_path, url + "/v1", "--concurrency", "1,4", "--num-requests", "8",
                  "--output-tokens", str(TOKENS), "--prompt-tokens", "5")
-    assert r["servers"] == [{"label": url[len("http://"):], "url": url, "model": MODEL}]
+    assert r["servers"] == [{"label": url[len("http://"):], "url": url, "model": MODEL, "json_schema": None}]
     assert [(lv["concurrency"], lv["requests"], lv["failed"]) for lv in r["levels"]] == [(1, 8, 0), (4, 8, 0)]
     for lv in r["levels"]:
         assert lv["output_tokens"] == 8 * TOKENS and lv["usage_reported"]
@@ -157,3 +157,22 @@ def test_bad_options(fake_server, args, message):
 def test_unreachable_server():
     result = bench("http://127.0.0.1:9", "--num-requests", "1")
     assert result.exit_code == 2 and "cannot reach http://127.0.0.1:9" in result.output
+
+
+def test_a_server_against_itself_constrained_by_a_json_schema(fake_server, tmp_path):
+    url, fake = fake_server(FakeBehaviour(first_delay=0.0, gap=0.0))
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "array", "items": {"type": "string"}, "minItems": 60}')
+    r = run_json(tmp_path, url, "--compare", url, "--label", "free", "--compare-label", "json",
+                 "--compare-json-schema", str(schema), "--num-requests", "2", "--output-tokens", "4", "--warmup", "0")
+    assert [s["json_schema"] for s in r["servers"]] == [None, {"type": "array", "items": {"type": "string"}, "minItems": 60}]
+    formats = [b.get("response_format") for b in fake.state.bodies]
+    assert formats.count(None) == 2 and formats.count(
+        {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": json.loads(schema.read_text())}}) == 2
+    assert [c["a"] + "/" + c["b"] for c in r["comparisons"]] == ["free/json"]
+
+
+def test_a_schema_that_is_not_json_is_a_usage_error(fake_server):
+    url, _ = fake_server(FakeBehaviour())
+    result = CliRunner().invoke(app, ["bench", url, "--json-schema", "{not json", "--no-progress"])
+    assert result.exit_code == 2 and "--json-schema: the JSON schema is not JSON" in result.output

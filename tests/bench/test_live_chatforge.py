@@ -54,3 +54,19 @@ def test_bench_against_live_chatforge(chatforge_url, tmp_path):
         assert lv["output_throughput"] > 0 and lv["request_throughput"] == pytest.approx(lv["output_throughput"] / TOKENS)
     (p,) = r["prefix"]
     assert (p["pairs"], p["failed"]) == (1, 0) and p["warm_over_cold"] > 0
+
+
+def test_bench_compares_chatforge_with_itself_constrained(chatforge_url, tmp_path):
+    out = tmp_path / "constrained.json"
+    # An array of at least 60 strings cannot be complete within TOKENS tokens: both sides decode exactly TOKENS.
+    schema = '{"type": "array", "items": {"type": "string", "maxLength": 24}, "minItems": 60}'
+    result = CliRunner().invoke(app, [
+        "bench", chatforge_url, "--compare", chatforge_url, "--label", "free", "--compare-label", "json",
+        "--compare-json-schema", schema, "--concurrency", "2", "--num-requests", "2", "--prompt-tokens", "8",
+        "--output-tokens", str(TOKENS), "--no-progress", "--json", str(out),
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert [(lv["label"], lv["failed"], lv["output_tokens"]) for lv in r["levels"]] == [("free", 0, 2 * TOKENS), ("json", 0, 2 * TOKENS)]
+    (c,) = r["comparisons"]
+    assert (c["a"], c["b"]) == ("free", "json") and c["output_throughput"] > 0

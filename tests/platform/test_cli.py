@@ -94,7 +94,8 @@ def test_database_url_comes_from_the_environment(tmp_path):
 
 
 async def _meter(url: str, key: str) -> list[float]:
-    """Three requests by `key`, metered as the API would; their costs."""
+    """Three requests by `key`, metered as the API would, and one refused by a rate limit; the
+    three requests' costs."""
     price = ModelPrice(input=0.5, output=1.5)  # the service prices each request once, so the record carries it
     async with Platform(url) as platform:
         principal = await platform.authenticate(key, None)
@@ -106,6 +107,9 @@ async def _meter(url: str, key: str) -> list[float]:
                                  key_id=principal.key.id, account_id=principal.account.id)
             await platform.record_usage(record)
             costs.append(record.estimated_cost)
+        await platform.record_usage(UsageRecord(
+            request_id="r4", model="smollm2", dialect="openai", prompt_tokens=0, completion_tokens=0, latency_s=0.001,
+            status="rate_limited", key_id=principal.key.id, account_id=principal.account.id))
     return costs
 
 
@@ -115,7 +119,7 @@ def test_usage_command_sums_the_metered_requests(database_url):
     costs = asyncio.run(_meter(database_url, key))
     assert costs == [0.000065, 0.00013, 0.000195]
     totals = {"requests": 3, "prompt_tokens": 600, "completion_tokens": 60,
-              "estimated_cost": pytest.approx(sum(costs), rel=1e-12)}
+              "estimated_cost": pytest.approx(sum(costs), rel=1e-12), "rate_limited": 1}
     assert cli_json(database_url, "usage", "--by", "key") == [{"key": key[:11], **totals}]
     assert cli_json(database_url, "usage") == [{"account": "alice", **totals}]
     assert cli_json(database_url, "usage", "--since", "2999-01-01") == []

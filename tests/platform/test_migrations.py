@@ -15,7 +15,7 @@ async def test_migrations_build_exactly_the_declared_schema_on_an_empty_database
     database_url = empty_database_url
     assert await current_revision(database_url) is None
     await upgrade(database_url)
-    assert await current_revision(database_url) == "0001"
+    assert await current_revision(database_url) == "0002"
 
     engine = create_engine(database_url)
     try:
@@ -36,11 +36,11 @@ async def test_migrations_build_exactly_the_declared_schema_on_an_empty_database
 async def test_upgrading_twice_changes_nothing(database_url):
     await upgrade(database_url)
     await upgrade(database_url)
-    assert await current_revision(database_url) == "0001"
+    assert await current_revision(database_url) == "0002"
 
 
 def test_migration_scripts_ship_inside_the_package():
     from chatforge.platform import migrations
 
-    assert sorted(p.name for p in (migrations.HERE / "versions").glob("0*.py")) == ["0001_initial.py"]
+    assert sorted(p.name for p in (migrations.HERE / "versions").glob("0*.py")) == ["0001_initial.py", "0002_usage_request_id.py"]
     assert (migrations.HERE / "script.py.mako").is_file()

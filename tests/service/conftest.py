@@ -16,6 +16,7 @@ from chatforge.models.gguf_file import GGUFFile
 from chatforge.service.catalog import ModelCatalog, ServedModel
 from chatforge.settings import ModelPrice
 from chatforge.text.chat_template import ChatTemplate
+from chatforge.text.structured import StructuredOutput
 from chatforge.text.tokenizer import Tokenizer
 
 
@@ -76,13 +77,19 @@ def tokenizer(bundled_gguf) -> Tokenizer:
         gguf.close()
 
 
+@pytest.fixture(scope="session")
+def structured(tokenizer) -> StructuredOutput:
+    return StructuredOutput(tokenizer, mask_threads=1)
+
+
 @pytest.fixture
-def make_catalog(tokenizer):
+def make_catalog(tokenizer, structured):
     def make(script: Script, context_length: int = 8192, price: ModelPrice | None = None):
         engine = ScriptedEngine(script)
         model = ServedModel(
             model_id="HuggingFaceTB/SmolLM2-135M-Instruct", tokenizer=tokenizer,
-            template=ChatTemplate.for_tokenizer(tokenizer), engine=engine, context_length=context_length,
+            template=ChatTemplate.for_tokenizer(tokenizer), engine=engine, structured=structured,
+            context_length=context_length,
             created=0, price=price or ModelPrice(input=0.5, output=1.5), aliases=("smollm2",),
         )
         return ModelCatalog([model]), engine

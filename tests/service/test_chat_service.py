@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from chatforge.engine import errors as engine_errors
-from chatforge.engine.outputs import FinishReason
+from chatforge.engine.outputs import FinishReason, TokenLogprob
 from chatforge.service.chat import ChatService
 from chatforge.service.errors import (
     ContextLengthExceededError, EngineUnavailableError, GenerationFailedError, InvalidRequestError,
@@ -168,6 +168,28 @@ async def test_a_batch_of_prompts_indexes_choices_per_prompt_and_n(make_catalog,
     assert [(c.index, c.text) for c in result.choices] == [(0, "x"), (1, "y"), (2, "x"), (3, "y")]
     assert result.usage.prompt_tokens == len(tokenizer.encode("a")) + len(tokenizer.encode("b c"))
     assert result.usage.completion_tokens == 4
+
+
+async def test_score_only_drops_the_sampled_token_and_passes_the_prompt_logprobs(make_catalog, tokenizer):
+    ids = tokenizer.encode("Paris is nice")
+    prompt_lps = [None] + [TokenLogprob(t, -1.0 - i, [(t, -1.0 - i)]) for i, t in enumerate(ids[1:])]
+
+    def script(prompt_ids, params):
+        assert params.max_tokens == 1  # one token is sampled, then dropped
+        return [output("r", step(0, [7], 1, FinishReason.LENGTH, [TokenLogprob(7, -0.5)]), finished=True,
+                       prompt_logprobs=prompt_lps)]
+
+    catalog, _ = make_catalog(script)
+    service = ChatService(catalog)
+    req = ChatRequest("r", None, [], SamplingParams(max_tokens=None, logprobs=True, prompt_logprobs=1),
+                      prompts=["Paris is nice"], score_only=True)
+    result = await service.complete(service.prepare(req))
+    (choice,) = result.choices
+    assert (choice.text, choice.finish_reason, choice.logprobs) == ("", FinishReason.LENGTH, [])
+    assert (choice.prompt_logprobs[0].sampled.token_id, choice.prompt_logprobs[0].sampled.logprob) == (ids[0], None)
+    assert [lp.sampled.token_id for lp in choice.prompt_logprobs[1:]] == ids[1:]
+    assert [lp.sampled.logprob for lp in choice.prompt_logprobs[1:]] == [-1.0 - i for i in range(len(ids) - 1)]
+    assert result.usage.completion_tokens == 0
 
 
 # -- engine errors --------------------------------------------------------------------------------

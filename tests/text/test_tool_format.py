@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chatforge.text.structured import StructuredOutput, StructuredOutputError
+from chatforge.text.structured import (
+    Choice, JsonObject, JsonSchema, LarkGrammar, Regex, StructuredOutput, StructuredOutputError, lark_expression,
+)
 from chatforge.text.tool_format import (
     HERMES,
     MAX_TOOLS,
@@ -15,6 +17,7 @@ from chatforge.text.tool_format import (
     ToolChoice,
     ToolSpecError,
     check_tools,
+    no_call_grammar,
     tool_call_grammar,
 )
 
@@ -144,3 +147,57 @@ def test_argument_objects_are_closed_unless_their_schema_opens_them(smol, struct
     assert not accepts('{"where": {"city": "Bern", "maxLength": 20}}')  # nested: closed
     assert not accepts('{"where": {}, "extra": 1}')  # top level: closed
     assert nested["properties"]["where"] == {"type": "object", "properties": {"city": {"type": "string"}}}  # caller's dict untouched
+
+
+def test_none_with_calls_in_the_history_forbids_only_the_opening_marker(smol, structured):
+    grammar = structured.compile(no_call_grammar(SMOLLM2))
+
+    def takes(text):
+        matcher = grammar.matcher()
+        return all(matcher.accept(t) for t in smol.encode(text)) and matcher.accept(2)
+
+    assert takes("It is sunny in Bern, <tool> and <b>tool_call</b> are just words.\n")
+    assert not takes("Sure. <tool_call>[]</tool_call>")
+    assert not takes("It ends </tool_call>")
+
+
+@pytest.mark.parametrize(
+    "content, text, expected",
+    [
+        (JsonSchema({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}), '{"a": 5}', "complete"),
+        (JsonSchema({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}), '{"a": "x"}', "refused"),
+        (JsonObject(), "Just text.", "refused"),
+        (Regex(r"[0-9]{2}/[0-9]{2}"), "12/31", "complete"),
+        (Choice(("yes", "no")), "no", "complete"),
+        (Choice(("yes", "no")), "maybe", "refused"),
+        (Choice(("yes", "no")), f"<tool_call>[{W}]</tool_call>", "complete"),
+        (JsonObject(), f"{{}}<tool_call>[{W}]</tool_call>", "refused"),  # calls only from the first token
+    ],
+)
+def test_auto_with_an_output_format_is_that_content_or_calls(smol, structured, content, text, expected):
+    source = tool_call_grammar(SMOLLM2, TOOLS, AUTO, content=lark_expression(content))
+    matcher = structured.compile(source).matcher()
+    ok = all(matcher.accept(t) for t in smol.encode(text))
+    assert ("complete" if ok and (matcher.is_finished() or matcher.accept(2)) else "refused") == expected
+
+
+def test_a_lark_grammar_cannot_be_an_alternative_to_calls():
+    with pytest.raises(StructuredOutputError, match="cannot be combined with tools"):
+        lark_expression(LarkGrammar('start: "a"'))
+
+
+@pytest.mark.parametrize("choice", [AUTO, ToolChoice("none")])
+def test_free_text_never_echoes_the_tool_result_wrapper(smol, structured, choice):
+    source = tool_call_grammar(SMOLLM2, TOOLS, choice) if choice.mode == "auto" else no_call_grammar(SMOLLM2)
+    grammar = structured.compile(source)
+
+    def takes(text):
+        matcher = grammar.matcher()
+        return all(matcher.accept(t) for t in smol.encode(text)) and (matcher.is_finished() or matcher.accept(2))
+
+    assert takes("It is sunny in Bern.")
+    assert not takes("<tool_response>\nIt is sunny in Bern.\n</tool_response>")
+    assert not takes("<tool_response]</tool_response>")  # the near miss the bundled model wrote
+    if choice.mode == "auto":
+        assert not takes(f"<tool_response>sunny</tool_response><tool_call>[{W}]</tool_call>")
+        assert takes(f"Checking.<tool_call>[{W}]</tool_call>")

@@ -7,13 +7,17 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException
 
-from chatforge.api import ops
+from chatforge.api import ops, usage
+from chatforge.api.errors import ApiError
 from chatforge.api.egp import router as egp_router
 from chatforge.api.infomaniak import router as infomaniak_router
 from chatforge.api.metrics import Metrics
 from chatforge.api.openai import router as openai_router
+from chatforge.api.playground import router as playground_router
 from chatforge.api.serving import Serving
 from chatforge.platform.gate import Platform, is_loopback_host
 from chatforge.service.catalog import ModelCatalog
@@ -52,8 +56,28 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
     app.include_router(infomaniak_router.build_router())
     app.include_router(egp_router.build_router())
     app.include_router(ops.build_router())
+    app.include_router(usage.build_router())
+    app.include_router(playground_router.build_router())
+    app.add_exception_handler(HTTPException, _no_route)
     app.openapi = lambda: _openapi(app)
     return app
+
+
+async def _no_route(request: Request, exc: HTTPException):
+    """A path no route serves, or a method it does not take (404, 405): in the envelope of the
+    dialect whose paths it is under, as every other error there."""
+    path = request.url.path
+    if path.startswith("/v4/"):
+        render = egp_router.render_error
+    elif path.startswith(("/1/llm", "/1/ai")) and "/openai/" not in path:
+        render = infomaniak_router.render_error
+    elif path.startswith(("/v1/", "/1/ai/", "/tokenize", "/detokenize")):
+        render = openai_router.render_error
+    else:
+        return await http_exception_handler(request, exc)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
+    message = f"{exc.detail}: {request.method} {path}"
+    return render(ApiError(exc.status_code, code, message, headers=dict(exc.headers or {})))
 
 
 def _openapi(app: FastAPI) -> dict:

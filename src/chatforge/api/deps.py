@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from chatforge.api.metrics import Metrics
 from chatforge.api.serving import Serving
 from chatforge.platform.gate import Platform, Principal
 from chatforge.platform.scopes import Caller
@@ -31,9 +32,14 @@ def _platform(request: Request) -> Platform:
     return request.app.state.platform
 
 
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
 ServingDep = Annotated[Serving, Depends(_serving)]
 CatalogDep = Annotated[ModelCatalog, Depends(_catalog)]
 PlatformDep = Annotated[Platform, Depends(_platform)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
 
 Authorization = Annotated[str | None, Header(description="`Bearer <API key>`; required once keys exist")]
 ApiKey = Annotated[str | None, Header(alias="x-api-key", description="the API key; required once keys exist")]

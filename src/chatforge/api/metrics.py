@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from chatforge.platform.metering import UsageStatus
 from chatforge.service.catalog import ModelCatalog
+from chatforge.service.errors import ConstraintFailedError
 
 if TYPE_CHECKING:
     from chatforge.api.serving import RequestOutcome
@@ -32,6 +33,8 @@ class Metrics:
         self.prompt_tokens = Counter("chatforge_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
         self.generation_tokens = Counter("chatforge_generation_tokens", "Tokens generated", ["model"], registry=r)
         self.rate_limited = Counter("chatforge_rate_limited_requests", "Requests refused by a rate limit", ["dialect"], registry=r)
+        self.constrained = Counter("chatforge_constrained_requests", "Admitted requests decoded under a grammar, by what it enforces (tools, json_schema, json_object, regex, choice, grammar)", ["model", "kind"], registry=r)
+        self.grammar_errors = Counter("chatforge_grammar_errors", "Requests ended because their grammar refused the model's token", ["model"], registry=r)
         r.register(_EngineCollector(catalog))
 
     def observe(self, dialect: str, model: str, outcome: RequestOutcome) -> None:
@@ -46,6 +49,12 @@ class Metrics:
             self.ttft.labels(model).observe(outcome.first_token - outcome.started)
             if completed and usage.completion_tokens > 1:
                 self.tpot.labels(model).observe((outcome.ended - outcome.first_token) / (usage.completion_tokens - 1))
+
+    def observe_constrained(self, model: str, kind: str | None, error: BaseException | None) -> None:
+        if kind is not None:
+            self.constrained.labels(model, kind).inc()
+        if isinstance(error, ConstraintFailedError):
+            self.grammar_errors.labels(model).inc()
 
     def observe_refused(self, dialect: str, model: str, status: str) -> None:
         self.requests.labels(dialect, model, status).inc()

@@ -91,7 +91,7 @@ class Ticket:
 
     def see(self, event: ChatEvent) -> None:
         self.usage = event.usage
-        if self.first_token is None and any(d.text for d in event.deltas):
+        if self.first_token is None and any(d.text or d.tool_calls for d in event.deltas):
             self.first_token = time.perf_counter()
 
 
@@ -113,7 +113,8 @@ class Serving:
         the model, and its key's and product's limits take the request and its most tokens."""
         started = time.perf_counter()
         try:
-            prep = self.service.prepare(req, model_scope(caller))
+            # Off the event loop: rendering, tokenizing and compiling a grammar take milliseconds.
+            prep = await asyncio.to_thread(self.service.prepare, req, model_scope(caller))
         except ChatforgeError as e:
             self.metrics.observe_refused(dialect, req.model or "", str(e.status))
             raise
@@ -126,6 +127,12 @@ class Serving:
         except ChatforgeError as e:
             if isinstance(e, RateLimitedError):
                 self.metrics.rate_limited.labels(dialect).inc()
+                # a refusal is metered too (no tokens, no cost), so reports count it per account
+                await self.platform.record_usage(caller.usage_record(
+                    request_id=req.request_id, model=prep.model.model_id, dialect=dialect, prompt_tokens=0,
+                    completion_tokens=0, estimated_cost=0.0, latency_s=time.perf_counter() - started,
+                    status=UsageStatus.RATE_LIMITED))
+                e.headers["x-request-id"] = req.request_id
             self.metrics.observe_refused(dialect, prep.model.model_id, str(e.status))
             log.info("request %s refused dialect=%s key=%s status=%d code=%s", req.request_id, dialect,
                      caller.key_prefix, e.status, e.code)
@@ -191,6 +198,7 @@ class Serving:
         outcome = _outcome(ticket, error)
         prep, caller = ticket.prep, ticket.caller
         self.metrics.observe(ticket.dialect, prep.model.model_id, outcome)
+        self.metrics.observe_constrained(prep.model.model_id, prep.constraint_kind, error)
         usage = outcome.usage
         await self.platform.record_usage(caller.usage_record(
             request_id=prep.request.request_id, model=prep.model.model_id, dialect=ticket.dialect,

@@ -22,6 +22,7 @@ import httpx
 from chatforge.bench.errors import BenchError
 from chatforge.bench.sse import SSEParser
 from chatforge.bench.workload import RequestSpec
+from chatforge.schema_option import response_format
 
 # Fields of a streamed delta whose text counts as output (reasoning models stream their thoughts
 # under one of the last two before the answer).
@@ -36,6 +37,9 @@ class Endpoint:
     model: str
     label: str
     api_key: str | None = None
+    # Sent as response_format with every request (constrained decoding measured against the same
+    # server unconstrained: the same URL twice, two labels, one with a schema).
+    json_schema: dict | None = None
 
     @property
     def chat_url(self) -> str:
@@ -111,6 +115,8 @@ def request_body(endpoint: Endpoint, spec: RequestSpec, options: RequestOptions)
     if options.fixed_length:
         body["ignore_eos"] = True
         body["min_tokens"] = spec.max_tokens
+    if endpoint.json_schema is not None:  # a grammar that completes ends the answer, fixed length or not
+        body["response_format"] = response_format(endpoint.json_schema)
     return body
 
 

@@ -23,6 +23,15 @@ def parse_levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _schema(option: str, value: str | None) -> dict | None:
+    from chatforge.schema_option import load_json_schema
+
+    try:
+        return load_json_schema(value) if value is not None else None
+    except ValueError as e:
+        raise BenchError(f"{option}: {e}") from None
+
+
 def bench_command(
     url: Annotated[str, typer.Argument(help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000")],
     compare: Annotated[Optional[str], typer.Option(help="a second server, measured alternately with the first")] = None,
@@ -32,6 +41,8 @@ def bench_command(
     compare_label: Annotated[Optional[str], typer.Option(help="name of the --compare server in the report")] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="CHATFORGE_API_KEY", help="bearer key for URL")] = None,
     compare_api_key: Annotated[Optional[str], typer.Option(help="bearer key for the --compare server")] = None,
+    json_schema: Annotated[Optional[str], typer.Option(help="ask URL for JSON valid for this schema (inline JSON or a file): constrained decoding")] = None,
+    compare_json_schema: Annotated[Optional[str], typer.Option(help="the same for the --compare server (compare a server with itself constrained: --compare URL)")] = None,
     concurrency: Annotated[str, typer.Option(help="concurrency levels, comma-separated")] = "1",
     num_requests: Annotated[Optional[int], typer.Option(help="requests per level (default 2 x concurrency, at least 8)")] = None,
     prompt_tokens: Annotated[int, typer.Option(help="synthetic prompt length (random one-token words)")] = 32,
@@ -67,9 +78,10 @@ def bench_command(
             prefix_pairs=prefix_pairs, options=RequestOptions(stream, fixed_length, temperature),
             warmup=warmup, seed=seed, timeout_s=timeout,
         )
-        targets = [(url, model, label, api_key)]
+        targets = [(url, model, label, api_key, _schema("--json-schema", json_schema))]
         if compare:
-            targets.append((compare, compare_model, compare_label, compare_api_key))
+            targets.append((compare, compare_model, compare_label, compare_api_key,
+                            _schema("--compare-json-schema", compare_json_schema)))
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        console=Console(stderr=True), disable=not progress, transient=True)
         with bar:
@@ -97,10 +109,10 @@ async def _run(config, targets, bar):
 
     endpoints = []
     async with httpx.AsyncClient(timeout=30) as client:
-        for url, model, label, key in targets:
+        for url, model, label, key, schema in targets:
             root = normalize_url(url)
             name = label or urlsplit(root).netloc
-            endpoints.append(Endpoint(root, model or await first_model(client, root, key), name, key))
+            endpoints.append(Endpoint(root, model or await first_model(client, root, key), name, key, schema))
     if len(endpoints) == 2 and endpoints[0].label == endpoints[1].label:
         raise BenchError("the two servers need different labels (--label, --compare-label)")
     return await Runner(config, endpoints, bar).run()

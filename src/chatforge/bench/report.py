@@ -45,7 +45,8 @@ class BenchReport:
         return {
             "config": self.config,
             "machine": self.machine,
-            "servers": [{"label": ep.label, "url": ep.url, "model": ep.model} for ep in self.endpoints],
+            "servers": [{"label": ep.label, "url": ep.url, "model": ep.model, "json_schema": ep.json_schema}
+                        for ep in self.endpoints],
             "levels": [asdict(s) for s in self.levels],
             "prefix": [{**asdict(p), "warm_over_cold": p.warm_over_cold} for p in self.prefix],
             "comparisons": self.comparisons(),

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from chatforge.engine import prompt_logprobs
 from chatforge.engine.batch import ScheduledBatch
 from chatforge.engine.block_manager import BlockManager
 from chatforge.engine.config import EngineConfig, MiB
@@ -182,6 +183,7 @@ class LLMEngine:
         return self._postprocess(batch, sampled)
 
     def _postprocess(self, batch: ScheduledBatch, sampled: SamplerOutput) -> list[RequestOutput]:
+        prompt_logprobs.record(sampled.prompt_scores)
         self.scheduler.update(batch, sampled.token_ids)
         outputs: dict[str, RequestOutput] = {}
         for seq, token_id, logprob in zip(batch.sample_seqs, sampled.token_ids, sampled.logprobs):
@@ -192,6 +194,9 @@ class LLMEngine:
                 out = outputs[seq.request_id] = RequestOutput(
                     seq.request_id, parent.num_prompt_tokens, parent.num_cached_tokens, [], False
                 )
+                if parent.params.prompt_logprobs is not None and not parent.prompt_logprobs_sent:
+                    out.prompt_logprobs = [None, *parent.prompt_logprobs]  # nothing precedes token 0
+                    parent.prompt_logprobs_sent = True
             ends_with_stop = seq.stop_token_id is not None  # the stop id is not part of the text
             out.outputs.append(
                 CompletionOutput(

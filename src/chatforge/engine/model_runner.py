@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from chatforge.engine import prompt_logprobs
 from chatforge.engine.batch import ScheduledBatch
 from chatforge.engine.sampler import Sampler, SamplerOutput
 from chatforge.models.step import ModelBackend, StepInputs
@@ -34,11 +35,14 @@ class ModelRunner:
         """One forward pass over the batch, then one token for each of batch.sample_seqs."""
         self.release(batch.finished_seq_ids)
         logits = self.backend.execute(step_inputs(batch), self.kv_cache)  # float32 [S, V]
+        scores = prompt_logprobs.score_prompts(self.backend.step_logits, batch) if prompt_logprobs.wanted(batch) else []
         if not batch.sample_indices:
-            return SamplerOutput([], [])
+            return SamplerOutput([], [], scores)
         if batch.has_forks:
             logits = logits[torch.tensor(batch.logits_rows, device=logits.device)]
-        return self.sampler(logits, batch.sample_seqs)
+        sampled = self.sampler(logits, batch.sample_seqs)
+        sampled.prompt_scores = scores
+        return sampled
 
 
 def step_inputs(batch: ScheduledBatch) -> StepInputs:

@@ -12,6 +12,7 @@ class FinishReason(str, Enum):
     LENGTH = "length"  # max_tokens, or the model's context
     ABORT = "abort"  # the client went away, or the server is shutting down
     GRAMMAR_ERROR = "grammar_error"  # the grammar could not take the sampled token (engine/grammar.py)
+    TOOL_CALLS = "tool_calls"  # never the engine's: the service's name for a STOP after tool calls
 
 
 @dataclass

@@ -23,7 +23,7 @@ all have default parameters is skipped, and an all-greedy batch without penaltie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,6 +39,8 @@ from chatforge.engine.token_history import TokenHistory
 class SamplerOutput:
     token_ids: list[int]  # one per row
     logprobs: list[TokenLogprob | None]  # per row; None where the request did not ask
+    # The step's prompt scores (prompt_logprobs.PromptScores), added by the model runner.
+    prompt_scores: list = field(default_factory=list)
 
 
 class Sampler:

@@ -38,6 +38,9 @@ class SamplingParams:
     logprobs: bool = False  # return the sampled token's raw logprob
     top_logprobs: int = 0  # and this many most likely alternatives (0..20)
     n: int = 1  # completions forked from one prompt, sharing its KV blocks
+    # Score the prompt too: each prompt token's logprob given the ones before it, with this many
+    # alternatives (0..20); None = off. Such a request skips the prefix cache (prompt_logprobs.py).
+    prompt_logprobs: int | None = None
     grammar: Grammar | None = None  # constrained decoding (engine/grammar.py), compiled by the service
 
     def __post_init__(self) -> None:
@@ -64,6 +67,8 @@ class SamplingParams:
             raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
         if self.n < 1:
             raise ValueError("n must be >= 1")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"prompt_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
 
     @property
     def greedy(self) -> bool:

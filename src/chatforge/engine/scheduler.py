@@ -97,7 +97,8 @@ class Scheduler:
             group = 1 + len(seq.pending_forks)
             if num_seqs + group > self.max_num_seqs:
                 break
-            cached = bm.find_cached_prefix(seq)
+            # A prompt to score is computed whole: cached blocks would skip its positions.
+            cached = bm.find_cached_prefix(seq) if seq.params.prompt_logprobs is None else []
             num_new = min(seq.num_tokens - len(cached) * bm.block_size, budget)
             if not bm.allocate(seq, num_new, cached):
                 break

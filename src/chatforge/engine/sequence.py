@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from enum import Enum
 
-from chatforge.engine.outputs import FinishReason
+from chatforge.engine.outputs import FinishReason, TokenLogprob
 from chatforge.engine.sampling_params import SamplingParams
 
 _seq_ids = itertools.count()
@@ -45,6 +45,10 @@ class Sequence:
         self.finish_reason: FinishReason | None = None
         self.stop_token_id: int | None = None
         self.pending_forks: list[Sequence] = []  # the request's other completions, until forked
+        # With params.prompt_logprobs: prompt tokens 1, 2, ... scored so far (prompt_logprobs.py),
+        # handed out once, with the request's first output.
+        self.prompt_logprobs: list[TokenLogprob] = []
+        self.prompt_logprobs_sent = False
         # The live grammar state (engine/grammar.py). Each completion starts its own from the
         # request's compiled grammar: a fork begins at the prompt, as its parent did.
         self.matcher = params.grammar.matcher() if params.grammar is not None else None

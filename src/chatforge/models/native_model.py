@@ -298,6 +298,17 @@ class NativeModel:
                 raise (MemoryError if status == -1 else ValueError)(message)
         return logits
 
+    def step_logits(self, rows: list[int]) -> torch.Tensor:
+        """float32 logits [len(rows), vocab] of other rows of the step just run (flat rows of its
+        StepInputs; at most as many as it had tokens). Call it right after `execute`, before any
+        other step of this model."""
+        ids = np.asarray(rows, dtype=np.int32)
+        out = torch.empty(len(ids), self.config.vocab_size)
+        with self._lock:
+            if self._lib.cf_model_logits(self._handle, ids.ctypes.data, len(ids), out.data_ptr()):
+                raise ValueError(self._lib.cf_model_error(self._handle).decode())
+        return out
+
     def pool_stats(self) -> dict[str, int]:
         out = (_i64 * 4)()
         self._lib.cf_model_pool_stats(self._handle, out)

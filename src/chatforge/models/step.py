@@ -48,3 +48,8 @@ class ModelBackend(Protocol):
 
     def execute(self, step: StepInputs, kv_cache: Any) -> torch.Tensor:
         """Run the step (its new K/V written into the cache) -> float32 logits [len(sample_rows), vocab]."""
+
+    def step_logits(self, rows: list[int]) -> torch.Tensor:
+        """float32 logits [len(rows), vocab] of other rows (flat, of its StepInputs, at most as
+        many as it had tokens) of the step just run: prompt logprobs score every prompt row. Called
+        right after `execute`, before the next step."""

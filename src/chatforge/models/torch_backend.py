@@ -48,6 +48,11 @@ class TorchBackend:
     def execute(self, step: StepInputs, kv_cache: TorchKVCache) -> torch.Tensor:
         meta = AttentionMetadata.build(step.query_lens, step.context_lens, step.block_tables, kv_cache.block_size, self.device)
         input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=self.device)
-        hidden = self.model(input_ids, meta.positions, meta, kv_cache.layers)  # [T, D]
+        self._hidden = hidden = self.model(input_ids, meta.positions, meta, kv_cache.layers)  # [T, D]
         rows = torch.tensor(step.sample_rows, dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden[rows])
+
+    @torch.inference_mode()
+    def step_logits(self, rows: list[int]) -> torch.Tensor:
+        """float32 logits of other rows of the step just run (models/step.py)."""
+        return self.model.compute_logits(self._hidden[torch.tensor(rows, dtype=torch.long, device=self.device)])

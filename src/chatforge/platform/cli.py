@@ -208,12 +208,13 @@ def usage(
     database_url: DatabaseUrl = DEFAULT_DB,
     as_json: AsJson = False,
 ) -> None:
-    """Requests, tokens and estimated cost, grouped."""
+    """Requests, tokens and estimated cost, grouped; requests refused by a rate limit apart."""
     since_at = _utc(since, "--since")
     rows = _run(database_url, lambda conn: reports.usage_report(conn, by, since_at))
     found = [{by: r.group, "requests": r.requests, "prompt_tokens": r.prompt_tokens,
-              "completion_tokens": r.completion_tokens, "estimated_cost": r.estimated_cost} for r in rows]
-    show(as_json, found, table=(by, "requests", "prompt_tokens", "completion_tokens", "estimated_cost"))
+              "completion_tokens": r.completion_tokens, "estimated_cost": r.estimated_cost,
+              "rate_limited": r.rate_limited} for r in rows]
+    show(as_json, found, table=(by, "requests", "prompt_tokens", "completion_tokens", "estimated_cost", "rate_limited"))
 
 
 def register(app: typer.Typer) -> None:

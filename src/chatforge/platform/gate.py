@@ -189,6 +189,16 @@ class Platform:
                 scopes.setdefault(product_id, ProductScope.configured(product_id, config))
         return [scopes[i] for i in sorted(scopes)]
 
+    async def list_deployments(self, principal: Principal) -> list[DeploymentScope]:
+        """The deployments the caller may use, by id; in open mode the configured ones too."""
+        async with self.engine.connect() as conn:
+            stored = await accounts.list_deployments(conn)
+        scopes = {d.id: DeploymentScope(d.id, d.model, d) for d in stored if principal.may_use(d.account)}
+        if principal.key is None:
+            for deployment_id, config in self.configured_deployments.items():
+                scopes.setdefault(deployment_id, DeploymentScope.configured(deployment_id, config))
+        return [scopes[i] for i in sorted(scopes)]
+
     async def resolve_product(self, principal: Principal, product_id: int) -> Product:
         """The product, if the principal may use it (ProductNotFoundError, PermissionDeniedError)."""
         async with self.engine.connect() as conn:

@@ -1,6 +1,7 @@
 """Metering: one usage row per request, finished, failed or aborted, with its estimated cost
 (computed once, by the service from the model's price, and carried in the record as the
-response's `usage` said it).
+response's `usage` said it), and one per request refused by a rate limit (no tokens, no cost),
+so refusals are counted per account and over time like the rest.
 
 `UsageWriter.submit` only queues the row, without awaiting anything, so a request handler can
 call it from a `finally` even while its task is being cancelled because the client went away; a
@@ -28,6 +29,7 @@ class UsageStatus(StrEnum):
     COMPLETED = "completed"  # answered in full (any finish reason)
     ABORTED = "aborted"  # the client went away, or the server shut down mid-request
     FAILED = "failed"  # an error after the model was reached
+    RATE_LIMITED = "rate_limited"  # refused by a rate limit before reaching a model: no tokens, no cost
 
 
 @dataclass(frozen=True)

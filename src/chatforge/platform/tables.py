@@ -117,14 +117,15 @@ deployments = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
-# One row per request that reached the model (finished, failed or aborted). A ledger: no foreign
-# keys, so a batch of rows never fails on a reference.
+# One row per request that reached the model (finished, failed or aborted) or was refused by a
+# rate limit (status rate_limited, no tokens). A ledger: no foreign keys, so a batch of rows never
+# fails on a reference.
 usage = Table(
     "usage",
     metadata,
     Column("id", _BigId, primary_key=True),
     Column("created_at", UTCDateTime, nullable=False, index=True),
-    Column("request_id", String(64), nullable=False),
+    Column("request_id", String(64), nullable=False, index=True),  # the response's x-request-id
     Column("key_id", Integer, nullable=True, index=True),  # None in open mode
     Column("account_id", Integer, nullable=True, index=True),
     Column("product_id", Integer, nullable=True),

@@ -12,6 +12,7 @@ from chatforge.settings import ModelPrice
 if TYPE_CHECKING:
     from chatforge.engine.async_engine import AsyncEngine
     from chatforge.text.chat_template import ChatTemplate
+    from chatforge.text.structured import StructuredOutput
     from chatforge.text.tokenizer import Tokenizer
 
 
@@ -21,6 +22,7 @@ class ServedModel:
     tokenizer: Tokenizer
     template: ChatTemplate | None  # None: the model has none and none was configured (chat is refused)
     engine: AsyncEngine
+    structured: StructuredOutput  # compiles constraints for this model's vocabulary (built at load, ~0.5 s)
     context_length: int
     created: int  # unix time the model was loaded, for /v1/models
     price: ModelPrice = field(default_factory=ModelPrice)

@@ -1,10 +1,16 @@
 """ChatService: one internal request in, a stream of events or one result out.
 
-`prepare()` (service/prepare.py) resolves the model, renders and tokenizes, and checks the
-context, so platform guards can admit the request with its real prompt size before any compute;
-`stream()` runs each prompt on the engine, turning token ids into text deltas with the text
-layer's detokenizer (stop strings held back and cut); `gather()` collects a stream into one
-result. Every event carries the running usage, priced once here; the last one is `done`.
+`prepare()` (service/prepare.py) resolves the model, renders and tokenizes, checks the context
+and compiles the request's grammar, so platform guards can admit the request with its real
+prompt size before any compute; `stream()` runs each prompt on the engine, turning token ids
+into content deltas and tool-call events with the text layer's output reader (stop strings held
+back and cut, tool calls parsed: text/output_reader.py); `gather()` collects a stream into one
+result, so a whole answer is its stream assembled. Every event carries the running usage,
+priced once here; the last one is `done`.
+
+Finish reasons are decided here for every dialect: `tool_calls` when an answer that ended
+normally made calls (`length` stays `length`: a call cut short is sent as far as it got), and a
+grammar that failed (`GRAMMAR_ERROR` from the engine) is a `ConstraintFailedError`.
 """
 
 from __future__ import annotations
@@ -17,21 +23,22 @@ from chatforge.engine import errors as engine_errors
 from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutput, TokenLogprob
 from chatforge.service.catalog import ModelCatalog
 from chatforge.service.errors import (
-    ChatError, EngineUnavailableError, GenerationFailedError, InvalidRequestError, OverloadedError,
+    ChatError, ConstraintFailedError, EngineUnavailableError, GenerationFailedError, InvalidRequestError, OverloadedError,
 )
 from chatforge.service.merge import merged
 from chatforge.service.prepare import PreparedChat, context_error, prepare
 from chatforge.service.protocol import (
-    ChatEvent, ChatRequest, ChatResult, Choice, ChoiceDelta, ModelScope, TokenInfo, TokenLogprobs, Usage,
+    ChatEvent, ChatRequest, ChatResult, Choice, ChoiceDelta, ModelScope, TokenInfo, TokenLogprobs, ToolCall,
+    ToolCallStart, Usage,
 )
-from chatforge.text.detokenizer import IncrementalDetokenizer
+from chatforge.text.output_reader import OutputReader
 
 
 @dataclass
 class _Completion:
     """The text-side state of one completion."""
 
-    detok: IncrementalDetokenizer
+    reader: OutputReader
     generated: int = 0
     finish_reason: FinishReason | None = None
     started: bool = False  # a delta was sent
@@ -45,9 +52,9 @@ class _PromptRun:
         self.index = index
         self.request_id = prep.request.request_id if len(prep.prompts) == 1 else f"{prep.request.request_id}.{index}"
         tokenizer, sp = prep.model.tokenizer, prep.sampling
-        self.completions = [_Completion(IncrementalDetokenizer(tokenizer, sp.stop)) for _ in range(sp.n)]
+        self.completions = [_Completion(OutputReader(tokenizer, sp.stop, prep.tool_format)) for _ in range(sp.n)]
         self.cached_tokens = 0
-        self.prompt_logprobs: list[TokenLogprobs | None] | None = None
+        self.prompt_logprobs: list[TokenLogprobs] | None = None
 
     def outputs(self) -> AsyncIterator[RequestOutput]:
         return self.prep.model.engine.generate(self.request_id, list(self.prep.prompts[self.index].token_ids), self.prep.sampling)
@@ -64,7 +71,8 @@ class _PromptRun:
         self.cached_tokens = out.num_cached_tokens
         if out.prompt_logprobs is not None:
             tokenizer = self.prep.model.tokenizer
-            self.prompt_logprobs = [None if lp is None else token_logprobs(tokenizer, lp) for lp in out.prompt_logprobs]
+            first = TokenLogprobs(token_info(tokenizer, self.prep.prompts[self.index].token_ids[0], None), [])
+            self.prompt_logprobs = [first, *(token_logprobs(tokenizer, lp) for lp in out.prompt_logprobs[1:])]
         deltas = [d for c in out.outputs if (d := self._delta(self.completions[c.index], c)) is not None]
         if self.done and not out.finished:  # every completion stopped on a string: free the engine now
             self.prep.model.engine.finish(self.request_id, FinishReason.STOP_SEQUENCE)
@@ -74,26 +82,34 @@ class _PromptRun:
         """One completion's new tokens as text (stop strings held back and cut), or None."""
         if state.finish_reason is not None:
             return None  # ended on a stop string; the engine may still be finishing it
+        calls = []
         if self.prep.request.score_only:  # the one sampled token is dropped
             text, lps = "", None
             reason = FinishReason.LENGTH if out.finish_reason is not None else None
         else:
+            if out.finish_reason is FinishReason.GRAMMAR_ERROR:
+                raise ConstraintFailedError(out.error or "the output's grammar failed")
             state.generated = out.num_generated
-            step = state.detok.push(out.new_token_ids)
-            text, reason = step.delta, out.finish_reason
+            step = state.reader.push(out.new_token_ids)
+            reason = out.finish_reason
+            if step.stop is None and reason is not None:
+                end = state.reader.finish(cut=reason is FinishReason.LENGTH)
+                step.text += end.text
+                step.tool_calls += end.tool_calls
+            text, calls = step.text, step.tool_calls
             if step.stop is not None:
                 reason = FinishReason.STOP_SEQUENCE
-            elif reason is not None:
-                text += state.detok.flush()
+            elif reason is FinishReason.STOP and state.reader.calls:
+                reason = FinishReason.TOOL_CALLS
             tokenizer = self.prep.model.tokenizer
             wanted = self.prep.sampling.logprobs and out.new_logprobs
             lps = [token_logprobs(tokenizer, lp) for lp in out.new_logprobs] if wanted else None
         state.finish_reason = reason
         prompt_lps = self.prompt_logprobs if not state.started else None
-        if not (text or reason is not None or lps or prompt_lps):
+        if not (text or calls or reason is not None or lps or prompt_lps):
             return None
         state.started = True
-        return ChoiceDelta(self.index * self.prep.sampling.n + out.index, text, lps, reason, prompt_lps)
+        return ChoiceDelta(self.index * self.prep.sampling.n + out.index, text, lps, reason, prompt_lps, calls)
 
 
 class ChatService:
@@ -133,20 +149,27 @@ async def gather(prep: PreparedChat, events: AsyncIterator[ChatEvent]) -> ChatRe
     """One result from a request's events: each choice's text, logprobs and finish reason."""
     n = prep.num_choices
     texts = [""] * n
+    calls: list[list[ToolCall]] = [[] for _ in range(n)]
     logprobs: list[list[TokenLogprobs] | None] = [[] if prep.sampling.logprobs else None for _ in range(n)]
-    prompt_logprobs: list[list[TokenLogprobs | None] | None] = [None] * n
+    prompt_logprobs: list[list[TokenLogprobs] | None] = [None] * n
     finish: list[FinishReason | None] = [None] * n
     usage = Usage(prep.num_prompt_tokens, 0, prep.model.price.cost(prep.num_prompt_tokens, 0))
     async for event in events:
         for d in event.deltas:
             texts[d.index] += d.text
+            for c in d.tool_calls:
+                if isinstance(c, ToolCallStart):
+                    calls[d.index].append(ToolCall(c.id, c.name))
+                else:
+                    calls[d.index][c.index].arguments += c.text
             if d.logprobs:
                 logprobs[d.index].extend(d.logprobs)
             if d.prompt_logprobs is not None:
                 prompt_logprobs[d.index] = d.prompt_logprobs
             finish[d.index] = d.finish_reason or finish[d.index]
         usage = event.usage
-    choices = [Choice(i, texts[i], finish[i] or FinishReason.ABORT, logprobs[i], prompt_logprobs[i]) for i in range(n)]
+    choices = [Choice(i, texts[i], finish[i] or FinishReason.ABORT, logprobs[i], prompt_logprobs[i], calls[i])
+               for i in range(n)]
     return ChatResult(prep.request.request_id, prep.model.model_id, prep.created, choices, usage)
 
 
@@ -160,12 +183,13 @@ def _usage(prep: PreparedChat, runs: list[_PromptRun]) -> Usage:
     )
 
 
-def token_logprobs(tokenizer, lp: TokenLogprob) -> TokenLogprobs:
-    def info(token_id: int, logprob: float) -> TokenInfo:
-        raw = tokenizer.token_bytes(token_id)
-        return TokenInfo(raw.decode("utf-8", errors="replace"), token_id, list(raw), logprob)
+def token_info(tokenizer, token_id: int, logprob: float | None) -> TokenInfo:
+    raw = tokenizer.token_bytes(token_id)
+    return TokenInfo(raw.decode("utf-8", errors="replace"), token_id, list(raw), logprob)
 
-    return TokenLogprobs(info(lp.token_id, lp.logprob), [info(t, p) for t, p in lp.top])
+
+def token_logprobs(tokenizer, lp: TokenLogprob) -> TokenLogprobs:
+    return TokenLogprobs(token_info(tokenizer, lp.token_id, lp.logprob), [token_info(tokenizer, t, p) for t, p in lp.top])
 
 
 def _service_error(e: engine_errors.EngineError, prep: PreparedChat) -> ChatError:

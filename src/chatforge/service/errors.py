@@ -56,3 +56,11 @@ class GenerationFailedError(ChatError):
 
     status = 500
     code = "internal_error"
+
+
+class ConstraintFailedError(ChatError):
+    """The grammar that constrained the output refused the model's token (its per-step work
+    limit, or a bug): the request was ended. `message` is the grammar's."""
+
+    status = 500
+    code = "grammar_error"

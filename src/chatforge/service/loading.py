@@ -19,6 +19,7 @@ from chatforge.models.source import resolve_model
 from chatforge.service.catalog import ModelCatalog, ServedModel
 from chatforge.settings import ModelEntry, ModelPrice, Settings
 from chatforge.text.named_templates import template_for_model
+from chatforge.text.structured import StructuredOutput
 from chatforge.text.tokenizer import load_tokenizer
 
 log = logging.getLogger("chatforge.loading")
@@ -32,7 +33,11 @@ def load_served_model(entry: ModelEntry | str | None, cfg: EngineConfig, price: 
     source = resolve_model(entry.path)
     tokenizer = load_tokenizer(source)
     template = template_for_model(tokenizer, entry.chat_template)
-    llm = LLMEngine.from_source(source, cfg, stop_token_ids=sorted(tokenizer.end_of_turn_ids))
+    stop_ids = sorted(tokenizer.end_of_turn_ids)
+    llm = LLMEngine.from_source(source, cfg, stop_token_ids=stop_ids)
+    # Grammars end only where the engine would: on its stop ids. Masks are filled on the
+    # engine's threads' worth of llguidance workers.
+    structured = StructuredOutput(tokenizer, llm.vocab_size, eos_token_ids=stop_ids, mask_threads=cfg.threads)
     engine = AsyncEngine(llm)
     engine.start()
     model_id = entry.id or source.model_id
@@ -45,6 +50,7 @@ def load_served_model(entry: ModelEntry | str | None, cfg: EngineConfig, price: 
         tokenizer=tokenizer,
         template=template,
         engine=engine,
+        structured=structured,
         context_length=llm.max_model_len,
         created=int(time.time()),
         price=price or ModelPrice(),

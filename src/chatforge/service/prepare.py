@@ -1,8 +1,12 @@
 """Before any compute: a `ChatRequest` becomes a frozen `PreparedChat`, the plan the engine
 runs. The model is resolved here, once (the request's name, else its scope's default, else the
 server's; a scope that does not offer it is a 404), the conversation rendered with the chat
-template (or the raw prompts tokenized as they are), the context checked, `max_tokens` resolved.
-The platform then admits the request with its real prompt size before anything runs.
+template (or the raw prompts tokenized as they are; tools, calls and their results as
+service/constrain.py has the template read them), the context checked, `max_tokens` resolved,
+and the grammar of the request's tool choice or output format compiled. The platform then
+admits the request with its real prompt size before anything runs.
+
+Compiling takes milliseconds (tens for many tools): the server calls `prepare` off its event loop.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import time
 from dataclasses import dataclass, field
 
 from chatforge.service.catalog import ModelCatalog, ServedModel
+from chatforge.service.constrain import constrain, render_input
 from chatforge.service.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 from chatforge.service.protocol import ChatMessage, ChatRequest, ModelScope, SamplingParams
 from chatforge.text.chat_template import ChatTemplate, ChatTemplateError
 from chatforge.text.errors import TokenizerError
 from chatforge.text.named_templates import NAMED_TEMPLATES
+from chatforge.text.tool_format import ToolCallFormat
 
 # Set by the service itself; a caller's template kwargs may not override them.
 RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "add_generation_prompt", "tools", "documents"})
@@ -26,6 +32,7 @@ RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "add_generation_prompt", "t
 class Prompt:
     text: str  # the rendered conversation, or the raw prompt (decoded when given as ids); never logged
     token_ids: tuple[int, ...]
+    tool_format: ToolCallFormat | None = None  # the tool-call format the prompt taught, if tools are in it
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,10 @@ class PreparedChat:
     model: ServedModel
     model_name: str  # the name the answer echoes: as requested, else the scope's default, else the model id
     prompts: tuple[Prompt, ...]  # one for a chat; the raw prompts' batch on the completions route
-    sampling: SamplingParams  # the request's, with max_tokens resolved
+    sampling: SamplingParams  # the request's, with max_tokens resolved and the compiled grammar
     created: int = field(default_factory=lambda: int(time.time()))
+    tool_format: ToolCallFormat | None = None  # parse answers for calls in this format; None: no calls
+    constraint_kind: str | None = None  # for metrics: "tools", "json_schema", ...; None: unconstrained
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -65,36 +74,44 @@ def prepare(catalog: ModelCatalog, req: ChatRequest, scope: ModelScope | None = 
         prompts = [_chat_prompt(model, req, wanted)]
     room = min(model.context_length - len(p.token_ids) for p in prompts)
     max_tokens = wanted if wanted is not None else room
-    sampling = dataclasses.replace(req.params, max_tokens=max_tokens, min_tokens=min(req.params.min_tokens, max_tokens))
-    return PreparedChat(req, model, name or model.model_id, tuple(prompts), sampling)
+    constrained = constrain(model, req, prompts[0].tool_format)
+    sampling = dataclasses.replace(req.params, max_tokens=max_tokens, min_tokens=min(req.params.min_tokens, max_tokens),
+                                   grammar=constrained.grammar)
+    return PreparedChat(req, model, name or model.model_id, tuple(prompts), sampling,
+                        tool_format=constrained.tool_format, constraint_kind=constrained.kind)
 
 
 def _offers(scope: ModelScope, model: ServedModel, catalog: ModelCatalog) -> bool:
     return not scope.models or any(m in catalog and catalog.get(m) is model for m in scope.models)
 
 
-def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Prompt:
-    template = model.template
+def chat_template(model: ServedModel, req: ChatRequest) -> ChatTemplate:
+    """The template that renders this request's conversation: its own (EGP), else the model's."""
     if req.chat_template is not None:
         try:
-            template = ChatTemplate(req.chat_template, model.tokenizer.special_tokens)
+            return ChatTemplate(req.chat_template, model.tokenizer.special_tokens)
         except ChatTemplateError as e:
             raise InvalidRequestError(f"chat_template: {e}", param="chat_template") from None
-    if template is None:  # a base model: raw prompts only, unless its operator gave it a template
+    if model.template is None:  # a base model: raw prompts only, unless its operator gave it a template
         raise InvalidRequestError(
             f"the model `{model.model_id}` has no chat template, so it cannot take chat messages; "
             "the server's operator can give it one (--chat-template NAME_OR_FILE, named: "
             f"{', '.join(NAMED_TEMPLATES)}; or chat_template in its [[models]] entry)", param="model")
+    return model.template
+
+
+def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Prompt:
+    template = chat_template(model, req)
     messages = list(req.messages)
     while True:
-        text = _render(template, messages, req)
+        text, tool_format = render(model, template, messages, req)
         ids = model.tokenizer.encode(text)
         if not ids:
             raise InvalidRequestError("the conversation renders to an empty prompt", param="messages")
         if req.truncate_prompt_tokens is not None:
             ids = ids[-req.truncate_prompt_tokens :]
         if model.context_length - len(ids) >= (wanted or 1):
-            return Prompt(text, tuple(ids))
+            return Prompt(text, tuple(ids), tool_format)
         if req.drop_oldest_turns and _drop_oldest_turn(messages):
             continue
         raise context_error(model.context_length, len(ids), wanted)
@@ -118,13 +135,19 @@ def _raw_prompt(model: ServedModel, prompt: str | list[int], req: ChatRequest, w
     return Prompt(text, tuple(ids))
 
 
-def _render(template: ChatTemplate, messages: list[ChatMessage], req: ChatRequest) -> str:
+def render(model: ServedModel, template: ChatTemplate, messages: list[ChatMessage],
+           req: ChatRequest) -> tuple[str, ToolCallFormat | None]:
+    """The conversation as prompt text, by `template` with the request's template arguments
+    (tools, past calls and results as service/constrain.py has the template read them), and the
+    tool-call format the prompt taught, if tools are in it."""
     clash = RESERVED_TEMPLATE_VARIABLES.intersection(req.chat_template_kwargs)
     if clash:
         raise InvalidRequestError(f"chat_template_kwargs may not set {sorted(clash)}", param="chat_template_kwargs")
-    wire = [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in messages]
+    given = render_input(model, template, req, messages)
     try:
-        return template.render(wire, add_generation_prompt=req.add_generation_prompt, **req.chat_template_kwargs)
+        text = template.render(given.messages, add_generation_prompt=req.add_generation_prompt, tools=given.tools,
+                               **req.chat_template_kwargs)
+        return text, given.tool_format
     except ChatTemplateError as e:
         # The model's own template can only refuse the messages; a template sent with the
         # request may just as well be at fault itself, so that is the parameter named.

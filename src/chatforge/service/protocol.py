@@ -3,7 +3,9 @@
 
 The sampling knobs are the engine's own `SamplingParams` (re-exported here, like
 `FinishReason`): a dialect fills them once, and the service only resolves `max_tokens` (None:
-the rest of the context) before handing them to the engine.
+the rest of the context) and adds the grammar it compiles before handing them to the engine.
+Tools, tool choices, tool calls and output constraints are the text layer's own types
+(text/tool_format.py, text/tool_calls.py, text/structured.py), re-exported here too.
 """
 
 from __future__ import annotations
@@ -13,18 +15,37 @@ from typing import Any
 
 from chatforge.engine.outputs import FinishReason
 from chatforge.engine.sampling_params import SamplingParams
+from chatforge.text.structured import Choice as ChoiceConstraint
+from chatforge.text.structured import Constraint, JsonObject, JsonSchema, LarkGrammar, Regex
+from chatforge.text.tool_calls import ToolCall, ToolCallArguments, ToolCallStart
+from chatforge.text.tool_format import FunctionTool, ToolChoice
 
 __all__ = [
     "ChatMessage", "SamplingParams", "ModelScope", "ChatRequest", "TokenInfo", "TokenLogprobs",
-    "ChoiceDelta", "ChatEvent", "Choice", "ChatResult", "Usage", "FinishReason",
+    "ChoiceDelta", "ChatEvent", "Choice", "ChatResult", "Usage", "FinishReason", "OutputFormat",
+    "FunctionTool", "ToolChoice", "ToolCall", "ToolCallStart", "ToolCallArguments", "ToolCallDelta",
+    "Constraint", "JsonSchema", "JsonObject", "Regex", "ChoiceConstraint", "LarkGrammar",
 ]
+
+ToolCallDelta = ToolCallStart | ToolCallArguments
 
 
 @dataclass
 class ChatMessage:
     role: str  # system | user | assistant | tool
-    content: str
+    content: str | None  # None: an assistant turn that only calls tools
     name: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: the call it answers
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """What the content must be (response_format, structured_outputs): enforced by a grammar."""
+
+    constraint: Constraint
+    param: str  # the field that asked for it, named by errors ("response_format", "structured_outputs.json")
+    kind: str  # for metrics: json_schema | json_object | regex | choice | grammar
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,12 @@ class ChatRequest:
     # A caller-supplied template (EGP), rendered in the sandbox like the model's own.
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Functions the model may call; tool_choice None: "auto" when there are tools, else "none".
+    tools: list[FunctionTool] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
+    tool_prompt: str | None = None  # replaces the adapter's instruction on calling tools (TGI's tool_prompt)
+    output_format: OutputFormat | None = None
 
 
 @dataclass
@@ -66,7 +93,7 @@ class TokenInfo:
     token: str  # the token's text (may be a partial UTF-8 sequence shown with replacement)
     token_id: int
     bytes: list[int]
-    logprob: float
+    logprob: float | None  # None only for a prompt's first token: nothing precedes it
 
 
 @dataclass
@@ -94,8 +121,10 @@ class ChoiceDelta:
     logprobs: list[TokenLogprobs] | None = None
     finish_reason: FinishReason | None = None
     # On a choice's first delta when the request asked for the prompt's logprobs: one per
-    # prompt token, None for the first (nothing precedes it).
-    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # prompt token (the first one's logprob is None: nothing precedes it).
+    prompt_logprobs: list[TokenLogprobs] | None = None
+    # Tool calls begun and their arguments' next fragments, after `text` (the model's exact JSON).
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @dataclass
@@ -112,9 +141,10 @@ class ChatEvent:
 class Choice:
     index: int
     text: str
-    finish_reason: FinishReason
+    finish_reason: FinishReason  # TOOL_CALLS when the answer ended with calls
     logprobs: list[TokenLogprobs] | None = None
-    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    prompt_logprobs: list[TokenLogprobs] | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)  # in the order the model wrote them
 
 
 @dataclass

@@ -270,6 +270,44 @@ def _grammar_source(c: Constraint, limits: StructuredLimits) -> str:
     raise TypeError(f"not a constraint: {type(c).__name__}")
 
 
+def lark_expression(c: Constraint, limits: StructuredLimits = StructuredLimits()) -> str:
+    """The constraint as one Lark expression, to embed in a larger grammar (the content
+    alternative of a tool-call grammar). A Lark grammar of its own cannot be embedded."""
+    if isinstance(c, JsonObject):
+        c = JsonSchema({"type": "object"})
+    if isinstance(c, JsonSchema):
+        schema = check_schema(c.schema, limits)
+        schema.pop("x-guidance", None)
+        return "%json " + json.dumps({"x-guidance": json_options(c.strict), **schema})
+    if isinstance(c, Regex):
+        _check_text("regex", c.pattern, limits.max_source_bytes)
+        return "/" + _lark_regex_body(c.pattern) + "/"
+    if isinstance(c, Choice):
+        return "(" + _choice_lark(c.options, limits).removeprefix("start: ") + ")"
+    if isinstance(c, LarkGrammar):
+        raise StructuredOutputError("a Lark grammar cannot be combined with tools", "invalid")
+    raise TypeError(f"not a constraint: {type(c).__name__}")
+
+
+def _lark_regex_body(pattern: str) -> str:
+    """`pattern` between Lark's slashes: its unescaped slashes and its line breaks escaped."""
+    out, escaped = [], False
+    for ch in pattern:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            out.append(ch)
+            escaped = True
+        elif ch == "/":
+            out.append("\\/")
+        elif ch in "\n\r":
+            out.append("\\n" if ch == "\n" else "\\r")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def json_options(strict: bool) -> dict[str, Any]:
     """llguidance's JSON options (its "x-guidance" key) for every schema chatforge compiles."""
     return {"whitespace_pattern": JSON_WHITESPACE, "lenient": not strict}

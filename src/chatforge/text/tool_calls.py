@@ -15,9 +15,13 @@ is held is released by the next text or by `finish()`).
 Decisions are taken only on text that is already complete (a marker, a key, a string), never on
 a guess, so any split of the same text gives the same events up to how adjacent fragments are
 cut. `finish()` ends the text: held-back content is released; a call cut short (max_tokens in the
-middle of its arguments) keeps what was sent of it and `truncated` is set, in both modes alike.
+middle of its arguments) keeps what was sent of it and `truncated` is set, in both modes alike;
+cut short in its opening marker, it is no call and no content.
 Text that breaks the format inside a block (only possible when no grammar forced it) is dropped,
 never shown as content, and `malformed` is set.
+
+A `leading` format (auto with a content constraint) has calls only at the very start of the
+output: once it begins otherwise, all of it is content, markers included.
 
 The grammar of text/tool_format.py fixes the key order (`name` before `arguments`); the parser
 relies on it, and accepts any JSON whitespace around the punctuation.
@@ -86,6 +90,7 @@ class ToolCallParser:
         self._buf = ""  # text received and not yet consumed
         self._state = "content"
         self._skip_ws = False  # drop whitespace that follows a block
+        self._plain = False  # a `leading` format's output began with content: it is all content
         self._value: _ValueScanner | None = None  # the arguments being streamed
         self._events: list[ToolCallEvent] = []
         self.content = ""  # all content sent
@@ -98,11 +103,18 @@ class ToolCallParser:
         self._run()
         return self._take()
 
-    def finish(self) -> list[ToolCallEvent]:
-        """The end of the output: release held content, note a block left open."""
+    def finish(self, cut: bool = False) -> list[ToolCallEvent]:
+        """The end of the output: release held content, note a block left open. `cut`: the
+        output was cut short (max_tokens), so a held start of the opening marker was a call
+        beginning: it is dropped, never shown as content (an output that ended by itself with
+        it wrote it as text)."""
         self._run()
         if self._state == "content":
-            held = self._buf.rstrip(_WS) if self.calls else self._buf
+            held = self._buf
+            opening = _marker_prefix_len(held, self.fmt.open) if cut else 0
+            if opening:
+                held, self.truncated = held[:-opening].rstrip(_WS), True
+            held = held.rstrip(_WS) if self.calls else held
             if held:
                 self._content(held)
         elif self._state != "broken":
@@ -121,6 +133,10 @@ class ToolCallParser:
             self._state, self._buf, self.malformed = "broken", "", True
 
     def _on_content(self) -> None:
+        if self.fmt.leading and not self.calls and self._leads_with_content():
+            self._content(self._buf)
+            self._buf = ""
+            raise _NeedMore
         if self._skip_ws:
             self._buf = self._buf.lstrip(_WS)
             if not self._buf:
@@ -140,6 +156,18 @@ class ToolCallParser:
             self._content(sendable)
             self._buf = self._buf[len(sendable):]
         raise _NeedMore
+
+    def _leads_with_content(self) -> bool:
+        """A `leading` format: does the output begin with content rather than the marker?
+        (Waits for more text while the start could still be the marker.)"""
+        if not self._plain:
+            start = self._buf.lstrip(_WS)
+            if start.startswith(self.fmt.open):
+                return False
+            if self.fmt.open.startswith(start):
+                raise _NeedMore
+            self._plain = True
+        return True
 
     def _on_list_open(self) -> None:
         self._commit(self._literal(0, "["), "list_item")

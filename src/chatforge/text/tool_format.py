@@ -14,7 +14,14 @@ The grammars (llguidance Lark, each function's `parameters` inlined with `%json`
 - a named function: a block with exactly one call, to that function;
 - `auto`: free text, or text followed by calls: once the text contains the opening marker
   (a lazy lexeme), the rest is forced to be well-formed calls and nothing may follow them;
-- `parallel_tool_calls=False`: exactly one call.
+- `auto` with a content constraint (an output format, as a Lark expression): the content, or
+  calls from the first token; the format is then `leading` (the parser looks for calls only at
+  the start, so a JSON string holding the marker stays content);
+- `parallel_tool_calls=False`: exactly one call;
+- `none` (`no_call_grammar`): free text that never contains the opening marker, for a
+  conversation whose history shows calls the model might imitate.
+Free text (`auto`'s and `none`'s) never contains the format's markup (`<tool_`, `</tool_`):
+in `auto` only the opening marker itself, which starts the calls.
 The call wrapper `{"name": "<name>", "arguments": ` is forced byte for byte, so choosing the
 name picks the function's own `%json` (its own strictness: a non-strict function's schema may
 ignore keywords llguidance cannot enforce). Arguments use the bounded JSON whitespace of
@@ -81,6 +88,13 @@ class ToolCallFormat:
     close: str  # the marker that ends a block
     array: bool  # True: one block holds a JSON array of calls; False: one call per block
     separator: str = field(default="\n")  # between blocks, when array is False
+    leading: bool = False  # calls, if any, begin the output (auto with a content constraint)
+    # How the prompt adapter wraps a tool's result (text/tool_prompt.py).
+    result_open: str = "<tool_response>"
+    result_close: str = "</tool_response>"
+    # What begins any of the format's tags: never in free text. A small model echoes a tool's
+    # result in its wrapper, or a near miss of it (`<tool_response]`), after reading one.
+    markup: tuple[str, ...] = ("<tool_", "</tool_")
 
     def render_calls(self, calls: Sequence[tuple[str, str]]) -> str:
         """Past calls (name, arguments as JSON text, used verbatim) as the model writes them."""
@@ -99,8 +113,9 @@ def call_prefix(name: str) -> str:
     return '{"name": ' + json.dumps(name) + ', "arguments": '
 
 
-def check_tools(tools: Sequence[FunctionTool], choice: ToolChoice) -> None:
-    """Raise ToolSpecError naming the field when the tools or the choice cannot be served."""
+def check_tools(tools: Sequence[FunctionTool], choice: ToolChoice, limits: StructuredLimits = StructuredLimits()) -> None:
+    """Raise ToolSpecError naming the field when the tools or the choice cannot be served
+    (parameter schemas within the size and depth limits; whether they compile is the grammar's)."""
     if len(tools) > MAX_TOOLS:
         raise ToolSpecError(f"at most {MAX_TOOLS} tools are supported, got {len(tools)}", "tools")
     seen: set[str] = set()
@@ -113,7 +128,11 @@ def check_tools(tools: Sequence[FunctionTool], choice: ToolChoice) -> None:
         params = tool.parameters
         if params is not None and (not isinstance(params, Mapping) or params.get("type", "object") != "object"):
             raise ToolSpecError("function parameters must be a JSON schema of type object", f"tools[{i}].function.parameters")
-    if choice.mode != "none" and not tools:
+        try:
+            check_schema(params if params is not None else _NO_ARGUMENTS, limits)
+        except StructuredOutputError as e:
+            raise ToolSpecError(e.message, f"tools[{i}].function.parameters") from None
+    if choice.mode in ("required", "function") and not tools:  # "auto" with nothing to call is "none"
         raise ToolSpecError(f"tool_choice {choice.mode!r} needs tools", "tool_choice")
     if choice.mode == "function" and choice.function not in seen:
         raise ToolSpecError(f"tool_choice names the function {choice.function!r}, which is not in tools", "tool_choice")
@@ -125,10 +144,14 @@ def tool_call_grammar(
     choice: ToolChoice,
     parallel: bool = True,
     limits: StructuredLimits = StructuredLimits(),
+    content: str | None = None,
 ) -> LarkGrammar | None:
-    """The grammar that enforces `choice` in `fmt`; None for "none" (free text, no parsing)."""
+    """The grammar that enforces `choice` in `fmt`; None for "none", or "auto" without tools
+    (free text, no parsing).
+    `content` (with "auto"): a Lark expression the content must match instead of free text
+    (text/structured.py's `lark_expression`); parse the answer with `fmt` made `leading`."""
     check_tools(tools, choice)
-    if choice.mode == "none":
+    if choice.mode == "none" or not tools:
         return None
     chosen = [(i, t) for i, t in enumerate(tools) if choice.mode != "function" or t.name == choice.function]
     rules = []
@@ -137,8 +160,26 @@ def tool_call_grammar(
         rules.append(f"args_{i}: %json {json.dumps(_arguments_schema(tool, i, limits))}")
     rules.append("call: " + " | ".join(f"call_{i}" for i, _ in chosen))
     single = not parallel or choice.mode == "function"
-    rules.extend(_structure(fmt, single, lazy=choice.mode == "auto"))
+    rules.extend(_structure(fmt, single, lazy=choice.mode == "auto", content=content))
     return LarkGrammar("\n".join(rules) + "\n")
+
+
+def no_call_grammar(fmt: ToolCallFormat) -> LarkGrammar:
+    """Free text in which the format's opening marker never appears (tool_choice "none")."""
+    return LarkGrammar(f"start: TEXT\n{_free_text('TEXT', *fmt.markup)}\n")
+
+
+def _free_text(name: str, *never: str) -> str:
+    """A lexeme of any text that contains none of `never`."""
+    markers = "|".join(_regex_literal(m) for m in never)
+    return f"{name}: /(.|\\n)*/ & ~/(.|\\n)*({markers})(.|\\n)*/"
+
+
+def _regex_literal(text: str) -> str:
+    """`text` as a regex between Lark's slashes (each sign in a class: `\\<` would be a word boundary)."""
+    if any(ch in "]\\^-\n" for ch in text):
+        raise ValueError(f"a marker the no-call grammar cannot spell: {text!r}")
+    return "".join(ch if ch.isalnum() or ch == "_" else "\\/" if ch == "/" else f"[{ch}]" for ch in text)
 
 
 def _arguments_schema(tool: FunctionTool, index: int, limits: StructuredLimits) -> dict[str, Any]:
@@ -183,7 +224,7 @@ def _close_objects(schema: dict[str, Any]) -> None:
             stack.extend(value if isinstance(value, list) else [value])
 
 
-def _structure(fmt: ToolCallFormat, single: bool, lazy: bool) -> list[str]:
+def _structure(fmt: ToolCallFormat, single: bool, lazy: bool, content: str | None) -> list[str]:
     """The rules around `call`: the blocks, their separators, and how the output starts."""
     o, c = json.dumps(fmt.open), json.dumps(fmt.close)
     ws = "WS: /[\\x20\\x0A]{1,4}/"
@@ -194,9 +235,12 @@ def _structure(fmt: ToolCallFormat, single: bool, lazy: bool) -> list[str]:
     else:
         body = f'body: "\\n" call "\\n" {c}'
         rest = "body" if single else f"body ({json.dumps(fmt.separator)} {o} body)*"
-    if lazy:
+    if lazy and content is not None:
+        start = [f"start: content | {o} {rest}", f"content: {content}"]
+    elif lazy:
         # Any text; or text up to the first opening marker (lazy: it ends there), then calls.
-        start = [f"start: TEXT | text_then_open {rest}", "TEXT: /(.|\\n)*/", f"text_then_open[lazy]: /(.|\\n)*/ {o}"]
+        start = [f"start: TEXT | text_then_open {rest}", _free_text("TEXT", *fmt.markup),
+                 _free_text("PREFIX", *fmt.markup), f"text_then_open[lazy]: PREFIX {o}"]
     else:
         start = [f"start: {o} {rest}"]
     return [*start, body, ws]

@@ -145,7 +145,7 @@ def _rewrite_history(messages, fmt: ToolCallFormat, *, keep_calls: bool, keep_to
     for message in messages:
         message = dict(message)
         if message.get("role") == "tool" and not keep_tool_role:
-            response = f"<tool_response>\n{_text(message.get('content'))}\n</tool_response>"
+            response = f"{fmt.result_open}\n{_text(message.get('content'))}\n{fmt.result_close}"
             if results_at == len(out) - 1:
                 out[-1]["content"] += "\n" + response
             else:

@@ -7,13 +7,14 @@ parse it as a response)."""
 from __future__ import annotations
 
 import secrets
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from chatforge.api.deps import DeploymentCaller, ServingDep
+from chatforge.api.deps import ApiKeyPrincipal, CatalogDep, DeploymentCaller, PlatformDep, ServingDep
 from chatforge.api.egp import translate
-from chatforge.api.egp.schemas import CompletionResponse, EgpChatRequest, EgpErrorResponse
+from chatforge.api.egp.schemas import CompletionResponse, EgpChatRequest, EgpErrorResponse, EgpModelDeploymentList
 from chatforge.api.errors import ApiError, dialect_route_class
 
 
@@ -53,6 +54,18 @@ def build_router() -> APIRouter:
                                caller: DeploymentCaller, serving: ServingDep):
         req = translate.to_internal(body, "egp-" + secrets.token_hex(12))
         return await serving.serve(request, DIALECT, req, caller, lambda _: translate.EgpCodec(body.prompt, body.logprobs))
+
+    @router.get("/v4/model-deployments", response_model=EgpModelDeploymentList,
+                responses={401: RESPONSES[401]}, summary="The deployments the key may use")
+    async def model_deployments(principal: ApiKeyPrincipal, platform: PlatformDep, catalog: CatalogDep,
+                                account_id: Annotated[str | None, Query(description="only this account's")] = None,
+                                limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+                                page: Annotated[int, Query(ge=1)] = 1):
+        items = [translate.deployment_item(s, catalog.default.model_id) for s in await platform.list_deployments(principal)]
+        if account_id is not None:
+            items = [item for item in items if item["account_id"] == account_id]
+        return {"items": items[(page - 1) * limit:page * limit], "current_page": page, "items_per_page": limit,
+                "total_item_count": len(items)}
 
     return router
 

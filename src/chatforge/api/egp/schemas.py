@@ -118,3 +118,21 @@ class EgpErrorResponse(BaseModel):
     detail: str
     code: str
     param: str | None
+
+
+class EgpModelDeployment(BaseModel):
+    """One item of `GET /v4/model-deployments`: the fields of Scale's `ModelDeployment` that
+    chatforge has (the model it serves is `model_instance_id`)."""
+
+    id: str
+    name: str
+    account_id: str | None  # the owning account's name; None for a deployment of the config file
+    model_instance_id: str
+    status: Literal["READY"]
+
+
+class EgpModelDeploymentList(BaseModel):
+    items: list[EgpModelDeployment]
+    current_page: int
+    items_per_page: int
+    total_item_count: int

@@ -10,6 +10,7 @@ from chatforge.api.egp.schemas import EgpBindings, EgpChatRequest, EgpHistoryMes
 from chatforge.api.sse import sse_event
 from chatforge.api.wire import join_text_parts, logprobs_dict
 from chatforge.errors import ChatforgeError
+from chatforge.platform.scopes import DeploymentScope
 from chatforge.service.protocol import (
     ChatEvent, ChatMessage, ChatRequest, ChatResult, FinishReason, SamplingParams, TokenLogprobs,
 )
@@ -123,3 +124,11 @@ PARAM_NAMES = {"messages": "chat_history"}
 
 def error_body(code: str, message: str, param: str | None) -> dict[str, Any]:
     return {"detail": message, "code": code, "param": PARAM_NAMES.get(param, param)}
+
+
+def deployment_item(scope: DeploymentScope, default_model: str) -> dict[str, Any]:
+    """A deployment the caller may use, as an item of Scale's deployment list (a scope's model
+    None means the server's default)."""
+    owner = scope.record.account.name if scope.record is not None else None
+    return {"id": scope.id, "name": scope.id, "account_id": owner, "model_instance_id": scope.model or default_model,
+            "status": "READY"}

@@ -1,6 +1,8 @@
-"""OpenAI-format routes: OpenAI's and DeepInfra's paths, and Infomaniak's successor API (the
-same dialect under `/1/ai/{product_id}/openai/...`, scoped to the product: its models, its limits,
-`max_tokens` at most 5000). Handlers hold no logic: translate -> serve (admit, answer) -> codec."""
+"""OpenAI-format routes: chat completions, legacy completions and the model list, on OpenAI's
+and DeepInfra's paths and on Infomaniak's successor API (the same dialect under
+`/1/ai/{product_id}/openai/...`, scoped to the product: its models, its limits, `max_tokens` at
+most 5000, and TGI's `response_format` values and `tool_prompt` accepted on its chat route).
+Handlers hold no logic: translate -> serve (admit, answer) -> codec."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import secrets
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from chatforge.api.deps import BearerCaller, BearerPrincipal, CatalogDep, ProductCaller, ServingDep
+from chatforge.api.deps import BearerCaller, BearerPrincipal, CatalogDep, PlatformDep, ProductCaller, ServingDep
 from chatforge.api.errors import ApiError, dialect_route_class
-from chatforge.api.openai import translate
-from chatforge.api.openai.schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+from chatforge.api.openai import completions, tokens, translate
+from chatforge.api.openai.schemas import (
+    ChatCompletion, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse, ErrorResponse,
+    ModelList, ProductChatCompletionRequest, TextCompletion, TokenizeRequest, TokenizeResponse,
+)
 from chatforge.platform.scopes import Caller
 from chatforge.service.catalog import ModelCatalog
 
@@ -31,15 +36,31 @@ CHAT_RESPONSES = {
     200: {"model": ChatCompletion, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
     **ERROR_RESPONSES,
 }
+COMPLETION_RESPONSES = {
+    200: {"model": TextCompletion, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **ERROR_RESPONSES,
+}
 
 
-async def _chat(request: Request, body: ChatCompletionRequest, caller: Caller, serving: ServingDep,
+async def _chat(request: Request, body: ChatCompletionRequest | ProductChatCompletionRequest, caller: Caller, serving: ServingDep,
                 dialect: str = DIALECT, max_tokens_cap: int | None = None):
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     req = translate.to_internal(body, completion_id, max_tokens_cap=max_tokens_cap)
     options = body.stream_options
     return await serving.serve(request, dialect, req, caller, lambda prep: translate.ChatCodec(
         prep, completion_id,
+        include_usage=bool(options and options.include_usage),
+        continuous_usage=bool(options and options.continuous_usage_stats),
+    ))
+
+
+async def _completion(request: Request, body: CompletionRequest, caller: Caller, serving: ServingDep,
+                      dialect: str = DIALECT, max_tokens_cap: int | None = None):
+    completion_id = "cmpl-" + secrets.token_hex(12)
+    req = completions.to_internal(body, completion_id, max_tokens_cap=max_tokens_cap)
+    options = body.stream_options
+    return await serving.serve(request, dialect, req, caller, lambda prep: completions.CompletionCodec(
+        prep, completion_id, echo=bool(body.echo), logprobs=body.logprobs,
         include_usage=bool(options and options.include_usage),
         continuous_usage=bool(options and options.continuous_usage_stats),
     ))
@@ -81,9 +102,36 @@ def build_router() -> APIRouter:
 
     @router.post("/1/ai/{product_id}/openai/chat/completions", responses=CHAT_RESPONSES, response_model=None,
                  tags=["infomaniak"])
-    async def product_chat_completions(product_id: int, body: ChatCompletionRequest, request: Request,
+    async def product_chat_completions(product_id: int, body: ProductChatCompletionRequest, request: Request,
                                        caller: ProductCaller, serving: ServingDep):
         return await _chat(request, body, caller, serving, PRODUCT_DIALECT, PRODUCT_MAX_TOKENS)
+
+    @router.post("/v1/completions", responses=COMPLETION_RESPONSES, response_model=None)
+    async def text_completions(body: CompletionRequest, request: Request, caller: BearerCaller, serving: ServingDep):
+        return await _completion(request, body, caller, serving)
+
+    @router.post("/v1/openai/completions", responses=COMPLETION_RESPONSES, response_model=None)
+    async def deepinfra_text_completions(body: CompletionRequest, request: Request, caller: BearerCaller,
+                                         serving: ServingDep):
+        return await _completion(request, body, caller, serving)
+
+    @router.post("/1/ai/{product_id}/openai/completions", responses=COMPLETION_RESPONSES, response_model=None,
+                 tags=["infomaniak"])
+    async def product_text_completions(product_id: int, body: CompletionRequest, request: Request,
+                                       caller: ProductCaller, serving: ServingDep):
+        return await _completion(request, body, caller, serving, PRODUCT_DIALECT, PRODUCT_MAX_TOKENS)
+
+    @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES, tags=["tokens"])
+    async def tokenize(body: TokenizeRequest, principal: BearerPrincipal, catalog: CatalogDep, platform: PlatformDep):
+        out, answer = tokens.tokenize(catalog, body)
+        platform.check_model(principal, out.model.model_id, aliases=out.model.aliases)
+        return answer
+
+    @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES, tags=["tokens"])
+    async def detokenize(body: DetokenizeRequest, principal: BearerPrincipal, catalog: CatalogDep, platform: PlatformDep):
+        model, answer = tokens.detokenize(catalog, body)
+        platform.check_model(principal, model.model_id, aliases=model.aliases)
+        return answer
 
     @router.get("/v1/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
     async def list_models(catalog: CatalogDep, _: BearerPrincipal):

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatforge.api.openai.schemas import ChatCompletionRequest, ImagePart, Message
+from chatforge.api.openai import tool_translate
+from chatforge.api.openai.schemas import ChatCompletionRequest, ImagePart, Message, ProductChatCompletionRequest, SamplingFields
 from chatforge.api.sse import sse_data
 from chatforge.api.wire import join_text_parts, logprobs_dict
 from chatforge.errors import ChatforgeError
 from chatforge.service.errors import InvalidRequestError
 from chatforge.service.prepare import PreparedChat
 from chatforge.service.protocol import (
-    ChatEvent, ChatMessage, ChatRequest, ChatResult, FinishReason, SamplingParams, TokenLogprobs, Usage,
+    ChatEvent, ChatMessage, ChatRequest, ChatResult, Choice, FinishReason, SamplingParams, TokenLogprobs, Usage,
 )
 
 MAX_STOP = 4
@@ -24,19 +25,39 @@ FINISH = {
     FinishReason.STOP_SEQUENCE: "stop",
     FinishReason.LENGTH: "length",
     FinishReason.ABORT: "stop",
+    FinishReason.TOOL_CALLS: "tool_calls",
 }
 
 
 def to_internal(body: ChatCompletionRequest, request_id: str, *, max_tokens_cap: int | None = None) -> ChatRequest:
-    _refuse_unsupported(body)
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens_cap is not None and max_tokens is not None and max_tokens > max_tokens_cap:
         raise InvalidRequestError(f"max_tokens must be at most {max_tokens_cap}", param="max_tokens")
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true", param="top_logprobs")
+    params = sampling_params(body, max_tokens=max_tokens, n=body.n, logprobs=body.logprobs,
+                             top_logprobs=body.top_logprobs or 0)
+    return ChatRequest(
+        request_id=request_id,
+        model=body.model,
+        messages=[message(m, i) for i, m in enumerate(body.messages)],
+        params=params,
+        stream=body.stream,
+        chat_template_kwargs=dict(body.chat_template_kwargs or {}),
+        tools=tool_translate.tools(body.tools),
+        tool_choice=tool_translate.tool_choice(body.tool_choice),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        tool_prompt=body.tool_prompt if isinstance(body, ProductChatCompletionRequest) else None,
+        output_format=tool_translate.output_format(body.response_format, body.structured_outputs),
+    )
+
+
+def sampling_params(body: SamplingFields, *, max_tokens: int | None, n: int, logprobs: bool, top_logprobs: int,
+                    prompt_logprobs: int | None = None) -> SamplingParams:
+    """The engine's parameters from the fields both routes share, with this dialect's defaults."""
     if max_tokens is not None and body.min_tokens > max_tokens:
         raise InvalidRequestError("min_tokens must not exceed max_tokens", param="min_tokens")
-    params = SamplingParams(
+    return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=max(body.top_k or 0, 0),
@@ -51,43 +72,27 @@ def to_internal(body: ChatCompletionRequest, request_id: str, *, max_tokens_cap:
         stop=_stop(body.stop),
         stop_token_ids=list(body.stop_token_ids or []),
         ignore_eos=body.ignore_eos,
-        logprobs=body.logprobs,
-        top_logprobs=body.top_logprobs or 0,
-        n=body.n,
-    )
-    return ChatRequest(
-        request_id=request_id,
-        model=body.model,
-        messages=[_message(m, i) for i, m in enumerate(body.messages)],
-        params=params,
-        stream=body.stream,
-        chat_template_kwargs=dict(body.chat_template_kwargs or {}),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        n=n,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
-def _refuse_unsupported(body: ChatCompletionRequest) -> None:
-    # Refused loudly until constrained decoding and tool calling land, never silently ignored.
-    if body.tools:
-        raise InvalidRequestError("tools are not supported by this server yet", param="tools")
-    if body.tool_choice not in (None, "none", "auto"):
-        raise InvalidRequestError("tool_choice requires tools, which this server does not support yet", param="tool_choice")
-    if body.response_format is not None and body.response_format.get("type") != "text":
-        raise InvalidRequestError(
-            "response_format other than {'type': 'text'} is not supported by this server yet", param="response_format"
-        )
-
-
-def _message(m: Message, i: int) -> ChatMessage:
-    if m.tool_calls:
-        raise InvalidRequestError("assistant tool_calls are not supported yet", param=f"messages[{i}].tool_calls")
+def message(m: Message, i: int) -> ChatMessage:
+    if m.tool_calls and m.role != "assistant":
+        raise InvalidRequestError("only assistant messages carry tool_calls", param=f"messages[{i}].tool_calls")
+    if m.role == "tool" and m.tool_call_id is None:
+        raise InvalidRequestError("a tool message needs the tool_call_id of the call it answers", param=f"messages[{i}].tool_call_id")
     if isinstance(m.content, list):
         if any(isinstance(p, ImagePart) for p in m.content):
             raise InvalidRequestError("this model accepts text only", param=f"messages[{i}].content")
         content = join_text_parts(p.text for p in m.content)
     else:
-        content = m.content or ""
+        content = m.content if m.content is not None else None if m.tool_calls else ""
     role = "system" if m.role == "developer" else m.role
-    return ChatMessage(role=role, content=content, name=m.name)
+    return ChatMessage(role=role, content=content, name=m.name, tool_calls=tool_translate.past_calls(m.tool_calls),
+                       tool_call_id=m.tool_call_id if m.role == "tool" else None)
 
 
 def _stop(stop: str | list[str] | None) -> list[str]:
@@ -136,8 +141,7 @@ def to_response(result: ChatResult, completion_id: str, model_name: str) -> dict
         "choices": [
             {
                 "index": c.index,
-                # refusal: required (nullable) by OpenAI's schema; chatforge's models never refuse by field
-                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "message": _message_dict(c),
                 "logprobs": chat_logprobs(c.logprobs),
                 "finish_reason": FINISH[c.finish_reason],
             }
@@ -145,6 +149,14 @@ def to_response(result: ChatResult, completion_id: str, model_name: str) -> dict
         ],
         "usage": usage_dict(result.usage),
     }
+
+
+def _message_dict(c: Choice) -> dict[str, Any]:
+    # refusal: required (nullable) by OpenAI's schema; chatforge's models never refuse by field
+    if not c.tool_calls:
+        return {"role": "assistant", "content": c.text, "refusal": None}
+    return {"role": "assistant", "content": c.text or None, "refusal": None,
+            "tool_calls": tool_translate.message_tool_calls(c.tool_calls)}
 
 
 class ChatCodec:
@@ -171,9 +183,14 @@ class ChatCodec:
                 self.started[d.index] = True
                 delta["role"] = "assistant"
             if d.text or "role" in delta:
-                delta["content"] = d.text
+                # OpenAI's first delta of an answer that opens with a call: content null, the call's start
+                delta["content"] = d.text or (None if d.tool_calls else "")
+            calls = tool_translate.delta_tool_calls(d.tool_calls)
+            if calls and not d.text:
+                delta["tool_calls"] = [calls.pop(0)]
             if delta or d.logprobs:
                 out.append(self._chunk(d.index, delta, d.logprobs, None, event.usage))
+            out.extend(self._chunk(d.index, {"tool_calls": [call]}, None, None, event.usage) for call in calls)
             if d.finish_reason is not None:
                 out.append(self._chunk(d.index, {}, None, FINISH[d.finish_reason], event.usage))
         if event.done and self.include_usage:

@@ -53,6 +53,7 @@ _SIGNATURES = {
     "cf_model_new": ([_p, _int, _p, _p, _i64], _int),
     "cf_model_free": ([_p], None),
     "cf_model_step": ([_p, _p], _int),
+    "cf_model_logits": ([_p, _p, _i64, _p], _int),
     "cf_model_error": ([_p], ctypes.c_char_p),
     "cf_model_threads": ([_p], _i64),
     "cf_model_pool_stats": ([_p, _p], None),

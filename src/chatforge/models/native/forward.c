@@ -240,6 +240,18 @@ static void layer(cf_model *m, int64_t l, int64_t T, int64_t n_attn_tasks) {
 
 /* ---- the step --------------------------------------------------------------------------- */
 
+/* the final norm and the lm_head on `n` rows of the step's final hidden states (n <= the step's
+   tokens: the rows are gathered into the workspace's h) */
+static void head(cf_model *m, const int32_t *rows, int64_t n, float *logits) {
+    const cf_model_desc *d = &m->d;
+    workspace *w = &m->ws;
+    int64_t dim = d->hidden;
+    for (int64_t i = 0; i < n; i++) memcpy(w->h + i * dim, w->x + (int64_t)rows[i] * dim, sizeof(float) * (size_t)dim);
+    cf_linear lm_head = {1, {d->lm_head}, NULL};
+    cf_acts in = prepare_input(m, w->h, d->final_norm, w->h, n, dim, cf_formats[d->lm_head.format]->act);
+    linear(m, &lm_head, &in, logits, d->vocab, 0);
+}
+
 static int bad_step(cf_model *m, const char *what) {
     snprintf(m->error, sizeof m->error, "malformed step: %s", what);
     return -2;
@@ -277,6 +289,7 @@ static int64_t plan_tokens(cf_model *m, const cf_step *s) {
 int cf_model_step(cf_model *m, const cf_step *s) {
     const cf_model_desc *d = &m->d;
     m->error[0] = 0;
+    m->last_tokens = 0;
     if (s->n_tokens < 1 || s->n_seqs < 1 || s->n_sample < 0 || s->n_sample > s->n_tokens) return bad_step(m, "sizes");
     if (!s->k_cache || !s->v_cache || s->block_size < 1) return bad_step(m, "no KV cache");
     if (cf_reserve(m, s->n_tokens)) {
@@ -291,15 +304,17 @@ int cf_model_step(cf_model *m, const cf_step *s) {
     for_rows(m, embed_row, NULL, T, d->hidden);
     mark(m, P_EMBED);
     for (int64_t l = 0; l < d->n_layers; l++) layer(m, l, T, n_tasks * d->n_kv_heads);
+    m->last_tokens = T;
     if (s->n_sample == 0) return 0;
-    /* the final norm and the lm_head on the sampled rows only */
-    workspace *w = &m->ws;
-    int64_t S = s->n_sample, dim = d->hidden;
-    for (int64_t i = 0; i < S; i++) memcpy(w->h + i * dim, w->x + (int64_t)s->sample_rows[i] * dim, sizeof(float) * (size_t)dim);
-    int acts = cf_formats[d->lm_head.format]->act;
-    cf_linear head = {1, {d->lm_head}, NULL};
-    cf_acts in = prepare_input(m, w->h, d->final_norm, w->h, S, dim, acts);
-    linear(m, &head, &in, s->logits, d->vocab, 0);
+    head(m, s->sample_rows, s->n_sample, s->logits);
     mark(m, P_HEAD);
+    return 0;
+}
+
+int cf_model_logits(cf_model *m, const int32_t *rows, int64_t n, float *logits) {
+    for (int64_t i = 0; i < n; i++)
+        if (rows[i] < 0 || rows[i] >= m->last_tokens) return bad_step(m, "a row the last step did not compute");
+    if (n > m->last_tokens) return bad_step(m, "more rows than the last step computed");
+    head(m, rows, n, logits);
     return 0;
 }

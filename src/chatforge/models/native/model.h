@@ -96,6 +96,9 @@ int cf_model_new(const cf_model_desc *desc, int n_threads, cf_model **out, char 
 void cf_model_free(cf_model *m);
 /* 0; -1 out of memory; -2 a malformed step (message in cf_model_error). */
 int cf_model_step(cf_model *m, const cf_step *step);
+/* Logits of other rows of the step just run (its final hidden states stay until the next
+   step): the lm_head on `rows` (n of them, each < that step's tokens, n <= its tokens). 0, or -2. */
+int cf_model_logits(cf_model *m, const int32_t *rows, int64_t n, float *logits);
 const char *cf_model_error(const cf_model *m);
 int64_t cf_model_threads(const cf_model *m);
 void cf_model_pool_stats(const cf_model *m, int64_t out[4]);

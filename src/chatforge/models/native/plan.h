@@ -36,6 +36,7 @@ struct cf_model {
     workspace ws;
     char error[256];
     const cf_step *step;      /* the step being run */
+    int64_t last_tokens;      /* tokens of the last step run (its final hidden states are kept) */
 };
 
 /* Grows the step's buffers to hold T tokens (kept afterwards). 0, or -1 out of memory. */

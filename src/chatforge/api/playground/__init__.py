@@ -1,0 +1,1 @@
+"""The web playground and usage dashboard: static pages served by chatforge."""
