@@ -123,7 +123,7 @@ def main() -> None:
     url = f"sqlite:///{folder / 'chatforge.db'}"
     key = asyncio.run(seed(url))
     settings = load_settings(database_url=url, prices={"smollm2": {"input": 0.2, "output": 0.6}},
-                             engine={"torch_threads": 1})
+                             engine={"threads": 1})
     base, server, thread = serve(create_app(settings))
     try:
         traffic(base, key, rounds=14, pause_s=10)
