@@ -45,3 +45,22 @@ def test_a_negative_price_is_refused():
 def test_the_engine_config_is_frozen():
     with pytest.raises(AttributeError):
         load_settings().engine.threads = 3  # type: ignore[misc]
+
+
+def test_operations_settings_from_file_and_environment(tmp_path, monkeypatch):
+    config = tmp_path / "chatforge.toml"
+    config.write_text('[limits]\nmax_messages = 10\n[server]\ncors_allow_origins = ["https://a.example"]\n'
+                      '[storage]\nredis_unavailable = "local"\n')
+    monkeypatch.setenv("CHATFORGE_SERVER__DRAIN_TIMEOUT_S", "5")
+    settings = load_settings(config)
+    assert (settings.limits.max_messages, settings.limits.max_body_bytes) == (10, 8 * 1024 * 1024)
+    assert (settings.server.drain_timeout_s, settings.server.cors_allow_origins) == (5.0, ["https://a.example"])
+    assert settings.storage.redis_unavailable == "local"
+
+
+@pytest.mark.parametrize("section, fields", [("storage", {"redis_unavailable": "ignore"}),
+                                             ("limits", {"max_json_depth": 0}), ("server", {"stream_buffer_bytes": 10})])
+def test_a_bad_operations_setting_is_refused_at_load(section, fields):
+    with pytest.raises(ValidationError) as info:
+        load_settings(**{section: fields})
+    assert info.value.errors()[0]["loc"][0] == section

@@ -28,9 +28,10 @@ def serve(
     served_model_name: Annotated[Optional[list[str]], typer.Option("--served-model-name", help="a name the model answers to (repeatable; the first is its id, the others aliases)")] = None,
     allow_open_remote: Annotated[bool, typer.Option("--allow-open-remote", help="serve without API keys on a non-loopback address (anyone who reaches it may use it)")] = False,
 ) -> None:
-    """Serve models over HTTP in the OpenAI, Infomaniak and Scale EGP dialects."""
-    import uvicorn
-
+    """Serve models over HTTP in the OpenAI, Infomaniak and Scale EGP dialects. SIGTERM or
+    Ctrl-C drains (new requests 503, admitted ones finish or are cut at the drain timeout) and
+    exits 0; a second one stops at once."""
+    from chatforge.api import server
     from chatforge.api.app import create_app
     from chatforge.logs import configure_logging
     from chatforge.models.errors import ModelError
@@ -64,10 +65,14 @@ def serve(
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"chatforge serving {', '.join(m.model_id for m in catalog.models)} at {url}/v1")
     try:
-        uvicorn.run(app_, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+        status = server.run(app_, settings.host, settings.port, settings.server,
+                            drain=lambda: app_.state.drain.run(settings.server.drain_timeout_s),
+                            log_level=settings.log_level)
     finally:
         for m in catalog.models:
-            m.engine.shutdown(settings.shutdown_grace_s)
+            m.engine.shutdown(0.0)  # the drain has ended every request already
+    if status:
+        raise typer.Exit(status)
 
 
 async def open_remote_refusal(settings: Settings) -> str | None:

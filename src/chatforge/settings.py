@@ -7,7 +7,7 @@ defaults. Built once at start-up; components copy the fields they need.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -61,6 +61,51 @@ class ModelEntry(BaseModel):
     kv_cache_mb: int | None = Field(default=None, ge=1, description="this model's KV pool; default: its share of engine.kv_cache_mb")
 
 
+_MiB = 1024 * 1024
+
+
+class LimitsConfig(BaseModel):
+    """Bounds on one request (`[limits]`, `CHATFORGE_LIMITS__<FIELD>`). Each refusal is a 4xx in
+    the route's own dialect envelope; the timeouts end the request and free what it held."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_body_bytes: int = Field(default=8 * _MiB, ge=1, description="a longer body is 413, refused while it is read")
+    max_json_depth: int = Field(default=64, ge=1, description="deeper nesting of arrays and objects is 400")
+    max_messages: int = Field(default=2048, ge=1, description="more messages (or prompts) is 400 (OpenAI's own bound)")
+    max_prompt_chars: int = Field(default=1_000_000, ge=1, description="more text in all messages together is 400, before tokenizing")
+    request_timeout_s: float = Field(default=600.0, gt=0, description="from admission: the request ends with finish reason length")
+    queue_timeout_s: float = Field(default=120.0, gt=0, description="until the engine's first output (queue + prefill): 503 after it")
+
+
+class ServerConfig(BaseModel):
+    """The HTTP server and its life cycle (`[server]`, `CHATFORGE_SERVER__<FIELD>`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM/SIGINT: how long admitted requests may still run")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="a request's line and headers must arrive within this")
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="request line and headers together; more is 431")
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    stream_stall_timeout_s: float = Field(default=30.0, gt=0, description="a stream whose reader takes nothing for this long is aborted")
+    stream_buffer_bytes: int | None = Field(
+        default=None, ge=4096, description="per connection, what a slow reader may hold: the write buffer's high-water "
+                                           "mark and the kernel's send buffer (None: asyncio's 64 KiB and the kernel's autotuning)")
+    engine_step_timeout_s: float = Field(default=60.0, gt=0, description="an engine step running longer marks the engine unhealthy")
+    cors_allow_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
+
+
+class StorageConfig(BaseModel):
+    """What happens when the database or Redis goes away (`[storage]`, `CHATFORGE_STORAGE__<FIELD>`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    usage_buffer_rows: int = Field(default=10_000, ge=1, description="usage rows held while the database is unreachable")
+    # "refuse": limited requests get 503 while Redis is down (the limits hold across gateways);
+    # "local": each gateway enforces the limits alone until Redis returns (up to N x the budget).
+    redis_unavailable: Literal["refuse", "local"] = "refuse"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATFORGE_", env_nested_delimiter="__", extra="forbid")
 
@@ -81,7 +126,9 @@ class Settings(BaseSettings):
     deployments: dict[str, DeploymentConfig] = Field(default_factory=dict, description="EGP deployment id -> config")
     log_level: str = "info"
     log_prompts: bool = False  # never log prompt or completion text unless asked
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     def model_entries(self) -> list[ModelEntry]:
         """`models` as entries (a bare string is a path); the bundled default when empty."""

@@ -3,6 +3,7 @@ loopback port, in a background thread; loaded once per session."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -53,13 +54,14 @@ class LiveServer:
     """`app` behind a real uvicorn; every OpenAI-format object it sends is checked against
     OpenAI's schema on the way out."""
 
-    def __init__(self, app):
+    def __init__(self, app, **config):
+        """`config`: more uvicorn.Config arguments (a protocol class, timeouts)."""
         app = Conformance(app)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **config))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self):
@@ -74,6 +76,11 @@ class LiveServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
+
+    def call(self, coroutine, timeout: float = 120):
+        """Run `coroutine` on the server's event loop (from the test's thread); its result."""
+        loop = self.server.servers[0].get_loop()
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,7 @@ class Conformance:
 
     async def __call__(self, scope, receive, send):
         route = next((r for r in _ROUTES if scope["type"] == "http" and r[0].match(scope["path"])), None)
-        if route is None:
+        if route is None or scope["method"] == "OPTIONS":  # a CORS preflight is not an OpenAI object
             return await self.app(scope, receive, send)
         _, whole, streamed = route
         path = scope["path"]

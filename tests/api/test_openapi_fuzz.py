@@ -1,7 +1,9 @@
 """schemathesis against /openapi.json: generated and schema-violating requests never get a server
 error, and what the server answers conforms to what it documents. A bounded run.
 
-The server here has a 64-token context so that generated requests finish quickly. Two checks
+The server here has a 64-token context so that generated requests finish quickly, and tight
+request bounds behind the production HTTP protocol (api/limits.py, api/server.py), so generated
+bodies reach the refusals too: each must be a documented status in its dialect's envelope. Two checks
 are left out on purpose: `positive_data_acceptance` (a schema-valid request may still be refused
 for what no schema can say: a prompt longer than the context, an unknown model), and the
 response-time limit (a generation's duration is the model's, not the API's)."""
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from chatforge.api.app import create_app
+from chatforge.api.server import bounded_headers_protocol
 from chatforge.service.loading import load_catalog
 from chatforge.settings import load_settings
 
@@ -25,10 +28,13 @@ from .conftest import LiveServer
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
     settings = load_settings(engine={"threads": 1, "max_model_len": 64, "kv_cache_mb": 64, "max_num_seqs": 8},
-                             database_url=f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'chatforge.db'}")
+                             database_url=f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'chatforge.db'}",
+                             limits={"max_body_bytes": 16384, "max_json_depth": 8, "max_messages": 6,
+                                     "max_prompt_chars": 400, "request_timeout_s": 30})
     catalog = load_catalog(settings)
+    protocol = bounded_headers_protocol(10.0, 16384, None)
     try:
-        with LiveServer(create_app(settings, catalog)) as live:
+        with LiveServer(create_app(settings, catalog), http=protocol) as live:
             yield live
     finally:
         for m in catalog.models:

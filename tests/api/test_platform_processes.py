@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -154,8 +156,32 @@ async def test_tpm_holds_across_two_processes(gateways):
         0, per_request, 2 * per_request]
 
 
+async def test_a_revoked_or_expired_key_is_refused_by_every_gateway_at_once(gateways):
+    """Keys are looked up on every request, never cached: no gateway serves a dead key again."""
+    expiry = datetime.now(timezone.utc) + timedelta(seconds=3)
+    made = {name: await new_key(gateways.database_url, name, **options)
+            for name, options in (("revoked", {}), ("expired", {"expires_at": expiry}))}
+    for secret, _ in made.values():
+        for url in gateways.urls:
+            assert httpx.post(url + "/v1/chat/completions", json=chat_call("openai", secret).body,
+                              headers=chat_call("openai", secret).headers, timeout=120).status_code == 200
+
+    async def revoke(conn):
+        await keys.revoke_key(conn, made["revoked"][1])
+
+    await run_sql(gateways.database_url, revoke)
+    await asyncio.sleep(max(0.0, (expiry - datetime.now(timezone.utc)).total_seconds()))
+    for name, (secret, _) in made.items():
+        for url in gateways.urls:
+            refused = httpx.post(url + "/v1/chat/completions", json=chat_call("openai", secret).body,
+                                 headers=chat_call("openai", secret).headers, timeout=120)
+            assert refused.status_code == 401, (name, url)
+            assert refused.json()["error"]["message"] == f"This API key is {name}."
+
+
 def test_no_full_key_in_the_logs_or_the_database(gateways, postgres_server):
-    """After the requests above (a refused unknown key too): the logs name keys by prefix only."""
+    """After the requests above (a refused unknown key too): the logs name keys by prefix only,
+    each request's line carries its id, and no prompt or key is in the logs or the metrics."""
     stranger = "cf-ZZZZZZZZ_" + "Q" * 32
     assert httpx.post(gateways.urls[1] + "/v1/chat/completions", json=chat_call("openai", None).body,
                       headers={"Authorization": f"Bearer {stranger}"}, timeout=60).status_code == 401
@@ -166,6 +192,13 @@ def test_no_full_key_in_the_logs_or_the_database(gateways, postgres_server):
     assert stranger not in logs and "Q" * 32 not in logs
     assert f"key={gateways.prefixes['rpm5']}" in logs
     assert f"key={gateways.prefixes['rpm5']} status=429 code=rate_limit_exceeded" in logs  # refusals too
+    assert re.search(r"\[(chatcmpl|llm|egp)-[0-9a-f]{24}\] request \1-[0-9a-f]{24} ", logs)  # its id on its line
+    prompt = chat_call("openai", None).body["messages"][0]["content"]
+    metrics = "\n".join(httpx.get(url + "/metrics", timeout=60).text for url in gateways.urls)
+    for text in (logs, metrics):
+        assert prompt not in text
+        for secret in (*gateways.keys.values(), stranger):
+            assert secret not in text and secret.split("_")[1] not in text
     database = gateways.database_url.rsplit("/", 1)[1]
     dump = subprocess.run([str(postgres_server.bin / "pg_dump"), "-h", "127.0.0.1", "-p", str(postgres_server.port),
                            "-U", postgres_server.user, database], capture_output=True, text=True, check=True).stdout

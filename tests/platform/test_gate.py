@@ -19,6 +19,7 @@ from chatforge.platform.errors import (
     RateLimiterUnavailableError,
 )
 from chatforge.platform.gate import Platform, is_loopback_host
+from chatforge.platform.rate_limit_failover import FailoverRateLimiter
 from chatforge.platform.rate_limit_local import LocalRateLimiter
 from chatforge.platform.rate_limit_redis import RedisRateLimiter
 
@@ -181,7 +182,8 @@ async def test_admission_applies_key_and_product_limits(platform):
 
 async def test_redis_url_selects_the_shared_limiter(database_url, redis_url, unreachable_redis_url):
     async with Platform(database_url, redis_url=redis_url) as shared:
-        assert isinstance(shared.limiter, RedisRateLimiter)
+        assert isinstance(shared.limiter, FailoverRateLimiter) and isinstance(shared.limiter.shared, RedisRateLimiter)
+        assert shared.limiter.local is None  # storage.redis_unavailable = "refuse": no fallback
     async with Platform(database_url) as alone:
         assert isinstance(alone.limiter, LocalRateLimiter)
     with pytest.raises(RateLimiterUnavailableError, match=r"Cannot reach Redis \(ConnectionError\)\."):

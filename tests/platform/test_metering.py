@@ -15,8 +15,10 @@ from chatforge.platform import tables as t
 from chatforge.platform.db import create_engine
 from chatforge.platform.errors import InvalidInputError
 from chatforge.platform.gate import Platform
-from chatforge.platform.metering import UsageRecord, UsageStatus, UsageWriter
+from chatforge.platform.metering import UsageRecord, UsageStatus
 from chatforge.platform.migrations import upgrade
+from chatforge.platform.storage import StoreHealth
+from chatforge.platform.usage_buffer import UsageBuffer
 from chatforge.settings import ModelPrice
 
 PRICES = {"smollm2": ModelPrice(input=0.5, output=1.5), "big": ModelPrice(input=3.0, output=15.0)}
@@ -102,20 +104,40 @@ async def test_rows_queued_at_close_are_written(database_url):
         assert len(await _rows(reopened)) == 300
 
 
-async def test_the_writer_survives_a_database_failure(tmp_path, caplog):
+async def test_rows_wait_for_the_database_and_are_written_when_it_answers(tmp_path, caplog):
     url = f"sqlite:///{tmp_path / 'late.db'}"
-    engine = create_engine(url)  # no tables yet: the first write fails
-    writer = UsageWriter(engine, retries=0)
-    writer.start()
-    with caplog.at_level(logging.ERROR, logger="chatforge.platform.metering"):
-        writer.submit(_record(1))
-        await writer.flush()
-    assert "dropped 1 usage rows after 1 attempts: OperationalError" in caplog.text
+    engine = create_engine(url)  # no tables yet: every write fails as an outage would
+    health = StoreHealth("database")
+    buffer = UsageBuffer(engine, health, capacity=3)
+    buffer.start()
+    with caplog.at_level(logging.ERROR, logger="chatforge.platform"):
+        for n in range(5):
+            buffer.submit(_record(n))
+        assert not await buffer.flush(timeout_s=0.5)
+    assert (buffer.pending, buffer.dropped, health.up) == (3, 2, False)  # the buffer's bound, then counted drops
+    assert "usage buffer full (3 rows)" in caplog.text and "database unavailable (OperationalError)" in caplog.text
     await upgrade(url)
-    writer.submit(_record(2))
-    await writer.close()
+    assert await buffer.flush(timeout_s=10)
+    await buffer.close()
     async with engine.connect() as conn:
-        assert [r.request_id for r in await conn.execute(select(t.usage))] == ["req-2"]
+        assert [r.request_id for r in await conn.execute(select(t.usage).order_by(t.usage.c.id))] == ["req-0", "req-1", "req-2"]
+    assert (buffer.pending, buffer.dropped, health.up) == (0, 2, True)
+    await engine.dispose()
+
+
+async def test_a_row_the_database_refuses_is_dropped_alone(database_url):
+    """Not an outage (a NOT NULL the row breaks): the rest of its batch is written."""
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    buffer = UsageBuffer(engine)
+    buffer.start()
+    for n in range(4):
+        buffer.submit(_record(n) if n != 2 else UsageRecord("req-2", None, "openai", 1, 1, 0.1, "completed"))  # NOT NULL
+    assert await buffer.flush(timeout_s=30)
+    await buffer.close()
+    async with engine.connect() as conn:
+        assert sorted(r.request_id for r in await conn.execute(select(t.usage))) == ["req-0", "req-1", "req-3"]
+    assert buffer.dropped == 1
     await engine.dispose()
 
 

@@ -1,5 +1,8 @@
 """create_app: the HTTP server around one catalog of models and the platform (keys, limits,
-usage), started and closed with the app. State hangs off `app.state`."""
+usage), started and closed with the app. State hangs off `app.state`: the catalog, metrics, the
+drain (api/drain.py, which api/server.py starts on a signal), the request limits, the engine
+watchdog, and once started the platform and the serving template. CORS is off unless
+`server.cors_allow_origins` names origins."""
 
 from __future__ import annotations
 
@@ -10,15 +13,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from chatforge.api import ops, usage
+from chatforge.api.drain import Drain
 from chatforge.api.errors import ApiError
 from chatforge.api.egp import router as egp_router
 from chatforge.api.infomaniak import router as infomaniak_router
+from chatforge.api.limits import RequestLimits
 from chatforge.api.metrics import Metrics
 from chatforge.api.openai import router as openai_router
 from chatforge.api.playground import router as playground_router
-from chatforge.api.serving import Serving
+from chatforge.api.request_ids import RequestIds
+from chatforge.api.serving import Serving, Timeouts
+from chatforge.api.watchdog import EngineWatchdog
 from chatforge.platform.gate import Platform, is_loopback_host
 from chatforge.service.catalog import ModelCatalog
 from chatforge.service.chat import ChatService
@@ -41,17 +49,30 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
         try:
             async with _platform(settings) as platform:
                 app.state.platform = platform
-                app.state.serving = Serving(ChatService(app.state.catalog), app.state.metrics, platform)
-                yield
+                app.state.serving = serving = Serving(
+                    ChatService(app.state.catalog), app.state.metrics, platform,
+                    limits=app.state.limits, timeouts=_timeouts(settings), drain=app.state.drain,
+                )
+                app.state.watchdog = watchdog = EngineWatchdog(app.state.catalog, settings.server.engine_step_timeout_s)
+                app.state.metrics.watch(platform, watchdog)
+                watchdog.start()
+                try:
+                    yield
+                finally:
+                    await watchdog.stop()
+                    await serving.settled()  # before the limiter closes
         finally:
             if owned:
                 for m in app.state.catalog.models:
-                    await asyncio.to_thread(m.engine.shutdown, settings.shutdown_grace_s)
+                    await asyncio.to_thread(m.engine.shutdown, 0.0)
 
     app = FastAPI(title="chatforge", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.drain = Drain()
+    app.state.limits = RequestLimits.of(settings.limits)
     if catalog is not None:
         _install(app, catalog)
+    _middleware(app, settings)
     app.include_router(openai_router.build_router())
     app.include_router(infomaniak_router.build_router())
     app.include_router(egp_router.build_router())
@@ -82,7 +103,8 @@ async def _no_route(request: Request, exc: HTTPException):
 
 def _openapi(app: FastAPI) -> dict:
     """FastAPI documents request validation failures as 422; every dialect answers them with
-    400 in its own envelope, so the schema says 400."""
+    400 in its own envelope, so the schema says 400. A body over the size bound is 413, in the
+    same envelope."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
@@ -93,8 +115,29 @@ def _openapi(app: FastAPI) -> dict:
                 invalid = responses.pop("422", None)
                 if invalid is not None and "400" not in responses:
                     responses["400"] = {"description": "Invalid request"}
+                if "requestBody" in operation and "413" not in responses:  # api/limits.py
+                    responses["413"] = {**responses.get("400", {}), "description": "Request body too large"}
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _timeouts(settings: Settings) -> Timeouts:
+    return Timeouts(request_s=settings.limits.request_timeout_s, queue_s=settings.limits.queue_timeout_s,
+                    stall_s=settings.server.stream_stall_timeout_s)
+
+
+# What a browser page may read of a response when CORS allows its origin.
+_EXPOSED_HEADERS = ["x-request-id", "retry-after", "deprecation", "link"] + [
+    f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset") for unit in ("requests", "tokens")]
+
+
+def _middleware(app: FastAPI, settings: Settings) -> None:
+    """Request ids outermost (every response and log line has one); CORS only when configured."""
+    origins = settings.server.cors_allow_origins
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"],
+                           expose_headers=_EXPOSED_HEADERS, max_age=600)
+    app.add_middleware(RequestIds)
 
 
 def _install(app: FastAPI, catalog: ModelCatalog) -> None:
@@ -107,8 +150,13 @@ async def _platform(settings: Settings):
     """The started platform: database migrated, rate limiter connected (a wrong Redis URL stops
     the start here), usage writer running."""
     platform = Platform(settings.database_url, settings.redis_url, products=settings.products,
-                        deployments=settings.deployments)
-    async with platform:
+                        deployments=settings.deployments, usage_buffer_rows=settings.storage.usage_buffer_rows,
+                        redis_unavailable=settings.storage.redis_unavailable)
+    await platform.start()
+    try:
         if await platform.open_mode(is_loopback_host(settings.host), settings.allow_open_remote):
             log.warning("open mode: no API key exists, so requests need none; the first key created ends it")
         yield platform
+    finally:
+        # Rows still buffered wait for the database as long as a drain would; then they are counted lost.
+        await platform.close(flush_timeout_s=settings.server.drain_timeout_s)

@@ -1,6 +1,7 @@
 """Errors as data, and a route class that renders them in each dialect's own envelope.
 
-Every dialect router is built with `dialect_route_class(render)`: request validation failures and
+Every dialect router is built with `dialect_route_class(render)`: a body is read under the
+request limits (api/limits.py) before it is parsed; request validation failures and
 the typed errors raised by its handlers (one base, `chatforge.errors.ChatforgeError`, for the
 service's and the platform's) become an `ApiError`, which `render` turns into that dialect's JSON
 envelope. No 500 for bad input, and no error text matched by pattern.
@@ -18,6 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from chatforge.api.disconnect import ClientDisconnected
+from chatforge.api.limits import bounded_request
 from chatforge.errors import ChatforgeError
 from chatforge.service.errors import GenerationFailedError
 
@@ -80,9 +82,12 @@ def dialect_route_class(render: Callable[[ApiError], Response]) -> type[APIRoute
     class DialectRoute(APIRoute):
         def get_route_handler(self):
             handler = super().get_route_handler()
+            reads_body = self.body_field is not None
 
             async def route(request: Request) -> Response:
                 try:
+                    if reads_body:  # read under the size and nesting bounds before FastAPI parses it
+                        request = await bounded_request(request)
                     return await handler(request)
                 except ClientDisconnected:
                     return Response(status_code=499)  # nobody is listening

@@ -1,6 +1,6 @@
 """The one serving template every dialect route runs (SGLang's serving_base shape):
 
-    admit -> stream or not -> (SSE loop -> the dialect's error frame) -> end
+    bounds -> admit -> stream or not -> (SSE loop -> the dialect's error frame) -> end
 
 A route translates its wire body into a `ChatRequest` and hands it to `Serving.serve` with a
 `Codec` factory: the codec is all a dialect adds (its JSON answer, its stream objects, how its
@@ -10,6 +10,11 @@ against the client's disconnect, opens streams so that errors before the first t
 proper status, and when a request ends, whatever way it ends, builds its `RequestOutcome` once:
 metrics observe it, its usage row is written, its rate-limit reservation settled with the real
 token count, and one log line says it (ids and counts, never text or keys).
+
+Every admitted request is in flight until it ends: the drain (api/drain.py) waits for it and may
+cut it short; the request timeout cuts it short itself (finish reason `length`); the queue
+timeout withdraws it if the engine has not started it; a stream whose reader stalls is aborted
+(api/sse.py). Each of these still ends through the same `_end`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,10 +31,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from chatforge.api.disconnect import ClientDisconnected, until_disconnect
+from chatforge.api.drain import Drain, DrainingError
 from chatforge.api.errors import stream_failure
+from chatforge.api.limits import QueueTimeoutError, RequestLimits
 from chatforge.api.metrics import Metrics
 from chatforge.api.sse import sse_data, sse_response
 from chatforge.errors import ChatforgeError
+from chatforge.logs import rename_request
 from chatforge.platform.errors import RateLimitedError
 from chatforge.platform.gate import Platform
 from chatforge.platform.metering import UsageStatus
@@ -36,7 +45,7 @@ from chatforge.platform.rate_limit import Admission
 from chatforge.platform.scopes import Caller
 from chatforge.service.chat import ChatService, gather
 from chatforge.service.prepare import PreparedChat
-from chatforge.service.protocol import ChatEvent, ChatRequest, ChatResult, ModelScope, Usage
+from chatforge.service.protocol import ChatEvent, ChatRequest, ChatResult, FinishReason, ModelScope, Usage
 
 log = logging.getLogger("chatforge.api.requests")
 
@@ -68,7 +77,19 @@ class RequestOutcome:
 
     @property
     def metric_status(self) -> str:
-        return "aborted" if self.status is UsageStatus.ABORTED else str(self.http_status)
+        if self.status in (UsageStatus.ABORTED, UsageStatus.TIMED_OUT):
+            return self.status.value
+        return str(self.http_status)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Copied from settings: `limits.request_timeout_s`, `limits.queue_timeout_s`,
+    `server.stream_stall_timeout_s`."""
+
+    request_s: float
+    queue_s: float
+    stall_s: float
 
 
 @dataclass
@@ -82,6 +103,8 @@ class Ticket:
     started: float
     first_token: float | None = None
     usage: Usage | None = field(default=None)  # the running usage of the latest event
+    cut_by: str | None = None  # "timeout", "drain" or "stall": why the request was ended early
+    deadline: asyncio.TimerHandle | None = None  # the request timeout's timer
 
     @property
     def headers(self) -> dict[str, str]:
@@ -96,17 +119,39 @@ class Ticket:
 
 
 class Serving:
-    def __init__(self, service: ChatService, metrics: Metrics, platform: Platform):
+    def __init__(self, service: ChatService, metrics: Metrics, platform: Platform, *,
+                 limits: RequestLimits, timeouts: Timeouts, drain: Drain):
         self.service = service
         self.metrics = metrics
         self.platform = platform
+        self.limits = limits
+        self.timeouts = timeouts
+        self.drain = drain
         self._settling: set[asyncio.Task] = set()  # strong references until each finishes
 
     async def serve(self, request: Request, dialect: str, req: ChatRequest, caller: Caller,
                     codec: Callable[[PreparedChat], Codec]) -> Response:
-        """The whole template: admit, then answer with `codec(prep)` as JSON or as a stream."""
+        """The whole template: check the bounds, admit, then answer with `codec(prep)` as JSON
+        or as a stream."""
+        rename_request(req.request_id)
+        try:
+            self.drain.refuse_new()
+            self.limits.check(req)
+        except ChatforgeError as e:
+            self.metrics.observe_refused(dialect, req.model or "", str(e.status))
+            raise
         ticket = await self.admit(dialect, req, caller)
-        return await self.respond(request, ticket, codec(ticket.prep))
+        try:
+            answer = codec(ticket.prep)
+        except BaseException as e:
+            await self._end(ticket, e)  # an admitted request always ends: its row, its reservation, the drain
+            raise
+        return await self.respond(request, ticket, answer)
+
+    async def settled(self) -> None:
+        """Wait for the rate-limit settlements still under way (before the limiter closes)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def admit(self, dialect: str, req: ChatRequest, caller: Caller) -> Ticket:
         """Resolve the model, render and tokenize the request, then admit it: the caller may use
@@ -137,14 +182,34 @@ class Serving:
             log.info("request %s refused dialect=%s key=%s status=%d code=%s", req.request_id, dialect,
                      caller.key_prefix, e.status, e.code)
             raise
-        return Ticket(dialect, caller, prep, admission, started)
+        if self.drain.draining:  # the drain began while this request waited for its admission
+            await admission.settle(0)
+            raise DrainingError()
+        ticket = Ticket(dialect, caller, prep, admission, started)
+        ticket.deadline = asyncio.get_running_loop().call_later(self.timeouts.request_s, self._cut, ticket, "timeout")
+        self.drain.enter(req.request_id, lambda: self._cut(ticket, "drain"))
+        return ticket
+
+    def _cut(self, ticket: Ticket, why: str) -> None:
+        """End the request's engine work now; its answer ends as usual, with finish reason length."""
+        if ticket.cut_by is None:
+            ticket.cut_by = why
+            log.info("request %s cut short by the %s", ticket.prep.request.request_id, why)
+        self.service.end(ticket.prep, FinishReason.LENGTH)
+
+    def _stalled(self, ticket: Ticket) -> None:
+        ticket.cut_by = ticket.cut_by or "stall"
+        self.metrics.stalled_streams.labels(ticket.dialect).inc()
+        log.warning("request %s aborted: its reader took nothing for %.1f s", ticket.prep.request.request_id,
+                    self.timeouts.stall_s)
 
     async def respond(self, request: Request, ticket: Ticket, codec: Codec) -> Response:
         if not ticket.prep.request.stream:
             result = await self._complete(request, ticket)
             return JSONResponse(codec.response(result), headers=ticket.headers)
         events = await self._open_stream(ticket)
-        return sse_response(sse_frames(events, codec), headers=ticket.headers)
+        return sse_response(sse_frames(events, codec), headers=ticket.headers,
+                            stall_timeout_s=self.timeouts.stall_s, on_stall=lambda: self._stalled(ticket))
 
     async def _complete(self, request: Request, ticket: Ticket) -> ChatResult:
         error: BaseException | None = None
@@ -171,9 +236,24 @@ class Serving:
         return self._rest(ticket, first, events)
 
     async def _events(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
-        async for event in self.service.stream(ticket.prep):
-            ticket.see(event)
-            yield event
+        """The request's events; none within the queue timeout withdraws it (QueueTimeoutError)."""
+        async with aclosing(self.service.stream(ticket.prep)) as events:
+            queue = asyncio.timeout(self.timeouts.queue_s)
+            try:
+                async with queue:
+                    first = await anext(events)
+            except TimeoutError:
+                if not queue.expired():
+                    raise
+                ticket.cut_by = "timeout"
+                raise QueueTimeoutError(self.timeouts.queue_s) from None
+            except StopAsyncIteration:
+                return
+            ticket.see(first)
+            yield first
+            async for event in events:
+                ticket.see(event)
+                yield event
 
     async def _rest(self, ticket: Ticket, first: ChatEvent, events: AsyncIterator[ChatEvent]):
         error: BaseException | None = None
@@ -195,6 +275,9 @@ class Serving:
         happens even in the `finally` of a task cancelled because its client went away. The
         settlement (a Redis round trip) runs as a task of its own behind a shield: a cancelled
         request stops waiting for it, and it completes all the same."""
+        if ticket.deadline is not None:
+            ticket.deadline.cancel()
+        self.drain.leave(ticket.prep.request.request_id)
         outcome = _outcome(ticket, error)
         prep, caller = ticket.prep, ticket.caller
         self.metrics.observe(ticket.dialect, prep.model.model_id, outcome)
@@ -220,11 +303,13 @@ class Serving:
 
 async def sse_frames(events: AsyncIterator[ChatEvent], codec: Codec) -> AsyncIterator[bytes]:
     """SSE bytes for a stream that has begun. Its status line is sent, so a failure becomes the
-    dialect's error frame (as vLLM and OpenAI send it; the clients raise on it)."""
+    dialect's error frame (as vLLM and OpenAI send it; the clients raise on it). Closing this
+    closes `events` (the request ends at once, not when the collector gets to it)."""
     try:
-        async for event in events:
-            for obj in codec.stream_objects(event):
-                yield sse_data(obj)
+        async with aclosing(events):
+            async for event in events:
+                for obj in codec.stream_objects(event):
+                    yield sse_data(obj)
     except Exception as exc:  # noqa: BLE001 - every failure must reach the client
         for frame in codec.end_frames(stream_failure(exc)):
             yield frame
@@ -250,6 +335,10 @@ def _outcome(ticket: Ticket, error: BaseException | None) -> RequestOutcome:
         status, http_status = UsageStatus.ABORTED, None
     else:
         status, http_status = UsageStatus.FAILED, error.status if isinstance(error, ChatforgeError) else 500
+    if ticket.cut_by == "timeout":
+        status = UsageStatus.TIMED_OUT
+    elif ticket.cut_by == "drain" and status is UsageStatus.COMPLETED:
+        status = UsageStatus.ABORTED  # answered in full, but cut short by the shutdown
     prep = ticket.prep
     usage = ticket.usage or Usage(prep.num_prompt_tokens, 0, prep.model.price.cost(prep.num_prompt_tokens, 0))
     return RequestOutcome(status, http_status, usage, ticket.started, ticket.first_token, time.perf_counter())

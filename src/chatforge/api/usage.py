@@ -148,8 +148,8 @@ def build_router() -> APIRouter:
     ):
         window = reports.Window.of(_instant("since", since), _instant("until", until), bucket)
         await platform.flush_usage()  # what this gateway has just served counts at once
-        async with platform.engine.connect() as conn:
-            series = await reports.usage_series(conn, by, window, accounts=account_scope(principal))
+        scope = account_scope(principal)
+        series = await platform.read(lambda conn: reports.usage_series(conn, by, window, accounts=scope))
         return report_body(by, bucket, window, series)
 
     @router.get("/v1/usage/requests/{request_id}", response_model=RequestUsage,
@@ -158,8 +158,8 @@ def build_router() -> APIRouter:
     async def request_usage(principal: BearerPrincipal, platform: PlatformDep,
                             request_id: Annotated[str, Path(max_length=64)]):
         await platform.flush_usage()  # a response's row is queued before its last byte: write it first
-        async with platform.engine.connect() as conn:
-            row = await reports.request_usage(conn, request_id, accounts=account_scope(principal))
+        scope = account_scope(principal)
+        row = await platform.read(lambda conn: reports.request_usage(conn, request_id, accounts=scope))
         if row is None:
             raise UsageNotFoundError(f"No usage row for request {request_id!r} among your accounts' "
                                      "(another gateway may not have written it yet).")

@@ -28,6 +28,8 @@ _DRIVERS = {
 }
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+_CONNECT_TIMEOUT_S = 5
+_POOL_TIMEOUT_S = 10
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -54,7 +56,10 @@ def create_engine(url: str | URL) -> AsyncEngine:
     """An async engine for `url` (normalised first); the caller disposes of it."""
     url = normalize_url(url)
     if not is_sqlite(url):
-        return create_async_engine(url, pool_pre_ping=True)
+        # A database that does not answer must fail a request within seconds, not hold it:
+        # libpq waits forever to connect by default, the pool 30 s for a free connection.
+        return create_async_engine(url, pool_pre_ping=True, pool_timeout=_POOL_TIMEOUT_S,
+                                   connect_args={"connect_timeout": _CONNECT_TIMEOUT_S})
     if url.database in (None, "", ":memory:"):
         # NOTE: each new connection to ":memory:" is a new empty database; share one.
         engine = create_async_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})

@@ -73,6 +73,9 @@ class RateLimiterUnavailableError(PlatformError):
     status = 503
     code = "rate_limiter_unavailable"
 
+    def __init__(self, message: str, retry_after: int = 2):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
 
 class RateLimitedError(PlatformError):
     """Admission refused: one of the request's rate-limit scopes is exhausted.
@@ -87,3 +90,14 @@ class RateLimitedError(PlatformError):
     def __init__(self, message: str, retry_after: float, headers: dict[str, str]) -> None:
         super().__init__(message, headers=headers)
         self.retry_after = retry_after
+
+
+class StorageUnavailableError(PlatformError):
+    """The database cannot be reached: nobody can be authenticated, so nothing is admitted
+    (fail closed; never open mode, never a 500)."""
+
+    status = 503
+    code = "storage_unavailable"
+
+    def __init__(self, message: str = "The service's database is unavailable; retry shortly.", retry_after: int = 2):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})

@@ -6,6 +6,10 @@ maps the typed errors of `errors.py` to its own envelope. The API never opens a 
 Open mode: with no key in the database and the server reachable only on loopback (or the
 operator's explicit `allow_remote`), every request runs as an anonymous principal, whatever key
 it sends. The first key created ends open mode for good: once seen, the platform never asks again.
+
+Keys are looked up on every request, never cached: a key revoked or expired is refused by every
+gateway from its next request on. When the database or Redis is unreachable the platform fails
+closed (storage.py); the usage rows wait in a bounded buffer (usage_buffer.py).
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from chatforge.platform.errors import (
     ProductNotFoundError,
     RateLimiterUnavailableError,
 )
-from chatforge.platform.metering import UsageRecord, UsageWriter
+from chatforge.platform.metering import UsageRecord
 from chatforge.platform.migrations import upgrade
 from chatforge.platform.rate_limit import Admission, Limit, RateLimiter
+from chatforge.platform.rate_limit_failover import FailoverRateLimiter
 from chatforge.platform.rate_limit_local import LocalRateLimiter
 from chatforge.platform.rate_limit_redis import RedisRateLimiter
+from chatforge.platform.storage import StoreHealth, read
+from chatforge.platform.usage_buffer import UsageBuffer
 from chatforge.platform.scopes import DeploymentScope, ProductScope, storable_deployment_id, storable_product_id
 from chatforge.platform.tables import utcnow
 
@@ -41,6 +48,8 @@ if TYPE_CHECKING:
     from chatforge.settings import DeploymentConfig, ProductConfig
 
 log = logging.getLogger(__name__)
+
+_FLUSH_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -84,19 +93,24 @@ class Platform:
 
     def __init__(self, database_url: str, redis_url: str | None = None, *,
                  products: Mapping[int, ProductConfig] | None = None,
-                 deployments: Mapping[str, DeploymentConfig] | None = None) -> None:
+                 deployments: Mapping[str, DeploymentConfig] | None = None,
+                 usage_buffer_rows: int = 10_000, redis_unavailable: str = "refuse") -> None:
         self.database_url = normalize_url(database_url)
         self.redis_url = redis_url
         self.configured_products = dict(products or {})
         self.configured_deployments = dict(deployments or {})
+        self.usage_buffer_rows = usage_buffer_rows
+        self.redis_unavailable = redis_unavailable  # "refuse" or "local" (rate_limit_failover.py)
+        self.database_health = StoreHealth("database")
+        self.redis_health = StoreHealth("redis")
         self.engine: AsyncEngine | None = None
         self.limiter: RateLimiter | None = None
-        self._usage: UsageWriter | None = None
+        self.usage: UsageBuffer | None = None
         self._open_allowed = False
         self._keys_seen = False
 
     async def start(self) -> None:
-        """Migrate the database, connect, and start the usage writer."""
+        """Migrate the database, connect, and start the usage buffer's writer."""
         await upgrade(self.database_url)
         if self.redis_url:
             limiter = RedisRateLimiter.from_url(self.redis_url)
@@ -105,17 +119,18 @@ class Platform:
             except RateLimiterUnavailableError:
                 await limiter.close()
                 raise
-            self.limiter = limiter
+            self.limiter = FailoverRateLimiter(limiter, self.redis_health, fall_back=self.redis_unavailable == "local")
         else:
             self.limiter = LocalRateLimiter()
         self.engine = create_engine(self.database_url)
-        self._usage = UsageWriter(self.engine)
-        self._usage.start()
+        self.usage = UsageBuffer(self.engine, self.database_health, capacity=self.usage_buffer_rows)
+        self.usage.start()
 
-    async def close(self) -> None:
-        """Write the queued usage rows, then let go of every connection."""
-        if self._usage is not None:
-            await self._usage.close()
+    async def close(self, flush_timeout_s: float | None = None) -> None:
+        """Write the buffered usage rows (waiting up to `flush_timeout_s` for the database),
+        then let go of every connection."""
+        if self.usage is not None:
+            await self.usage.close(flush_timeout_s)
         if self.limiter is not None:
             await self.limiter.close()
         if self.engine is not None:
@@ -139,8 +154,7 @@ class Platform:
             return Principal(key=None, account=None)
         if not api_key:
             raise AuthenticationError("No API key provided.")
-        async with self.engine.connect() as conn:
-            key = await keys.find_key(conn, api_key)
+        key = await self.read(lambda conn: keys.find_key(conn, api_key))
         if key is None:
             raise AuthenticationError("Incorrect API key provided.")
         state = key.state(utcnow())
@@ -181,8 +195,7 @@ class Platform:
 
     async def list_products(self, principal: Principal) -> list[ProductScope]:
         """The products the caller may use, by id; in open mode the configured ones too."""
-        async with self.engine.connect() as conn:
-            stored = await accounts.list_products(conn)
+        stored = await self.read(accounts.list_products)
         scopes = {p.id: ProductScope.of(p) for p in stored if principal.may_use(p.account)}
         if principal.key is None:
             for product_id, config in self.configured_products.items():
@@ -191,8 +204,7 @@ class Platform:
 
     async def list_deployments(self, principal: Principal) -> list[DeploymentScope]:
         """The deployments the caller may use, by id; in open mode the configured ones too."""
-        async with self.engine.connect() as conn:
-            stored = await accounts.list_deployments(conn)
+        stored = await self.read(accounts.list_deployments)
         scopes = {d.id: DeploymentScope(d.id, d.model, d) for d in stored if principal.may_use(d.account)}
         if principal.key is None:
             for deployment_id, config in self.configured_deployments.items():
@@ -201,15 +213,13 @@ class Platform:
 
     async def resolve_product(self, principal: Principal, product_id: int) -> Product:
         """The product, if the principal may use it (ProductNotFoundError, PermissionDeniedError)."""
-        async with self.engine.connect() as conn:
-            product = await accounts.get_product(conn, product_id)
+        product = await self.read(lambda conn: accounts.get_product(conn, product_id))
         if not principal.may_use(product.account):
             raise PermissionDeniedError(f"This API key may not use product {product_id}.")
         return product
 
     async def resolve_deployment(self, principal: Principal, deployment_id: str) -> Deployment:
-        async with self.engine.connect() as conn:
-            deployment = await accounts.get_deployment(conn, deployment_id)
+        deployment = await self.read(lambda conn: accounts.get_deployment(conn, deployment_id))
         if not principal.may_use(deployment.account):
             raise PermissionDeniedError(f"This API key may not use deployment {deployment_id!r}.")
         return deployment
@@ -238,16 +248,21 @@ class Platform:
         return await self.limiter.admit(limits, prompt_tokens + max_tokens)
 
     async def record_usage(self, record: UsageRecord) -> None:
-        """Queue the request's usage row. Never suspends, so it completes even inside a
+        """Buffer the request's usage row. Never suspends, so it completes even inside a
         cancelled request's `finally`."""
-        self._usage.submit(record)
+        self.usage.submit(record)
 
-    async def flush_usage(self) -> None:
-        """Wait until every usage row queued so far is in the database."""
-        await self._usage.flush()
+    async def flush_usage(self, timeout_s: float | None = _FLUSH_WAIT_S) -> bool:
+        """Wait until every usage row buffered so far is in the database (False when the
+        database did not take them within `timeout_s`: it is away, and a read will say so)."""
+        return await self.usage.flush(timeout_s)
 
     async def _any_key(self) -> bool:
         if not self._keys_seen:
-            async with self.engine.connect() as conn:
-                self._keys_seen = await keys.any_key_exists(conn)
+            self._keys_seen = await self.read(keys.any_key_exists)
         return self._keys_seen
+
+    async def read(self, work):
+        """`work(conn)` on the database; unreachable, it is StorageUnavailableError (503). Every
+        read on the request path goes through here."""
+        return await read(self.engine, self.database_health, work)

@@ -4,6 +4,11 @@ A key reads `cf-<prefix>_<secret>`: 8 random alphanumerics, then 32 more (~190 b
 shown once, at creation. The database keeps the visible part `cf-<prefix>` (unique, used to find
 the row and safe to print) and the hex SHA-256 of the whole key. A fast hash is right here: the
 secret is random and long, so no dictionary can reach it, and every request verifies a key.
+
+Timing: the row is found by its prefix, which is public (lists and logs show it), so how long the
+lookup takes tells nothing secret; the secret is then checked by comparing digests with
+`hmac.compare_digest`, whose time does not depend on where they differ. Nothing is cached: a
+key revoked or expired is refused from the next request on, by every gateway.
 """
 
 from __future__ import annotations

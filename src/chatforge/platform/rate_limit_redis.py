@@ -101,6 +101,7 @@ return 0
 """
 
 _DIMENSIONS = {1: "requests", 2: "tokens"}
+_TIMEOUT_S = 2.0  # to connect, and for one reply
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ class RedisRateLimiter(RateLimiter):
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "chatforge:rl") -> RedisRateLimiter:
-        return cls(Redis.from_url(url), namespace)
+        # Bounded waits: a Redis that hangs must fail admissions, not hold them.
+        return cls(Redis.from_url(url, socket_connect_timeout=_TIMEOUT_S, socket_timeout=_TIMEOUT_S), namespace)
 
     async def ping(self) -> None:
         """Check the connection (at start-up, so a wrong URL fails there and not per request)."""

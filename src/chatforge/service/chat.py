@@ -50,7 +50,7 @@ class _PromptRun:
     def __init__(self, prep: PreparedChat, index: int):
         self.prep = prep
         self.index = index
-        self.request_id = prep.request.request_id if len(prep.prompts) == 1 else f"{prep.request.request_id}.{index}"
+        self.request_id = engine_request_id(prep, index)
         tokenizer, sp = prep.model.tokenizer, prep.sampling
         self.completions = [_Completion(OutputReader(tokenizer, sp.stop, prep.tool_format)) for _ in range(sp.n)]
         self.cached_tokens = 0
@@ -112,9 +112,21 @@ class _PromptRun:
         return ChoiceDelta(self.index * self.prep.sampling.n + out.index, text, lps, reason, prompt_lps, calls)
 
 
+def engine_request_id(prep: PreparedChat, index: int) -> str:
+    """The engine's id for the request's prompt `index` (one engine request per prompt)."""
+    return prep.request.request_id if len(prep.prompts) == 1 else f"{prep.request.request_id}.{index}"
+
+
 class ChatService:
     def __init__(self, catalog: ModelCatalog):
         self.catalog = catalog
+
+    def end(self, prep: PreparedChat, reason: FinishReason = FinishReason.LENGTH) -> None:
+        """End the request's engine work now (drain, timeout): every unfinished completion
+        finishes with `reason`, and its stream ends as usual, with a last event and usage.
+        Idempotent; a request the engine no longer holds is left alone."""
+        for index in range(len(prep.prompts)):
+            prep.model.engine.finish(engine_request_id(prep, index), reason)
 
     def prepare(self, req: ChatRequest, scope: ModelScope | None = None) -> PreparedChat:
         return prepare(self.catalog, req, scope)

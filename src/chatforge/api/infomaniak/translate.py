@@ -34,7 +34,8 @@ FINISH = {
 
 # The envelope's error codes by HTTP status; 400 and 404 keep a more precise service code.
 ERROR_CODES = {400: "validation_error", 401: "not_authorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 429: "rate_limit_exceeded", 499: "client_closed_request",
+               405: "method_not_allowed", 409: "conflict", 413: "request_too_large", 429: "rate_limit_exceeded",
+               499: "client_closed_request",
                500: "internal_error", 503: "service_unavailable"}
 KEPT_CODES = {"context_length_exceeded", "model_not_found", "model_not_allowed", "product_not_found"}
 
