@@ -357,7 +357,7 @@ def kept_sections(path: Path) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--work", type=Path, default=HERE / ".runs", help="server logs and the JSON results")
     ap.add_argument("--port", type=int, default=18000)
