@@ -20,8 +20,6 @@ SPEC = json.loads((Path(__file__).parents[2] / "src/chatforge/api/playground/sta
 SCHEMAS: dict[str, type[BaseModel]] = {"openai": ChatCompletionRequest, "successor": ChatCompletionRequest,
                                        "legacy": LegacyRequest, "egp": EgpChatRequest}
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-# A constrained int behind a BeforeValidator (WholeNumber) keeps pydantic's own names in the schema.
-ALIASES = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
 
 
 def wire(name: str) -> dict:
@@ -53,8 +51,7 @@ def leaves(model: type[BaseModel], prefix: str = "") -> dict[str, dict]:
             if target.get("type") == "object" and "properties" in target:
                 found |= walk(target, full + ".")
             else:
-                found[full] = {**target, **{ALIASES[k]: v for k, v in target.items() if k in ALIASES},
-                               "default": prop.get("default")}
+                found[full] = {**target, "default": prop.get("default")}
         return found
 
     return walk(schema, prefix)
