@@ -85,7 +85,8 @@ def test_bounds_and_defaults_are_the_schemas(name):
             assert f.get("default") == schema["default"], (name, f["name"])
         kinds = {"number": {"number"}, "integer": {"integer", "number"}, "boolean": {"boolean"}, "enum": {"string"},
                  "string": {"string"}, "text": {"string"}, "json": {"object"}, "strings": {"array", None},
-                 "integers": {"array"}}
+                 "integers": {"array"}, "tools": {"array"},
+                 "tool_choice": {None}, "response_format": {None}}  # unions: no single type
         assert schema.get("type") in kinds[f["kind"]], (name, f["name"], schema.get("type"))
 
 
@@ -95,3 +96,15 @@ def test_documented_defaults_the_schemas_leave_open():
     legacy = {f["name"]: f for f in wire("legacy")["fields"]}
     assert legacy["profile_type"]["default"] == "standard"
     assert {n for n, f in legacy.items() if f.get("preset")} == {"temperature", "top_p", "top_k", "repetition_penalty"}
+
+
+@pytest.mark.parametrize("name", ["openai", "successor"])
+def test_tool_choice_and_response_format_offer_the_schemas_options(name):
+    """The choices the panel lists are the schema's: tool_choice's words (a named function is the
+    other form), response_format's types."""
+    schema = SCHEMAS[name].model_json_schema()
+    offered = {f["name"]: f for f in wire(name)["fields"]}
+    (words,) = [o["enum"] for o in schema["properties"]["tool_choice"]["anyOf"] if "enum" in o]
+    assert offered["tool_choice"]["options"] == words
+    (union,) = [o for o in schema["properties"]["response_format"]["anyOf"] if "discriminator" in o]
+    assert sorted(offered["response_format"]["options"]) == sorted(union["discriminator"]["mapping"])
