@@ -14,10 +14,10 @@ from chatforge.api.egp import translate as egp_translate
 from chatforge.api.egp.schemas import EgpChatRequest
 from chatforge.api.infomaniak.schemas import LegacyRequest
 from chatforge.api.openai import router as openai_router
-from chatforge.api.openai.schemas import ChatCompletionRequest
+from chatforge.api.openai.schemas import ChatCompletionRequest, ProductChatCompletionRequest
 
 SPEC = json.loads((Path(__file__).parents[2] / "src/chatforge/api/playground/static/dialects.json").read_text())
-SCHEMAS: dict[str, type[BaseModel]] = {"openai": ChatCompletionRequest, "successor": ChatCompletionRequest,
+SCHEMAS: dict[str, type[BaseModel]] = {"openai": ChatCompletionRequest, "successor": ProductChatCompletionRequest,
                                        "legacy": LegacyRequest, "egp": EgpChatRequest}
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
@@ -29,7 +29,8 @@ def wire(name: str) -> dict:
         return spec
     base = wire(spec["extends"])
     fields = [{**f, **spec.get("overrides", {}).get(f["name"], {})} for f in base["fields"]]
-    return {**base, "fields": fields}
+    return {**base, "fields": fields, "not_offered": {**base["not_offered"], **spec.get("not_offered", {})},
+            "values_not_offered": spec.get("values_not_offered", {})}
 
 
 def leaves(model: type[BaseModel], prefix: str = "") -> dict[str, dict]:
@@ -101,10 +102,11 @@ def test_documented_defaults_the_schemas_leave_open():
 @pytest.mark.parametrize("name", ["openai", "successor"])
 def test_tool_choice_and_response_format_offer_the_schemas_options(name):
     """The choices the panel lists are the schema's: tool_choice's words (a named function is the
-    other form), response_format's types."""
+    other form), response_format's types, but for those named as left out (TGI's on the successor)."""
     schema = SCHEMAS[name].model_json_schema()
     offered = {f["name"]: f for f in wire(name)["fields"]}
     (words,) = [o["enum"] for o in schema["properties"]["tool_choice"]["anyOf"] if "enum" in o]
     assert offered["tool_choice"]["options"] == words
     (union,) = [o for o in schema["properties"]["response_format"]["anyOf"] if "discriminator" in o]
-    assert sorted(offered["response_format"]["options"]) == sorted(union["discriminator"]["mapping"])
+    left_out = wire(name).get("values_not_offered", {}).get("response_format", {})
+    assert sorted([*offered["response_format"]["options"], *left_out]) == sorted(union["discriminator"]["mapping"])
