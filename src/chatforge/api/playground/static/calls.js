@@ -24,12 +24,14 @@ export function jsonView(text, streaming) {
 }
 
 // One choice's tool calls. `answering`: {answered(call) -> bool, answer(call, text)} when the
-// calls may be answered now (the chosen choice of a finished answer), else null.
-export function callsView(turnId, calls, answering) {
+// calls may be answered now (the chosen choice of a finished answer), else null. While the
+// answer streams, the arguments show as they come.
+export function callsView(turnId, calls, answering, streaming) {
   return el("ol", { class: "tool-calls", "aria-label": "Tool calls" }, calls.map((call, i) => {
-    const pretty = prettyJSON(call.arguments || "{}");
+    const pretty = streaming ? null : prettyJSON(call.arguments || "{}");
     const args = pretty === null
-      ? [el("pre", { class: "call-args" }, call.arguments), el("span", { class: "field-note" }, "the arguments are not valid JSON")]
+      ? [el("pre", { class: "call-args" }, call.arguments),
+        streaming ? null : el("span", { class: "field-note" }, "the arguments are not valid JSON")]
       : [el("pre", { class: "call-args", dataset: { json: "pretty" } }, pretty)];
     return el("li", { class: "tool-call", dataset: { call: call.id, name: call.name } },
       el("p", { class: "call-head" }, "calls ", el("code", { class: "call-name" }, call.name || "…"),

@@ -211,7 +211,7 @@ export class Chat {
         answered: (call) => this.turns.some((t) => t.role === "tool" && t.tool_call_id === call.id),
         answer: (call, text) => this.answerCall(turn, call, text),
       } : null;
-      const calls = c.calls.length ? callsView(turn.id, c.calls, answering) : null;
+      const calls = c.calls.length ? callsView(turn.id, c.calls, answering, streaming) : null;
       if (!several) return el("div", { class: "choice" }, ...body, calls, finish);
       const radio = el("input", {
         type: "radio", name: `choice-${turn.id}`, id: `choice-${turn.id}-${i}`, checked: i === turn.selected,
