@@ -99,7 +99,7 @@ function syncChoices(select) {
 }
 
 function formatControl(f, id) {
-  const type = el("select", { id: `${id}-type`, dataset: { part: "type" } },
+  const type = el("select", { id: `${id}-type`, "aria-label": "response_format type", dataset: { part: "type" } },
     el("option", { value: "" }, "(not sent: text)"), f.options.map((t) => el("option", { value: t }, t)));
   const name = el("input", { type: "text", autocomplete: "off", spellcheck: "false", value: "answer", dataset: { part: "name" } });
   const strict = el("input", { type: "checkbox", dataset: { part: "strict" } });
