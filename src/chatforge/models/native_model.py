@@ -33,7 +33,7 @@ from chatforge.models import native
 from chatforge.models.config import ModelConfig
 from chatforge.models.errors import ModelError, WeightsMismatchError
 from chatforge.models.gguf_weights import QuantizedTensor
-from chatforge.models.native_formats import native_format, pack, packed_nbytes
+from chatforge.models.native_formats import F32, native_format, native_format_of_type, pack, packed_matrix_nbytes, packed_nbytes
 from chatforge.models.rotary import inverse_frequencies
 from chatforge.models.step import StepInputs
 
@@ -97,8 +97,8 @@ def native_support(c: ModelConfig) -> str | None:
 
 
 def native_weights_bytes(source) -> int:
-    """The bytes a model's packed weights take: a GGUF's Q4_1 / Q8_0 matrices about their file
-    size, everything else float32."""
+    """The bytes a model's packed weights take: a GGUF's matrices in a format with a kernel
+    (native_formats.py) as packed, everything else float32."""
     from chatforge.models.gguf_file import GGUFFile
     from chatforge.models.memory import weights_bytes
 
@@ -108,8 +108,11 @@ def native_weights_bytes(source) -> int:
     try:
         total = 0
         for t in gguf.tensors.values():
-            kept = t.ggml_type in (3, 8) and len(t.shape) == 2  # Q4_1, Q8_0 (native_formats.py)
-            total += t.nbytes if kept else 4 * int(np.prod(t.shape))
+            fmt = native_format_of_type(t.ggml_type)
+            if fmt != F32 and len(t.shape) == 2:
+                total += packed_matrix_nbytes(fmt, *t.shape)
+            else:
+                total += 4 * int(np.prod(t.shape))
         return total
     finally:
         gguf.close()
