@@ -7,7 +7,7 @@ goes: no weight is held twice, no float copy of a quantized one is made. It hand
 (native/model.h: the plan's contract, batch invariance included). `execute` marshals the step's
 token ids, lengths and block tables into arrays and makes one call; the KV cache is float16, per
 layer [n_blocks, kv_heads, block_size, head_dim] for K and for V. `native_support` says which
-configs the plan computes (the Llama, Mistral and Qwen2 architectures today); the others run on
+configs the plan computes (the Llama family, Qwen3 and Gemma 3 today); the others run on
 the torch backend (models/backend.py).
 
 Threads: the plan owns a pool of `threads` threads (the caller included; default: the CPUs this
@@ -24,7 +24,7 @@ import ctypes
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ class _Layer(ctypes.Structure):
     _fields_ = [
         ("attn_norm", _p), ("ffn_norm", _p), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear),
         ("down", _Linear), ("sliding_window", _i64),
+        ("q_norm", _p), ("k_norm", _p), ("post_attn_norm", _p), ("post_ffn_norm", _p),
     ]
 
 
@@ -61,7 +62,8 @@ class _Desc(ctypes.Structure):
         ("n_layers", _i64), ("hidden", _i64), ("n_heads", _i64), ("n_kv_heads", _i64), ("head_dim", _i64),
         ("ffn", _i64), ("vocab", _i64), ("rms_eps", _f32), ("embed_scale", _f32), ("attn_scale", _f32),
         ("pad_", _f32), ("inv_freq", _p), ("final_norm", _p), ("embed", _Matrix), ("lm_head", _Matrix),
-        ("layers", ctypes.POINTER(_Layer)),
+        ("layers", ctypes.POINTER(_Layer)), ("activation", _i64), ("inv_freq_local", _p),
+        ("logit_softcap", _f32), ("pad2_", _f32),
     ]
 
 
@@ -77,7 +79,9 @@ _STRUCTS = [_Matrix, _Linear, _Layer, _Desc, _Step]  # cf_sizeof(0..4)
 
 
 # The architectures the plan computes today (native/model.h says how others are added).
-NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM")
+GEMMA3 = "Gemma3ForCausalLM"
+_ACTIVATIONS = {"silu": 0, "gelu_pytorch_tanh": 1}  # native/model.h's CF_ACT_FN_*
 
 
 def native_support(c: ModelConfig) -> str | None:
@@ -85,9 +89,7 @@ def native_support(c: ModelConfig) -> str | None:
     if c.architecture not in NATIVE_ARCHITECTURES:
         return f"{c.architecture} is not in the native plan yet"
     missing = [name for name, absent in (
-        ("QK-norm", not c.qk_norm), ("experts", not c.num_experts), (f"activation {c.hidden_act}", c.hidden_act == "silu"),
-        ("query_pre_attn_scalar", c.query_pre_attn_scalar is None), ("a local RoPE base", c.rope_local_theta is None),
-        ("logit soft-capping", c.final_logit_softcapping is None),
+        ("experts", not c.num_experts), (f"activation {c.hidden_act}", c.hidden_act in _ACTIVATIONS),
     ) if not absent]
     if missing:
         return f"the native plan has no {', '.join(missing)} yet"
@@ -214,10 +216,12 @@ class NativeModel:
                        "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
         layers = (_Layer * c.num_hidden_layers)()
         linears = []  # (layer, field, groups of weights, bias)
+        gemma = c.architecture == GEMMA3
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
-            layers[i].attn_norm = self._array(state.pop(p + "input_layernorm.weight"))
-            layers[i].ffn_norm = self._array(state.pop(p + "post_attention_layernorm.weight"))
+            for field, name in _norm_names(c).items():
+                # Gemma's norms scale by 1 + weight: folded in once here
+                setattr(layers[i], field, self._array(state.pop(p + name) + (1.0 if gemma else 0.0)))
             layers[i].sliding_window = c.layer_sliding_window(i) or 0
             for field, names in projections.items():
                 linears.append([i, field, *self._linear_groups(state, [p + n for n in names])])
@@ -246,12 +250,16 @@ class NativeModel:
                 lin.parts[k] = place(group)
             setattr(layers[i], field, lin)
         self._keep.append(layers)
+        local = c.rope_local_theta
         return _Desc(
             n_layers=c.num_hidden_layers, hidden=c.hidden_size, n_heads=c.num_attention_heads,
             n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, ffn=c.intermediate_size, vocab=c.vocab_size,
-            rms_eps=c.rms_norm_eps, embed_scale=1.0, attn_scale=c.head_dim**-0.5,
-            inv_freq=self._array(inverse_frequencies(c)), final_norm=self._array(state.pop("model.norm.weight")),
-            embed=embed_matrix, lm_head=head_matrix, layers=layers,
+            rms_eps=c.rms_norm_eps, embed_scale=float(np.float32(c.hidden_size**0.5)) if gemma else 1.0,
+            attn_scale=c.attention_scale, inv_freq=self._array(inverse_frequencies(c)),
+            final_norm=self._array(state.pop("model.norm.weight") + (1.0 if gemma else 0.0)),
+            embed=embed_matrix, lm_head=head_matrix, layers=layers, activation=_ACTIVATIONS[c.hidden_act],
+            logit_softcap=c.final_logit_softcapping or 0.0,
+            inv_freq_local=self._array(inverse_frequencies(replace(c, rope_theta=local, rope_scaling=None))) if local else None,
         )
 
     # -- the backend ---------------------------------------------------------------------------
@@ -333,6 +341,18 @@ class NativeModel:
             self._handle = None
 
 
+def _norm_names(c: ModelConfig) -> dict[str, str]:
+    """native/model.h's per-layer norm fields -> the checkpoint's names (under model.layers.N.)."""
+    if c.architecture == GEMMA3:
+        names = {"attn_norm": "input_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+                 "post_attn_norm": "post_attention_layernorm", "post_ffn_norm": "post_feedforward_layernorm"}
+    else:
+        names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    if c.qk_norm:
+        names |= {"q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
+    return {field: f"{name}.weight" for field, name in names.items()}
+
+
 def _check_names(c: ModelConfig, state: dict) -> None:
     """The checkpoint has exactly the tensors the architecture reads (as the torch loader checks)."""
     expected = {"model.embed_tokens.weight", "model.norm.weight"}
@@ -340,7 +360,7 @@ def _check_names(c: ModelConfig, state: dict) -> None:
         expected.add("lm_head.weight")
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
-        expected |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
+        expected |= {p + name for name in _norm_names(c).values()}
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             expected.add(f"{p}self_attn.{proj}.weight")
         for proj in ("gate_proj", "up_proj", "down_proj"):
