@@ -1,7 +1,7 @@
 """The native backend: a model plan built once at load time, one C call per engine step.
 
 `NativeModel` packs every weight into its kernel's format (models/native_formats.py: a GGUF's
-Q4_1 and Q8_0 blocks as they are, float weights as float32) and copies it into one mapping of
+block-quantized matrices without a float copy, float weights as float32) and copies it into one mapping of
 (huge) pages (native/memory.c), one weight at a time, dropping the checkpoint's tensor as it
 goes: no weight is held twice, no float copy of a quantized one is made. It hands the plan to C
 (native/model.h: the plan's contract, batch invariance included). `execute` marshals the step's
