@@ -15,6 +15,7 @@ import ctypes
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from chatforge.models import native
 from chatforge.models.gguf_weights import QuantizedTensor
@@ -115,3 +116,16 @@ def test_types_sharing_a_kernel_pack_side_by_side():
     for n in (0, 15, 16, 23):
         native.library().cf_test_row(ctypes.byref(m), n, out.data_ptr())
         assert np.array_equal(out.numpy(), reference[n])
+
+
+def test_geglu_matches_torch():
+    """Gemma's MLP gate, gelu's tanh form, as sigmoid(2 a) (native/layer_ops.c); the scalar tail
+    (1005 = 125 x 8 + 5) and the extremes included."""
+    g = torch.Generator().manual_seed(9)
+    gate = torch.cat([torch.randn(997, generator=g) * 4, torch.tensor([0.0, -0.0, 10.0, -10.0, 100.0, -100.0, 1e-30, -1e-30])])
+    up = torch.randn(1005, generator=g)
+    gate_up, out = torch.cat([gate, up]), torch.empty(1005)
+    native.library().cf_geglu(gate_up.data_ptr(), 1005, out.data_ptr())
+    # atol: for gates below about -4 torch's 1 + tanh(a) cancels to a few float32 steps of 1
+    # (values <= 1e-6), where the sigmoid form keeps its relative precision
+    torch.testing.assert_close(out, F.gelu(gate, approximate="tanh") * up, rtol=2e-6, atol=1e-6)
