@@ -129,3 +129,13 @@ def test_geglu_matches_torch():
     # atol: for gates below about -4 torch's 1 + tanh(a) cancels to a few float32 steps of 1
     # (values <= 1e-6), where the sigmoid form keeps its relative precision
     torch.testing.assert_close(out, F.gelu(gate, approximate="tanh") * up, rtol=2e-6, atol=1e-6)
+
+
+def test_a_big_matrix_packed_in_slices_is_the_same_bytes():
+    """The embedding is packed a slice of rows at a time (native_model.py): the same bytes."""
+    from chatforge.models.native_formats import row_slices
+
+    w = random_blocks(GGML_Q6_K, 100, 256, seed=4)
+    slices = row_slices([w], rows=24)
+    assert len(slices) == 5
+    assert np.array_equal(np.concatenate([pack(s).data for s in slices]), pack([w]).data)

@@ -80,8 +80,25 @@ def pack(weights: list[torch.Tensor | QuantizedTensor]) -> PackedMatrix:
         raise ValueError("pack: the matrices must share a format")
     if fmt == F32:
         return _pack_f32(np.concatenate([_as_float(w) for w in weights]))
-    blocks = np.concatenate([_TO_BLOCKS[w.ggml_type](w.blocks) for w in weights])
+    parts = [_TO_BLOCKS[w.ggml_type](w.blocks) for w in weights]
+    blocks = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return _PACKERS[fmt](blocks)
+
+
+SLICE_ROWS = 8192  # a multiple of 8
+
+
+def row_slices(weights: list[torch.Tensor | QuantizedTensor], rows: int = SLICE_ROWS) -> list[list]:
+    """`weights` as lists to pack one after another, their packed bytes in order being those of
+    `pack(weights)`: the list itself, or for one big matrix, slices of `rows` rows (whole groups
+    of eight columns each), so that packing never holds a second copy of all of it."""
+    if len(weights) != 1 or weights[0].shape[0] <= rows:
+        return [weights]
+    w, N = weights[0], weights[0].shape[0]
+    if isinstance(w, QuantizedTensor):
+        return [[QuantizedTensor(w.ggml_type, (min(r + rows, N) - r, w.shape[1]), w.blocks[r : r + rows])]
+                for r in range(0, N, rows)]
+    return [[w[r : r + rows]] for r in range(0, N, rows)]
 
 
 def _as_float(w: torch.Tensor | QuantizedTensor) -> np.ndarray:

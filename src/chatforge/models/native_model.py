@@ -33,7 +33,9 @@ from chatforge.models import native
 from chatforge.models.config import ModelConfig
 from chatforge.models.errors import ModelError, WeightsMismatchError
 from chatforge.models.gguf_weights import QuantizedTensor
-from chatforge.models.native_formats import F32, native_format, native_format_of_type, pack, packed_matrix_nbytes, packed_nbytes
+from chatforge.models.native_formats import (
+    F32, native_format, native_format_of_type, pack, packed_matrix_nbytes, packed_nbytes, row_slices,
+)
 from chatforge.models.rotary import inverse_frequencies
 from chatforge.models.step import StepInputs
 
@@ -236,11 +238,15 @@ class NativeModel:
 
         def place(weights: list) -> _Matrix:
             nonlocal offset
-            packed = pack(weights)
+            start, done, N = offset, 0, sum(w.shape[0] for w in weights)
+            # a big matrix (the embedding) a slice of rows at a time: no full-size temporaries
+            for part in row_slices(weights):
+                packed = pack(part)
+                self._weights.array[start + done : start + done + packed.nbytes] = packed.data
+                done += packed.nbytes
             weights.clear()
-            start, offset = offset, offset + -(-packed.nbytes // 64) * 64
-            self._weights.array[start : start + packed.nbytes] = packed.data
-            return _Matrix(packed.format, packed.N, packed.K, packed.group_bytes, self._weights.address + start)
+            offset += -(-done // 64) * 64
+            return _Matrix(packed.format, N, packed.K, packed.group_bytes, self._weights.address + start)
 
         embed_matrix = place(embed)
         head_matrix = place(head) if head else embed_matrix
