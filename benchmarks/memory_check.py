@@ -11,7 +11,8 @@ shared libraries, torch's among them). The KV cache is a mapping whose untouched
 nothing, so what the requests touched is counted from the tokens they used (float16 K and V of
 every layer, rounded up to whole cache blocks). A process that only imports what the server
 imports (torch, the API stack) and loads no model is measured too: the runtime's own share; and
-one that also builds the model's tokenizer (a 262,144-token vocabulary is not small).
+one that also builds the model's tokenizer (a 262,144-token vocabulary is not small), and one that
+also builds the structured-output engine's copy of the vocabulary, as the server does.
 """
 
 from __future__ import annotations
@@ -47,13 +48,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def runtime_only(gguf: Path | None = None) -> dict[str, int]:
+def runtime_only(gguf: Path | None = None, structured: bool = False) -> dict[str, int]:
     """A process that imports what the server does and loads no model (with `gguf`: builds that
-    file's tokenizer too, and closes the file)."""
+    file's tokenizer too; with `structured`, also the grammar engine's view of the vocabulary)."""
     code = "import chatforge.cli, chatforge.service.loading, torch, fastapi, uvicorn, pathlib, sys, gc\n"
     if gguf:
-        code += ("from chatforge.models.gguf_file import GGUFFile\nfrom chatforge.text.tokenizer import Tokenizer\n"
-                 f"g = GGUFFile({str(gguf)!r}); t = Tokenizer.from_gguf(g.metadata); g.close(); del g; gc.collect()\n")
+        code += ("from chatforge.models.source import ModelSource\nfrom chatforge.text.tokenizer import load_tokenizer\n"
+                 f"t = load_tokenizer(ModelSource('m', pathlib.Path({str(gguf)!r}), 'gguf')); gc.collect()\n")
+    if structured:
+        code += ("from chatforge.text.structured import StructuredOutput\n"
+                 "s = StructuredOutput(t, t.vocab_size, eos_token_ids=sorted(t.end_of_turn_ids), mask_threads=1)\n")
     code += "print(pathlib.Path('/proc/self/status').read_text())"
     text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in text.splitlines())
@@ -121,6 +125,7 @@ def main() -> None:
     kv = tokens * kv_bytes_per_token(Path(source.path))
     runtime = runtime_only()
     with_tokenizer = runtime_only(Path(source.path))
+    with_structured = runtime_only(Path(source.path), structured=True)
     mib = 1 << 20
     report = {
         "model": str(source.path), "file_mib": round(file_bytes / mib, 1),
@@ -129,9 +134,11 @@ def main() -> None:
         "rss_file_mib": round(served["RssFile"] / mib, 1), "kv_touched_mib": round(kv / mib, 1),
         "runtime_only_rss_mib": round(runtime["VmRSS"] / mib, 1),
         "tokenizer_rss_mib": round((with_tokenizer["VmRSS"] - runtime["VmRSS"]) / mib, 1),
+        "structured_output_rss_mib": round((with_structured["VmRSS"] - with_tokenizer["VmRSS"]) / mib, 1),
         "ratio_rss_minus_kv_to_file": round((served["VmRSS"] - kv) / file_bytes, 3),
         "ratio_without_runtime": round((served["VmRSS"] - kv - runtime["VmRSS"]) / file_bytes, 3),
         "ratio_without_runtime_and_tokenizer": round((served["VmRSS"] - kv - with_tokenizer["VmRSS"]) / file_bytes, 3),
+        "ratio_model_only": round((served["VmRSS"] - kv - with_structured["VmRSS"]) / file_bytes, 3),
     }
     print(json.dumps(report, indent=2))
     print(f"goal (RSS - KV in use) <= 1.3 x file: {'met' if report['ratio_rss_minus_kv_to_file'] <= 1.3 else 'NOT met'}")
