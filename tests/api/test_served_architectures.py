@@ -180,7 +180,7 @@ def test_model_flags_apply_to_one_model(tmp_path):
 
 def test_serve_gemma_gguf_with_a_named_template(tmp_path, gemma_gguf):
     """`chatforge serve --model <the Gemma 3 270M GGUF> --chat-template gemma`, as a user runs it:
-    the real file, the float32 path, a chat answered under the name given on the command line."""
+    the real file on the native kernels, a chat answered under the name given on the command line."""
     import socket
     import time
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from chatforge.models import llama
+from chatforge.models import gemma3, llama
 from chatforge.models.attention import AttentionMetadata
 from chatforge.models.backend import load_native
 from chatforge.models.generate import greedy_generate
@@ -35,7 +35,8 @@ def torch_logits(model, ids: list[int], as_native: str | None = None, monkeypatc
     hooks = []
     if as_native:
         attend = llama.paged_attention
-        monkeypatch.setattr(llama, "paged_attention", lambda q, k, v, *a: attend(q, k.half().float(), v.half().float(), *a))
+        for module in (llama, gemma3):
+            monkeypatch.setattr(module, "paged_attention", lambda q, k, v, *a: attend(q, k.half().float(), v.half().float(), *a))
     eight_bits = as_native in ("q4_1", "q8_0")
     if eight_bits:
         hooks = [m.register_forward_pre_hook(lambda _, args: (eight_bit(args[0]),))
@@ -83,7 +84,7 @@ def dequantized(state: dict) -> dict[str, torch.Tensor]:
 def test_every_tiny_variant_matches_the_torch_model(tiny_hf_folder, tiny_variant, fmt, monkeypatch):
     folder, _ = tiny_hf_folder(tiny_variant)
     config, state = read_hf_folder(folder)
-    if native_support(config) is not None:  # Qwen3, Gemma 3, Mixtral: on the torch backend for now
+    if native_support(config) is not None:  # Mixtral: on the torch backend for now
         with pytest.raises(ModelError, match="native plan"):
             NativeModel(config, dict(state), threads=1)
         return

@@ -115,7 +115,16 @@ def test_gemma3_config_both_spellings():
         assert cfg.attention_scale == 0.25
 
 
-@pytest.mark.parametrize("variant", ["gemma3_local_global", "qwen3_qk_norm_tied", "mixtral_4x2"])
+@pytest.mark.parametrize("variant", ["gemma3_local_global", "qwen3_qk_norm_tied"])
+def test_gemma3_and_qwen3_run_on_the_native_backend_by_default(tiny_hf_folder, variant):
+    from chatforge.models.backend import load_backend
+    from chatforge.models.native_model import NativeModel
+
+    folder, _ = tiny_hf_folder(variant)
+    assert isinstance(load_backend(resolve_model(str(folder))), NativeModel)
+
+
+@pytest.mark.parametrize("variant", ["mixtral_4x2"])
 def test_architectures_outside_the_native_plan_run_on_the_torch_backend(tiny_hf_folder, variant, caplog):
     """The default (weights="native") computes them in float32 with torch, and says why."""
     from chatforge.models.backend import load_backend

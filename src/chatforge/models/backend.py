@@ -1,7 +1,8 @@
 """Which backend computes a model: chosen once, before it is loaded (models/step.py).
 
 - weights "native" (the default) on a CPU: models/native_model.py, each weight in its own format
-  (a GGUF's Q4_1 / Q8_0 blocks as they are, float weights in float32), batch-invariant;
+  (a GGUF's Q4_0 / Q4_1 / Q5_0 / Q8_0 / Q4_K / Q6_K blocks without a float copy: native_formats.py;
+  float weights in float32), batch-invariant;
 - weights "exact", or a CUDA device: models/torch_backend.py, transformers' arithmetic in float32
   (bfloat16 by default on CUDA).
 Where the native backend cannot compute the model (no AVX2 or no C compiler; an architecture

@@ -1,13 +1,13 @@
 """The native backend: a model plan built once at load time, one C call per engine step.
 
 `NativeModel` packs every weight into its kernel's format (models/native_formats.py: a GGUF's
-Q4_1 and Q8_0 blocks as they are, float weights as float32) and copies it into one mapping of
+block-quantized matrices without a float copy, float weights as float32) and copies it into one mapping of
 (huge) pages (native/memory.c), one weight at a time, dropping the checkpoint's tensor as it
 goes: no weight is held twice, no float copy of a quantized one is made. It hands the plan to C
 (native/model.h: the plan's contract, batch invariance included). `execute` marshals the step's
 token ids, lengths and block tables into arrays and makes one call; the KV cache is float16, per
 layer [n_blocks, kv_heads, block_size, head_dim] for K and for V. `native_support` says which
-configs the plan computes (the Llama, Mistral and Qwen2 architectures today); the others run on
+configs the plan computes (the Llama family, Qwen3 and Gemma 3 today); the others run on
 the torch backend (models/backend.py).
 
 Threads: the plan owns a pool of `threads` threads (the caller included; default: the CPUs this
@@ -24,7 +24,7 @@ import ctypes
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ from chatforge.models import native
 from chatforge.models.config import ModelConfig
 from chatforge.models.errors import ModelError, WeightsMismatchError
 from chatforge.models.gguf_weights import QuantizedTensor
-from chatforge.models.native_formats import native_format, pack, packed_nbytes
+from chatforge.models.native_formats import (
+    F32, native_format, native_format_of_type, pack, packed_matrix_nbytes, packed_nbytes, row_slices,
+)
 from chatforge.models.rotary import inverse_frequencies
 from chatforge.models.step import StepInputs
 
@@ -53,6 +55,7 @@ class _Layer(ctypes.Structure):
     _fields_ = [
         ("attn_norm", _p), ("ffn_norm", _p), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear),
         ("down", _Linear), ("sliding_window", _i64),
+        ("q_norm", _p), ("k_norm", _p), ("post_attn_norm", _p), ("post_ffn_norm", _p),
     ]
 
 
@@ -61,7 +64,8 @@ class _Desc(ctypes.Structure):
         ("n_layers", _i64), ("hidden", _i64), ("n_heads", _i64), ("n_kv_heads", _i64), ("head_dim", _i64),
         ("ffn", _i64), ("vocab", _i64), ("rms_eps", _f32), ("embed_scale", _f32), ("attn_scale", _f32),
         ("pad_", _f32), ("inv_freq", _p), ("final_norm", _p), ("embed", _Matrix), ("lm_head", _Matrix),
-        ("layers", ctypes.POINTER(_Layer)),
+        ("layers", ctypes.POINTER(_Layer)), ("activation", _i64), ("inv_freq_local", _p),
+        ("logit_softcap", _f32), ("pad2_", _f32),
     ]
 
 
@@ -77,7 +81,9 @@ _STRUCTS = [_Matrix, _Linear, _Layer, _Desc, _Step]  # cf_sizeof(0..4)
 
 
 # The architectures the plan computes today (native/model.h says how others are added).
-NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM")
+GEMMA3 = "Gemma3ForCausalLM"
+_ACTIVATIONS = {"silu": 0, "gelu_pytorch_tanh": 1}  # native/model.h's CF_ACT_FN_*
 
 
 def native_support(c: ModelConfig) -> str | None:
@@ -85,9 +91,7 @@ def native_support(c: ModelConfig) -> str | None:
     if c.architecture not in NATIVE_ARCHITECTURES:
         return f"{c.architecture} is not in the native plan yet"
     missing = [name for name, absent in (
-        ("QK-norm", not c.qk_norm), ("experts", not c.num_experts), (f"activation {c.hidden_act}", c.hidden_act == "silu"),
-        ("query_pre_attn_scalar", c.query_pre_attn_scalar is None), ("a local RoPE base", c.rope_local_theta is None),
-        ("logit soft-capping", c.final_logit_softcapping is None),
+        ("experts", not c.num_experts), (f"activation {c.hidden_act}", c.hidden_act in _ACTIVATIONS),
     ) if not absent]
     if missing:
         return f"the native plan has no {', '.join(missing)} yet"
@@ -97,8 +101,8 @@ def native_support(c: ModelConfig) -> str | None:
 
 
 def native_weights_bytes(source) -> int:
-    """The bytes a model's packed weights take: a GGUF's Q4_1 / Q8_0 matrices about their file
-    size, everything else float32."""
+    """The bytes a model's packed weights take: a GGUF's matrices in a format with a kernel
+    (native_formats.py) as packed, everything else float32."""
     from chatforge.models.gguf_file import GGUFFile
     from chatforge.models.memory import weights_bytes
 
@@ -108,8 +112,11 @@ def native_weights_bytes(source) -> int:
     try:
         total = 0
         for t in gguf.tensors.values():
-            kept = t.ggml_type in (3, 8) and len(t.shape) == 2  # Q4_1, Q8_0 (native_formats.py)
-            total += t.nbytes if kept else 4 * int(np.prod(t.shape))
+            fmt = native_format_of_type(t.ggml_type)
+            if fmt != F32 and len(t.shape) == 2:
+                total += packed_matrix_nbytes(fmt, *t.shape)
+            else:
+                total += 4 * int(np.prod(t.shape))
         return total
     finally:
         gguf.close()
@@ -211,10 +218,12 @@ class NativeModel:
                        "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
         layers = (_Layer * c.num_hidden_layers)()
         linears = []  # (layer, field, groups of weights, bias)
+        gemma = c.architecture == GEMMA3
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
-            layers[i].attn_norm = self._array(state.pop(p + "input_layernorm.weight"))
-            layers[i].ffn_norm = self._array(state.pop(p + "post_attention_layernorm.weight"))
+            for field, name in _norm_names(c).items():
+                # Gemma's norms scale by 1 + weight: folded in once here
+                setattr(layers[i], field, self._array(state.pop(p + name) + (1.0 if gemma else 0.0)))
             layers[i].sliding_window = c.layer_sliding_window(i) or 0
             for field, names in projections.items():
                 linears.append([i, field, *self._linear_groups(state, [p + n for n in names])])
@@ -229,11 +238,15 @@ class NativeModel:
 
         def place(weights: list) -> _Matrix:
             nonlocal offset
-            packed = pack(weights)
+            start, done, N = offset, 0, sum(w.shape[0] for w in weights)
+            # a big matrix (the embedding) a slice of rows at a time: no full-size temporaries
+            for part in row_slices(weights):
+                packed = pack(part)
+                self._weights.array[start + done : start + done + packed.nbytes] = packed.data
+                done += packed.nbytes
             weights.clear()
-            start, offset = offset, offset + -(-packed.nbytes // 64) * 64
-            self._weights.array[start : start + packed.nbytes] = packed.data
-            return _Matrix(packed.format, packed.N, packed.K, packed.group_bytes, self._weights.address + start)
+            offset += -(-done // 64) * 64
+            return _Matrix(packed.format, N, packed.K, packed.group_bytes, self._weights.address + start)
 
         embed_matrix = place(embed)
         head_matrix = place(head) if head else embed_matrix
@@ -243,12 +256,16 @@ class NativeModel:
                 lin.parts[k] = place(group)
             setattr(layers[i], field, lin)
         self._keep.append(layers)
+        local = c.rope_local_theta
         return _Desc(
             n_layers=c.num_hidden_layers, hidden=c.hidden_size, n_heads=c.num_attention_heads,
             n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, ffn=c.intermediate_size, vocab=c.vocab_size,
-            rms_eps=c.rms_norm_eps, embed_scale=1.0, attn_scale=c.head_dim**-0.5,
-            inv_freq=self._array(inverse_frequencies(c)), final_norm=self._array(state.pop("model.norm.weight")),
-            embed=embed_matrix, lm_head=head_matrix, layers=layers,
+            rms_eps=c.rms_norm_eps, embed_scale=float(np.float32(c.hidden_size**0.5)) if gemma else 1.0,
+            attn_scale=c.attention_scale, inv_freq=self._array(inverse_frequencies(c)),
+            final_norm=self._array(state.pop("model.norm.weight") + (1.0 if gemma else 0.0)),
+            embed=embed_matrix, lm_head=head_matrix, layers=layers, activation=_ACTIVATIONS[c.hidden_act],
+            logit_softcap=c.final_logit_softcapping or 0.0,
+            inv_freq_local=self._array(inverse_frequencies(replace(c, rope_theta=local, rope_scaling=None))) if local else None,
         )
 
     # -- the backend ---------------------------------------------------------------------------
@@ -330,6 +347,18 @@ class NativeModel:
             self._handle = None
 
 
+def _norm_names(c: ModelConfig) -> dict[str, str]:
+    """native/model.h's per-layer norm fields -> the checkpoint's names (under model.layers.N.)."""
+    if c.architecture == GEMMA3:
+        names = {"attn_norm": "input_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+                 "post_attn_norm": "post_attention_layernorm", "post_ffn_norm": "post_feedforward_layernorm"}
+    else:
+        names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    if c.qk_norm:
+        names |= {"q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
+    return {field: f"{name}.weight" for field, name in names.items()}
+
+
 def _check_names(c: ModelConfig, state: dict) -> None:
     """The checkpoint has exactly the tensors the architecture reads (as the torch loader checks)."""
     expected = {"model.embed_tokens.weight", "model.norm.weight"}
@@ -337,7 +366,7 @@ def _check_names(c: ModelConfig, state: dict) -> None:
         expected.add("lm_head.weight")
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
-        expected |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
+        expected |= {p + name for name in _norm_names(c).values()}
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             expected.add(f"{p}self_attn.{proj}.weight")
         for proj in ("gate_proj", "up_proj", "down_proj"):

@@ -63,6 +63,7 @@ _SIGNATURES = {
     "cf_quantize_q8": ([_p, _i64, _i64, _p, _p, _p], None),
     "cf_rms_norm": ([_p, _p, _i64, _f32, _p], None),
     "cf_swiglu": ([_p, _i64, _p], None),
+    "cf_geglu": ([_p, _i64, _p], None),
     "cf_rotate_head": ([_p, _p, _p, _i64, _p], None),
     "cf_attend_scratch_floats": ([_i64, _i64, _i64], _i64),
     "cf_attend": ([_p, _i64, _i64, _i64, _i64, _p], None),

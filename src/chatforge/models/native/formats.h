@@ -12,7 +12,7 @@
    batch. Kernels get -ffp-contract=off, so a scalar expression is never fused one way in one
    variant and another way in another.
 
-   Adding a format (Q4_K, Q6_K, ...): a CF_FMT_* id, a file with its matmul and row functions,
+   Adding a format: a CF_FMT_* id, a file with its matmul and row functions,
    an entry in cf_formats (formats.c), its packing in models/native_formats.py. */
 #ifndef CHATFORGE_FORMATS_H
 #define CHATFORGE_FORMATS_H
@@ -21,7 +21,9 @@
 
 #define QK 32 /* inputs per quantization block */
 
-enum { CF_FMT_F32 = 0, CF_FMT_Q4_1 = 1, CF_FMT_Q8_0 = 2, CF_FMT_COUNT };
+/* Q4_1 also holds GGUF's Q4_0 (m = -8 d), Q8_0 also Q5_0 (its 5-bit values as bytes): both exact;
+   Q4_K and Q6_K: fmt_kquants.c */
+enum { CF_FMT_F32 = 0, CF_FMT_Q4_1 = 1, CF_FMT_Q8_0 = 2, CF_FMT_Q4_K = 3, CF_FMT_Q6_K = 4, CF_FMT_COUNT };
 enum { CF_ACT_F32 = 1, CF_ACT_Q8 = 2 }; /* bit flags: which activation forms a format reads */
 
 /* Activations x [M, K]: float32 rows, and (when some matrix reads them) the same rows quantized

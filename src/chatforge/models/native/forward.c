@@ -166,19 +166,30 @@ typedef struct {
     int64_t layer;
 } layer_ctx;
 
-/* RoPE on q and k, k and v into the cache (float16), q kept for the attention */
+/* a head before RoPE: as it is, or RMS-normalised into tmp (QK-norm) */
+static inline const float *head_in(const float *src, const float *norm, int64_t D, float eps, float *tmp) {
+    if (!norm) return src;
+    cf_rms_norm(src, norm, D, eps, tmp);
+    return tmp;
+}
+
+/* (QK-norm,) RoPE on q and k, k and v into the cache (float16), q kept for the attention */
 static void rope_row(cf_model *m, void *p, int64_t t) {
     const cf_model_desc *d = &m->d;
     int64_t l = ((layer_ctx *)p)->layer, H = d->n_heads, Hkv = d->n_kv_heads, D = d->head_dim;
+    const cf_layer *L = &m->layers[l];
     const float *row = m->ws.qkv + t * (H + 2 * Hkv) * D;
-    const float *cos = m->ws.rope + t * D, *sin = cos + D / 2;
-    for (int64_t h = 0; h < H; h++) cf_rotate_head(row + h * D, cos, sin, D, m->ws.q + (t * H + h) * D);
+    const float *table = d->inv_freq_local && L->sliding_window > 0 ? m->ws.rope_local : m->ws.rope;
+    const float *cos = table + t * D, *sin = cos + D / 2;
+    float tmp[512];
+    for (int64_t h = 0; h < H; h++)
+        cf_rotate_head(head_in(row + h * D, L->q_norm, D, d->rms_eps, tmp), cos, sin, D, m->ws.q + (t * H + h) * D);
     int64_t pos = m->ws.tok_pos[t], bs = m->step->block_size;
     int64_t block = m->step->block_tables[m->ws.tok_seq[t] * m->step->max_blocks + pos / bs];
     float k[512];
     for (int64_t h = 0; h < Hkv; h++) {
         int64_t at = ((block * Hkv + h) * bs + pos % bs) * D;
-        cf_rotate_head(row + (H + h) * D, cos, sin, D, k);
+        cf_rotate_head(head_in(row + (H + h) * D, L->k_norm, D, d->rms_eps, tmp), cos, sin, D, k);
         cf_to_f16(k, D, (uint16_t *)m->step->k_cache[l] + at);
         cf_to_f16(row + (H + Hkv + h) * D, D, (uint16_t *)m->step->v_cache[l] + at);
     }
@@ -187,7 +198,38 @@ static void rope_row(cf_model *m, void *p, int64_t t) {
 static void swiglu_row(cf_model *m, void *p, int64_t t) {
     (void)p;
     int64_t F = m->d.ffn;
-    cf_swiglu(m->ws.gu + t * 2 * F, F, m->ws.act + t * F);
+    if (m->d.activation == CF_ACT_FN_GELU_TANH)
+        cf_geglu(m->ws.gu + t * 2 * F, F, m->ws.act + t * F);
+    else
+        cf_swiglu(m->ws.gu + t * 2 * F, F, m->ws.act + t * F);
+}
+
+/* x += norm(h): a sub-block's output normalised before the residual add (Gemma's post-norms) */
+static void add_normed_row(cf_model *m, void *p, int64_t t) {
+    const float *weight = p;
+    int64_t dim = m->d.hidden;
+    float *h = m->ws.h + t * dim, *x = m->ws.x + t * dim;
+    cf_rms_norm(h, weight, dim, m->d.rms_eps, h);
+    for (int64_t i = 0; i < dim; i++) x[i] = x[i] + h[i];
+}
+
+/* y = x . lin^T, added into the residual x: directly, or through a post-norm (into h first) */
+static void residual_linear(cf_model *m, const cf_linear *lin, const cf_acts *in, const float *post_norm) {
+    if (!post_norm) {
+        linear(m, lin, in, m->ws.x, m->d.hidden, 1);
+        return;
+    }
+    linear(m, lin, in, m->ws.h, m->d.hidden, 0);
+    for_rows(m, add_normed_row, (void *)post_norm, in->M, m->d.hidden);
+}
+
+/* cos [D / 2], then sin [D / 2], of one position */
+static void rope_table(const float *inv, int64_t pos, int64_t D, float *cos) {
+    float *sin = cos + D / 2;
+    for (int64_t i = 0; i < D / 2; i++) {
+        float angle = (float)pos * inv[i];
+        cos[i] = cosf(angle), sin[i] = sinf(angle);
+    }
 }
 
 static void embed_row(cf_model *m, void *p, int64_t t) {
@@ -197,12 +239,8 @@ static void embed_row(cf_model *m, void *p, int64_t t) {
     cf_formats[d->embed.format]->row(&d->embed, m->step->token_ids[t], x);
     if (d->embed_scale != 1.f)
         for (int64_t i = 0; i < d->hidden; i++) x[i] *= d->embed_scale;
-    const float *inv = d->inv_freq;
-    float *cos = m->ws.rope + t * d->head_dim, *sin = cos + d->head_dim / 2;
-    for (int64_t i = 0; i < d->head_dim / 2; i++) {
-        float angle = (float)m->ws.tok_pos[t] * inv[i];
-        cos[i] = cosf(angle), sin[i] = sinf(angle);
-    }
+    rope_table(d->inv_freq, m->ws.tok_pos[t], d->head_dim, m->ws.rope + t * d->head_dim);
+    if (d->inv_freq_local) rope_table(d->inv_freq_local, m->ws.tok_pos[t], d->head_dim, m->ws.rope_local + t * d->head_dim);
 }
 
 static void layer(cf_model *m, int64_t l, int64_t T, int64_t n_attn_tasks) {
@@ -223,7 +261,7 @@ static void layer(cf_model *m, int64_t l, int64_t T, int64_t n_attn_tasks) {
     mark(m, P_ATTN);
     in = prepare_input(m, w->attn, NULL, NULL, T, H * D, cf_linear_acts(&L->o));
     mark(m, P_NORM);
-    linear(m, &L->o, &in, w->x, dim, 1);
+    residual_linear(m, &L->o, &in, L->post_attn_norm);
     mark(m, P_O);
 
     in = prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, cf_linear_acts(&L->gate_up));
@@ -234,7 +272,7 @@ static void layer(cf_model *m, int64_t l, int64_t T, int64_t n_attn_tasks) {
     mark(m, P_SWIGLU);
     in = prepare_input(m, w->act, NULL, NULL, T, d->ffn, cf_linear_acts(&L->down));
     mark(m, P_NORM);
-    linear(m, &L->down, &in, w->x, dim, 1);
+    residual_linear(m, &L->down, &in, L->post_ffn_norm);
     mark(m, P_DOWN);
 }
 
@@ -250,6 +288,8 @@ static void head(cf_model *m, const int32_t *rows, int64_t n, float *logits) {
     cf_linear lm_head = {1, {d->lm_head}, NULL};
     cf_acts in = prepare_input(m, w->h, d->final_norm, w->h, n, dim, cf_formats[d->lm_head.format]->act);
     linear(m, &lm_head, &in, logits, d->vocab, 0);
+    if (d->logit_softcap > 0.f)
+        for (int64_t i = 0; i < n * d->vocab; i++) logits[i] = d->logit_softcap * tanhf(logits[i] / d->logit_softcap);
 }
 
 static int bad_step(cf_model *m, const char *what) {

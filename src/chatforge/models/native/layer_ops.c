@@ -40,6 +40,28 @@ void cf_swiglu(const float *gate_up, int64_t F, float *out) {
     for (; j < F; j++) out[j] = g[j] / (1.f + expf(-g[j])) * u[j];
 }
 
+/* gelu's tanh form is g * sigmoid(2 a), a = sqrt(2 / pi) (g + 0.044715 g^3): SwiGLU's sigmoid
+   on 2 a, t = e^-|2a|. */
+void cf_geglu(const float *gate_up, int64_t F, float *out) {
+    const float *g = gate_up, *u = gate_up + F;
+    const float c = 1.5957691216057308f; /* 2 sqrt(2 / pi) */
+    const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f), vc = _mm256_set1_ps(c),
+                 cubic = _mm256_set1_ps(0.044715f);
+    int64_t j = 0;
+    for (; j + 8 <= F; j += 8) {
+        __m256 gv = _mm256_loadu_ps(g + j);
+        __m256 z = _mm256_mul_ps(vc, _mm256_add_ps(gv, _mm256_mul_ps(cubic, _mm256_mul_ps(gv, _mm256_mul_ps(gv, gv)))));
+        __m256 t = exp8(_mm256_or_ps(z, sign)); /* e^-|z| */
+        __m256 num = _mm256_blendv_ps(one, t, z);
+        __m256 sig = _mm256_div_ps(num, _mm256_add_ps(one, t));
+        _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_mul_ps(gv, sig), _mm256_loadu_ps(u + j)));
+    }
+    for (; j < F; j++) {
+        float z = c * (g[j] + 0.044715f * (g[j] * (g[j] * g[j])));
+        out[j] = g[j] / (1.f + expf(-z)) * u[j];
+    }
+}
+
 void cf_rotate_head(const float *src, const float *c, const float *s, int64_t D, float *dst) {
     int64_t half = D / 2, i = 0;
     for (; i + 8 <= half; i += 8) {

@@ -28,10 +28,10 @@
    fields at the END of these structs, zero meaning "absent" (so older plans stay valid), and a
    step in forward.c that reads them (and their checks in plan.c):
    - Qwen3 / Gemma 3 QK-norm: per-layer q_norm, k_norm [D] (RMSNorm per head before RoPE);
-   - Gemma 3: GeGLU (an `activation` id), norms of 1 + weight (fold the 1 in when packing),
-     embeddings times sqrt(d) (`embed_scale` exists), post-attention / post-MLP norms, and
-     per-layer sliding windows with their own RoPE base;
-   - Mixtral: per-layer router [E, d] and experts (cf_linear gate_up / down per expert), top-k.
+   - Gemma 3: GeGLU (`activation`), norms of 1 + weight (the 1 folded in by native_model.py),
+     embeddings times sqrt(d) (`embed_scale`), post-attention / post-MLP norms, and the
+     sliding-window layers' own RoPE base (`inv_freq_local`);
+   - still to come: Mixtral: per-layer router [E, d] and experts (cf_linear gate_up / down per expert), top-k.
    Formats are added in formats.h; the plan only names a matrix's format. */
 #ifndef CHATFORGE_MODEL_H
 #define CHATFORGE_MODEL_H
@@ -58,6 +58,10 @@ typedef struct {
     cf_linear gate_up;      /* N = 2 ffn: gate rows, then up rows */
     cf_linear down;         /* [hidden, ffn] */
     int64_t sliding_window; /* keys within this many positions of the query; 0 = all */
+    /* Qwen3 / Gemma 3 (NULL = absent) */
+    const float *q_norm, *k_norm;  /* [head_dim]: RMSNorm of each head's query and key before RoPE */
+    const float *post_attn_norm;   /* [hidden]: the attention's output normalised before the residual add */
+    const float *post_ffn_norm;    /* [hidden]: the MLP's likewise (Gemma's "sandwich" norms) */
 } cf_layer;
 
 typedef struct {
@@ -71,7 +75,14 @@ typedef struct {
     cf_matrix embed;         /* [vocab, hidden], read one row per token */
     cf_matrix lm_head;       /* [vocab, hidden]; may share the embedding's data */
     const cf_layer *layers;  /* [n_layers] */
+    /* Gemma 3 (0 / NULL = absent) */
+    int64_t activation;            /* CF_ACT_FN_*: the MLP's gate function */
+    const float *inv_freq_local;   /* [head_dim / 2]: the sliding-window layers' RoPE speeds (NULL: inv_freq) */
+    float logit_softcap;           /* logits = cap * tanh(logits / cap); 0 = none */
+    float pad2_;
 } cf_model_desc;
+
+enum { CF_ACT_FN_SILU = 0, CF_ACT_FN_GELU_TANH = 1 }; /* SwiGLU, GeGLU */
 
 typedef struct {
     int64_t n_tokens;

@@ -8,6 +8,8 @@
 void cf_rms_norm(const float *x, const float *weight, int64_t D, float eps, float *out);
 /* out[F] = silu(gate) * up, for one row gate_up[2F] (gate, then up) */
 void cf_swiglu(const float *gate_up, int64_t F, float *out);
+/* out[F] = gelu_tanh(gate) * up (GeGLU), gelu_tanh(g) = g * sigmoid(2 sqrt(2 / pi) (g + 0.044715 g^3)) */
+void cf_geglu(const float *gate_up, int64_t F, float *out);
 /* RoPE (rotate-half) of one head: dst = src * cos + rotate_half(src) * sin; cos, sin [D / 2] */
 void cf_rotate_head(const float *src, const float *cos, const float *sin, int64_t D, float *dst);
 /* float32 -> float16, n % 8 == 0 */

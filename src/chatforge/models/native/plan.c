@@ -69,11 +69,15 @@ static int check_desc(const cf_model_desc *d, char *err, int64_t len) {
     if (check_matrix(&d->embed, d->vocab, d->hidden, "embedding", err, len) ||
         check_matrix(&d->lm_head, d->vocab, d->hidden, "lm_head", err, len))
         return -1;
+    if (d->activation != CF_ACT_FN_SILU && d->activation != CF_ACT_FN_GELU_TANH) {
+        snprintf(err, (size_t)len, "unknown activation %lld", (long long)d->activation);
+        return -1;
+    }
     int64_t H = d->n_heads, Hkv = d->n_kv_heads, D = d->head_dim;
     for (int64_t l = 0; l < d->n_layers; l++) {
         const cf_layer *L = &d->layers[l];
         char what[64];
-        if (!L->attn_norm || !L->ffn_norm) {
+        if (!L->attn_norm || !L->ffn_norm || !L->q_norm != !L->k_norm) {
             snprintf(err, (size_t)len, "layer %lld: missing norms", (long long)l);
             return -1;
         }
@@ -120,7 +124,7 @@ oom:
 }
 
 static void free_workspace(workspace *w) {
-    free(w->x), free(w->h), free(w->qkv), free(w->q), free(w->attn), free(w->gu), free(w->act), free(w->rope);
+    free(w->x), free(w->h), free(w->qkv), free(w->q), free(w->attn), free(w->gu), free(w->act), free(w->rope), free(w->rope_local);
     free(w->q8), free(w->q8_d), free(w->q8_s), free(w->tok_seq), free(w->tok_pos), free(w->tasks);
     memset(w, 0, sizeof *w);
 }
@@ -153,13 +157,14 @@ int cf_reserve(cf_model *m, int64_t T) {
     w->gu = malloc(f * t * (size_t)(2 * d->ffn));
     w->act = malloc(f * t * (size_t)d->ffn);
     w->rope = malloc(f * t * (size_t)D);
+    w->rope_local = d->inv_freq_local ? malloc(f * t * (size_t)D) : NULL;
     w->q8 = malloc(t * (size_t)widest);
     w->q8_d = malloc(f * t * (size_t)(widest / QK + 1));
     w->q8_s = malloc(f * t * (size_t)(widest / QK + 1));
     w->tok_seq = malloc(sizeof(int32_t) * t);
     w->tok_pos = malloc(sizeof(int32_t) * t);
     w->tasks = malloc(sizeof(int32_t) * 3 * (2 * t + 1));
-    if (!w->x || !w->h || !w->qkv || !w->q || !w->attn || !w->gu || !w->act || !w->rope || !w->q8 || !w->q8_d ||
+    if (!w->x || !w->h || !w->qkv || !w->q || !w->attn || !w->gu || !w->act || !w->rope || (d->inv_freq_local && !w->rope_local) || !w->q8 || !w->q8_d ||
         !w->q8_s || !w->tok_seq || !w->tok_pos || !w->tasks) {
         free_workspace(w);
         return -1;

@@ -15,6 +15,7 @@
 typedef struct {
     int64_t cap;              /* tokens the buffers hold */
     float *x, *h, *qkv, *q, *attn, *gu, *act, *rope; /* activations */
+    float *rope_local;        /* the sliding-window layers' cos / sin when their base differs */
     int8_t *q8;               /* 8-bit copy of the current matmul input */
     float *q8_d, *q8_s;
     int32_t *tok_seq, *tok_pos;
