@@ -1,25 +1,41 @@
-"""chatforge against llama-cpp-python's server, side by side, on the bundled GGUF.
+"""chatforge as `make serve` runs it against llama.cpp's own server (the primary peer) and
+llama-cpp-python's server (the secondary one), on the bundled GGUF, in one run: writes
+benchmarks/RESULTS.md with the figures, the goals' verdicts, the machine and its limits.
 
-Starts both servers (chatforge with 2 torch threads, the peer with 2 threads, from
-benchmarks/.peer-venv: run `benchmarks/peer_llamacpp.sh setup` once first), runs
-`chatforge bench --compare` on the issue's workloads, and writes benchmarks/RESULTS.md with
-the figures, the exact commands and the machine.
+    .venv/bin/python benchmarks/compare.py [--quick] [--threads N]
 
-    .venv/bin/python benchmarks/compare.py [--out benchmarks/RESULTS.md] [--quick]
+Peers: llama-server from $LLAMA_SERVER or `benchmarks/peer_llamacpp.sh build-server`;
+llama-cpp-python's server from `benchmarks/peer_llamacpp.sh setup` (skipped when absent).
+The servers run one at a time, never together; each is measured on:
+- decode: exactly 128 output tokens per request (ignore_eos), short prompts, non-streaming
+  (the issue's reference) at 1, 32, 64 and 128 concurrent streams (2 x streams requests), and
+  streaming at 1 and 32 (TTFT);
+- a 1,000-token prompt's time to first token, cold (a prompt no cache holds) and warm (the same
+  system prompt again with another user turn);
+- one stream beside one busy single-threaded process (`python -c 'while True: pass'`), against
+  the same stream quiet;
+- the server process's peak resident memory (VmHWM).
+chatforge is also measured with `--threads 1` at 1 and 32 streams, a check of its default thread
+count (the CPUs the process may use).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import os
+import random
 import shlex
+import signal
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,66 +43,237 @@ from results_md import render_results  # a sibling module (this file runs as a s
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CHATFORGE = ROOT / ".venv" / "bin" / "chatforge"
+CHATFORGE = Path(sys.executable).with_name("chatforge")
 PEER_SCRIPT = HERE / "peer_llamacpp.sh"
 PEER_PY = HERE / ".peer-venv" / "bin" / "python"
+OUTPUT_TOKENS = 128
+PROMPT_WORDS = 4  # + the chat template's tokens: ~36 prompt tokens (the server's usage says)
+LONG_PROMPT_WORDS = 1000
+LEVEL_TIMEOUT_S = 900  # one level of one server; a collapsed server is recorded as such
 
-# chatforge's engine settings per --engine (environment variables of `chatforge serve`).
-# "fast": q4 (the GGUF's own Q4_1 grid for the layers, Q8_0 for the lm_head, 8-bit activations in
-# blocks of 32: llama.cpp's arithmetic) for every step and no batch-invariance
-# padding, the configuration comparable with llama.cpp; "default": the deterministic defaults
-# (float32, batch-invariant).
-ENGINES = {
-    "fast": {"CHATFORGE_ENGINE__WEIGHTS": "q4", "CHATFORGE_ENGINE__BATCH_INVARIANT": "false"},
-    "default": {},
-}
 
-# The issue's workloads. Each is one `chatforge bench` run; both servers get the same requests.
-WORKLOADS = {
-    "decode": ["--concurrency", "1,32", "--prompt-tokens", "32", "--output-tokens", "128"],
-    "prefix": ["--concurrency", "1", "--num-requests", "0", "--shared-prefix-tokens", "1000",
-               "--prefix-pairs", "6", "--prompt-tokens", "32", "--output-tokens", "16"],
-}
-QUICK = {  # a smoke run of this script: the same shapes, a few requests
-    "decode": ["--concurrency", "1,4", "--num-requests", "4", "--prompt-tokens", "16", "--output-tokens", "16"],
-    "prefix": ["--concurrency", "1", "--num-requests", "0", "--shared-prefix-tokens", "200",
-               "--prefix-pairs", "2", "--prompt-tokens", "16", "--output-tokens", "4"],
-}
+def bundled_gguf() -> str:
+    from chatforge.models.source import bundled_gguf_path
+
+    return str(bundled_gguf_path())
+
+
+# -- the servers -------------------------------------------------------------------------------
+
+
+def server_commands(threads: int, port: int, work: Path) -> dict[str, list[str] | None]:
+    gguf = bundled_gguf()
+    llama = subprocess.run([str(PEER_SCRIPT), "server-path"], capture_output=True, text=True).stdout.strip()
+    # llama.cpp: the issue's reference flags; one KV pool of 24,576 tokens shared by the slots, about
+    # what chatforge's default 512 MiB of float16 KV holds (23,301 tokens).
+    llama_cmd = [llama, "-m", gguf, "-t", str(threads), "--cont-batching", "-c", "24576", "--kv-unified",
+                 "--host", "127.0.0.1", "--port", str(port)]
+    return {
+        # chatforge exactly as `make serve` runs it: no engine setting given
+        "chatforge": [str(CHATFORGE), "serve", "--port", str(port), "--database-url", f"sqlite:///{work / 'bench.db'}"],
+        # a check of the default's thread count: the same server on one thread
+        "chatforge (1 thread)": [str(CHATFORGE), "serve", "--port", str(port), "--threads", "1",
+                                 "--database-url", f"sqlite:///{work / 'bench1.db'}"],
+        "llama-server": llama_cmd + ["-np", "32"] if Path(llama).is_file() else None,
+        "llama-server (128 slots)": llama_cmd + ["-np", "128"] if Path(llama).is_file() else None,
+        "llama-cpp-python": [str(PEER_SCRIPT), "serve", str(port)] if PEER_PY.exists() else None,
+    }
 
 
 @contextmanager
-def server(name: str, cmd: list[str], ready_url: str, log: Path, timeout_s: float = 300, env: dict | None = None):
-    """Runs `cmd` (with `env` added to the environment) until the block ends; waits until
-    `ready_url` answers 200."""
-    print(f"starting {name}: {' '.join(f'{k}={v}' for k, v in (env or {}).items())} {shlex.join(cmd)}", flush=True)
+def running(name: str, cmd: list[str], url: str, log: Path, timeout_s: float = 600):
+    """The server of `cmd` until the block ends (yields its pid, or its python child's for a script)."""
+    print(f"starting {name}: {shlex.join(cmd)}", flush=True)
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         deadline = time.time() + timeout_s
         while True:
             if proc.poll() is not None:
                 raise SystemExit(f"{name} exited with {proc.returncode}; see {log}")
             try:
-                if httpx.get(ready_url, timeout=5).status_code == 200:
+                if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.time() > deadline:
                 raise SystemExit(f"{name} not ready after {timeout_s:.0f} s; see {log}")
             time.sleep(1)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """VmHWM of the process (the script's exec replaces the shell, so the pid is the server's)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def busy_neighbour():
+    """One busy single-threaded process beside the server."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+def words(rng: random.Random, n: int) -> str:
+    from chatforge.bench.workload import random_words
+
+    return random_words(rng, n)
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, messages: list[dict], max_tokens: int,
+                      stream: bool) -> dict:
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "min_tokens": max_tokens, "stream": stream}
+    start = time.perf_counter()
+    if not stream:
+        r = await client.post(f"{url}/v1/chat/completions", json=body)
+        r.raise_for_status()
+        usage = r.json()["usage"]
+        return {"tokens": usage["completion_tokens"], "prompt_tokens": usage["prompt_tokens"],
+                "e2e": time.perf_counter() - start, "ttft": None}
+    first, chunks = None, 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if (choices[0].get("delta") or {}).get("content"):
+                chunks += 1
+                first = first or time.perf_counter()
+    return {"tokens": chunks, "prompt_tokens": None, "e2e": time.perf_counter() - start,
+            "ttft": None if first is None else first - start}
+
+
+async def decode_level(url: str, model: str, streams: int, n_requests: int, stream: bool, seed: int) -> dict:
+    """`n_requests` requests of OUTPUT_TOKENS tokens, `streams` at a time -> tok/s over the level."""
+    rng = random.Random(seed)
+    bodies = [[{"role": "user", "content": words(rng, PROMPT_WORDS)}] for _ in range(n_requests)]
+    queue: asyncio.Queue = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    results: list[dict] = []
+    limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
+    async with httpx.AsyncClient(timeout=1800, limits=limits) as client:
+        async def worker():
+            while not queue.empty():
+                messages = queue.get_nowait()
+                results.append(await one_request(client, url, model, messages, OUTPUT_TOKENS, stream))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(streams)))
+        wall = time.perf_counter() - start
+    tokens = sum(r["tokens"] for r in results)
+    ttfts = [r["ttft"] for r in results if r["ttft"] is not None]
+    prompt = [r["prompt_tokens"] for r in results if r["prompt_tokens"]]
+    return {"streams": streams, "requests": n_requests, "stream": stream, "tokens": tokens, "wall_s": wall,
+            "tok_s": tokens / wall, "ttft_p50_ms": statistics.median(ttfts) * 1000 if ttfts else None,
+            "prompt_tokens": statistics.median(prompt) if prompt else None}
+
+
+async def long_prompt_ttft(url: str, model: str, pairs: int, seed: int) -> dict:
+    """Cold: a fresh 1,000-word system prompt; warm: the same system prompt, another user turn."""
+    rng = random.Random(seed)
+    cold, warm, prompt_tokens = [], [], []
+    async with httpx.AsyncClient(timeout=1800) as client:
+        for _ in range(pairs):
+            system = {"role": "system", "content": words(rng, LONG_PROMPT_WORDS)}
+            for bucket in (cold, warm):
+                messages = [system, {"role": "user", "content": words(rng, PROMPT_WORDS)}]
+                r = await one_request(client, url, model, messages, 1, stream=False)
+                bucket.append(r["e2e"])  # one output token: the time to the first token and the end
+                prompt_tokens.append(r["prompt_tokens"])
+    return {"pairs": pairs, "prompt_tokens": statistics.median(prompt_tokens),
+            "cold_ms": statistics.median(cold) * 1000, "warm_ms": statistics.median(warm) * 1000}
+
+
+def first_model(url: str) -> str:
+    return httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+
+
+def attempt(what: str, out: dict, run):
+    """run() -> its result; a failure (a timeout, a server gone) is recorded in out["errors"] and
+    the rest of the server's measurements go on."""
+    try:
+        return asyncio.run(asyncio.wait_for(run(), LEVEL_TIMEOUT_S))
+    except (httpx.HTTPError, asyncio.TimeoutError, KeyError, ValueError) as e:
+        out.setdefault("errors", []).append(f"{what}: {type(e).__name__}: {e}")
+        print(f"    failed: {out['errors'][-1]}", flush=True)
+        return None
+
+
+def measure(name: str, url: str, pid: int, plan: dict) -> dict:
+    model = first_model(url)
+    out: dict = {"levels": []}
+    attempt("warm-up", out, lambda: decode_level(url, model, 1, 1, False, seed=99))
+    for streams, n, stream in plan["levels"]:
+        print(f"  {name}: {streams} streams, {n} requests, {'streaming' if stream else 'non-streaming'}", flush=True)
+        level = attempt(f"{streams} streams", out, lambda: decode_level(url, model, streams, n, stream, seed=streams))
+        if level:
+            out["levels"].append(level)
+    if plan["ttft_pairs"]:
+        print(f"  {name}: 1,000-token prompts", flush=True)
+        out["ttft"] = attempt("1,000-token prompts", out, lambda: long_prompt_ttft(url, model, plan["ttft_pairs"], seed=7))
+    if plan["contention"]:
+        print(f"  {name}: one stream beside a busy process", flush=True)
+        quiet = attempt("quiet stream", out, lambda: decode_level(url, model, 1, plan["contention"], False, seed=11))
+        with busy_neighbour():
+            busy = attempt("stream beside a busy process", out,
+                           lambda: decode_level(url, model, 1, plan["contention"], False, seed=11))
+        if quiet and busy:
+            out["contention"] = {"quiet_tok_s": quiet["tok_s"], "busy_tok_s": busy["tok_s"]}
+    out["peak_rss_mib"] = peak_rss_mib(pid)
+    return out
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+
+def probe(threads: int, work: Path) -> dict:
+    """benchmarks/probe.c's limits of this machine."""
+    binary = work / "probe"
+    subprocess.run(["cc", "-O2", "-mavx2", "-mfma", "-pthread", str(HERE / "probe.c"), "-o", str(binary)], check=True)
+    return json.loads(subprocess.run([str(binary), str(threads)], capture_output=True, text=True, check=True).stdout)
+
+
+def machine() -> dict:
+    info = {}
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    for line in lscpu.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Flags"):
+            info[key.strip()] = value.strip()
+    flags = set(info.pop("Flags", "").split())
+    info["SIMD"] = " ".join(f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "amx_tile") if f in flags)
+    mem_kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+    info["Memory"] = f"{mem_kb / 2**20:.1f} GiB"
+    return info
 
 
 class LoadSampler:
-    """Samples the 1-minute load average every 10 s while the benchmark runs. The benchmark itself
-    accounts for about 2-3 (one server's 2 threads plus the client): more means other work shared
-    the cores and skewed the figures."""
+    """The 1-minute load average every 10 s while the benchmark runs (the benchmark itself accounts
+    for about 2-3: one server's threads plus the client)."""
 
     def __init__(self) -> None:
         self.samples: list[float] = []
@@ -107,36 +294,60 @@ class LoadSampler:
         self._thread.join()
 
     def summary(self) -> str:
-        return f"mean {sum(self.samples) / len(self.samples):.2f}, max {max(self.samples):.2f} ({len(self.samples)} samples)"
+        return f"mean {statistics.mean(self.samples):.2f}, max {max(self.samples):.2f} ({len(self.samples)} samples)"
 
 
-def machine() -> dict:
-    info = {}
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    for line in lscpu.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Flags"):
-            info[key.strip()] = value.strip()
-    flags = set(info.pop("Flags", "").split())
-    info["SIMD"] = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags)
-    mem_kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
-    info["Memory"] = f"{mem_kb / 2**20:.1f} GiB"
-    return info
+def native_facts() -> dict:
+    """What the default backend chose here (instruction set, threads) and its weights' bytes."""
+    from chatforge.models import native
+    from chatforge.models.backend import load_native
+    from chatforge.models.native_model import available_cpus
+    from chatforge.models.source import resolve_model
+
+    model = load_native(resolve_model(None), threads=1)
+    c = model.config
+    return {"kernels": native.library().cf_select_kernels().decode(), "threads": available_cpus(),
+            "weight_bytes": model.weight_bytes, "kv_bytes_per_token": model.kv_block_bytes(1),
+            "macs_per_token": _macs_per_token(c)}
+
+
+def _macs_per_token(c) -> int:
+    """Multiply-accumulates of one token's matmuls, the lm_head included (attention excluded)."""
+    per_layer = c.hidden_size * (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim
+    per_layer += c.num_attention_heads * c.head_dim * c.hidden_size + 3 * c.hidden_size * c.intermediate_size
+    return c.num_hidden_layers * per_layer + c.hidden_size * c.vocab_size
 
 
 def versions() -> dict:
     def out(cmd: list[str]) -> str:
         return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
-    return {
-        "chatforge commit": out(["git", "rev-parse", "--short", "HEAD"]),
-        "torch": out([sys.executable, "-c", "import torch; print(torch.__version__)"]),
-        "llama-cpp-python": out([str(PEER_PY), "-c", "import llama_cpp; print(llama_cpp.__version__)"]),
-    }
+    return {"chatforge commit": out(["git", "rev-parse", "--short", "HEAD"]),
+            "torch": out([sys.executable, "-c", "import torch; print(torch.__version__)"]),
+            "llama-cpp-python (and its vendored llama.cpp)": "0.3.36"}
 
 
-# Sections of RESULTS.md written by other scripts (benchmarks/offline_decode.py): kept as they are.
-KEPT_FROM = "## Offline decode, engine only"
+PLANS = {
+    # name -> what is measured on it
+    "chatforge": {"levels": [(1, 8, False), (32, 64, False), (64, 128, False), (128, 256, False), (1, 4, True),
+                             (32, 64, True)], "ttft_pairs": 3, "contention": 6},
+    "chatforge (1 thread)": {"levels": [(1, 8, False), (32, 64, False)], "ttft_pairs": 0, "contention": 0},
+    "llama-server": {"levels": [(1, 8, False), (32, 64, False), (1, 4, True), (32, 64, True)], "ttft_pairs": 3,
+                     "contention": 3},
+    "llama-server (128 slots)": {"levels": [(64, 128, False), (128, 256, False)], "ttft_pairs": 0, "contention": 0},
+    "llama-cpp-python": {"levels": [(1, 4, False), (32, 32, False)], "ttft_pairs": 2, "contention": 0},
+}
+QUICK = {
+    "chatforge": {"levels": [(1, 2, False), (8, 8, False), (1, 2, True)], "ttft_pairs": 1, "contention": 1},
+    "chatforge (1 thread)": {"levels": [(1, 2, False)], "ttft_pairs": 0, "contention": 0},
+    "llama-server": {"levels": [(1, 2, False), (8, 8, False), (1, 2, True)], "ttft_pairs": 1, "contention": 1},
+    "llama-server (128 slots)": {"levels": [(8, 8, False)], "ttft_pairs": 0, "contention": 0},
+    "llama-cpp-python": {"levels": [(1, 2, False)], "ttft_pairs": 0, "contention": 0},
+}
+
+
+# Sections of RESULTS.md written by hand or by other scripts (from this heading on): kept as they are.
+KEPT_FROM = "## Notes"
 
 
 def kept_sections(path: Path) -> str:
@@ -145,69 +356,40 @@ def kept_sections(path: Path) -> str:
     return "" if start < 0 else "\n" + text[start:]
 
 
-def light_single_stream(urls: dict[str, str], rounds: int, output_tokens: int) -> dict:
-    """Single-stream decode speed seen by the lightest client we have: one synchronous httpx
-    stream at a time, alternating the servers request by request. Per request: (content chunks
-    - 1) / (last chunk - first chunk). Both servers' threads share the 2 cores with the client,
-    and llama.cpp's spinning workers are the more sensitive to it, so this is the second opinion
-    on the single-stream ratio beside `chatforge bench`'s asyncio client."""
-    body = {"messages": [{"role": "user", "content": "Write a long story about a dragon and a knight."}],
-            "max_tokens": output_tokens, "min_tokens": output_tokens, "ignore_eos": True, "temperature": 0,
-            "stream": True}
-    speeds: dict[str, list[float]] = {name: [] for name in urls}
-    with httpx.Client(timeout=600) as client:
-        models = {name: client.get(f"{url}/v1/models").json()["data"][0]["id"] for name, url in urls.items()}
-        for _ in range(rounds):
-            for name, url in urls.items():
-                stamps = []
-                with client.stream("POST", f"{url}/v1/chat/completions", json={**body, "model": models[name]}) as r:
-                    for line in r.iter_lines():
-                        if line.startswith("data: {"):
-                            choices = json.loads(line[6:]).get("choices") or [{}]
-                            if choices[0].get("delta", {}).get("content"):
-                                stamps.append(time.perf_counter())
-                if len(stamps) > 1:
-                    speeds[name].append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    return speeds
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    ap.add_argument("--work", type=Path, default=HERE / ".runs", help="server logs and JSON results")
-    ap.add_argument("--chatforge-port", type=int, default=18000)
-    ap.add_argument("--peer-port", type=int, default=18001)
+    ap.add_argument("--work", type=Path, default=HERE / ".runs", help="server logs and the JSON results")
+    ap.add_argument("--port", type=int, default=18000)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="the peers' threads")
     ap.add_argument("--quick", action="store_true", help="a few small requests, to check the set-up")
-    ap.add_argument("--engine", choices=list(ENGINES), default="fast", help="chatforge's engine settings (see ENGINES)")
+    ap.add_argument("--only", nargs="+", help="measure only these servers")
     args = ap.parse_args()
-    if not PEER_PY.exists():
-        raise SystemExit(f"no peer in {PEER_PY.parent.parent}: run {PEER_SCRIPT} setup first")
+    # a terminated run still stops the server it started (the `running` blocks' finally)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.work.mkdir(parents=True, exist_ok=True)
-    ours, peer = f"http://127.0.0.1:{args.chatforge_port}", f"http://127.0.0.1:{args.peer_port}"
-    commands, results = {}, {}
-    with ExitStack() as stack:
-        load = stack.enter_context(LoadSampler())
-        stack.enter_context(server("chatforge", [str(CHATFORGE), "serve", "--port", str(args.chatforge_port), "--threads", "2"],
-                                   f"{ours}/health", args.work / "chatforge.log", env=ENGINES[args.engine]))
-        stack.enter_context(server("llama-cpp-python", [str(PEER_SCRIPT), "serve", str(args.peer_port)],
-                                   f"{peer}/v1/models", args.work / "peer.log"))
-        for name, options in (QUICK if args.quick else WORKLOADS).items():
-            out = args.work / f"{name}.json"
-            cmd = [str(CHATFORGE), "bench", ours, "--compare", peer, "--label", "chatforge",
-                   "--compare-label", "llama-cpp-python", *options, "--json", str(out)]
-            print(f"running: {shlex.join(cmd)}", flush=True)
-            subprocess.run(cmd, check=False, cwd=ROOT)
-            commands[name] = shlex.join(["chatforge", "bench", "URL", "--compare", "PEER_URL", *options])
-            results[name] = json.loads(out.read_text()) if out.exists() else None
-        rounds = 2 if args.quick else 8
-        print(f"running: light single-stream client, {rounds} rounds", flush=True)
-        results["light"] = light_single_stream({"chatforge": ours, "llama-cpp-python": peer}, rounds, 128)
-    info = machine()
-    info["1-minute load average during the run"] = load.summary()
-    engine = " ".join(f"{k}={v}" for k, v in ENGINES[args.engine].items())
-    report = render_results(results, commands, info, versions(), dt.date.today().isoformat(), args.quick, engine)
-    args.out.write_text(report + kept_sections(args.out))
-    print(f"wrote {args.out}")
+    url = f"http://127.0.0.1:{args.port}"
+    plans = QUICK if args.quick else PLANS
+    commands = server_commands(args.threads, args.port, Path(tempfile.mkdtemp(dir=args.work)))
+    results: dict = {"commands": {}}
+    with LoadSampler() as load:
+        results["probe"] = probe(args.threads, args.work)
+        results["native"] = native_facts()
+        for name, cmd in commands.items():
+            if args.only and name not in args.only:
+                continue
+            if cmd is None:
+                print(f"skipping {name}: not built (benchmarks/peer_llamacpp.sh)", flush=True)
+                continue
+            results["commands"][name] = shlex.join(cmd)
+            with running(name, cmd, url, args.work / f"{name.split()[0]}.log") as pid:
+                results[name] = measure(name, url, pid, plans[name])
+            (args.work / "results.json").write_text(json.dumps(results, indent=2))
+    results["machine"] = {**machine(), "1-minute load average during the run": load.summary()}
+    results["versions"] = versions()
+    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+    args.out.write_text(render_results(results, dt.date.today().isoformat(), args.quick) + kept_sections(args.out))
+    print(f"wrote {args.out} (raw figures: {args.work / 'results.json'})")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ schemas up to 10 KiB; constrained streams keep >= 90% of the unconstrained tok/s
    sampler's mask work is timed per step in those rounds (fill: llguidance's parallel executor;
    apply: the lookup-table add).
 
-    .venv/bin/python benchmarks/constrained.py --threads 2 [--weights q4 --no-batch-invariant] [--json out.json]
+    .venv/bin/python benchmarks/constrained.py --threads 2 [--weights exact] [--json out.json]
 
 The report ends with `goals`: each goal's measured value and whether it was met (also printed
 as one line on stderr). The same comparison through a live server (the service's compile and
@@ -45,7 +45,7 @@ from chatforge.engine.config import EngineConfig  # noqa: E402
 from chatforge.engine.grammar_mask import GrammarMasks  # noqa: E402
 from chatforge.engine.llm_engine import LLMEngine  # noqa: E402
 from chatforge.engine.sampling_params import SamplingParams  # noqa: E402
-from chatforge.models.loader import load_model  # noqa: E402
+from chatforge.models.backend import load_backend  # noqa: E402
 from chatforge.models.source import bundled_gguf_path, resolve_model  # noqa: E402
 from chatforge.text.chat_template import ChatTemplate  # noqa: E402
 from chatforge.text.structured import JsonSchema, StructuredOutput  # noqa: E402
@@ -167,7 +167,7 @@ def bench_decode(engine, structured, tokenizer, streams: int, new_tokens: int, r
     constrained = SamplingParams(temperature=0, max_tokens=new_tokens, grammar=structured.compile(JsonSchema(LONG_ARRAY)))
     runs = {"unconstrained": [], "constrained": []}
     decode_round(engine, prompts[:4], free, "warm")
-    masks = engine.sampler.grammar_masks = TimedMasks(engine.sampler.grammar_masks)
+    masks = engine.runner.sampler.grammar_masks = TimedMasks(engine.runner.sampler.grammar_masks)
     for r in range(rounds):
         runs["unconstrained"].append(decode_round(engine, prompts, free, f"u{r}-"))
         runs["constrained"].append(decode_round(engine, prompts, constrained, f"c{r}-"))
@@ -195,8 +195,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--weights", default="fp32", choices=["fp32", "int8", "int4", "q4"])
-    parser.add_argument("--no-batch-invariant", action="store_true")
+    parser.add_argument("--weights", default="native", choices=["native", "exact"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -204,14 +203,13 @@ def main() -> None:
     report = {"machine": machine(args.threads), "args": {k: str(v) for k, v in vars(args).items()}}
     source = resolve_model(str(bundled_gguf_path()))
     tokenizer = load_tokenizer(source)
-    model, model_config = load_model(source)
+    config = EngineConfig(max_num_seqs=max(32, args.streams), num_kv_blocks=1024, weights=args.weights, threads=args.threads)
+    backend = load_backend(source, config.weights, threads=config.threads)
     start = time.perf_counter()
-    structured = StructuredOutput(tokenizer, model_config.vocab_size, mask_threads=args.threads)
+    structured = StructuredOutput(tokenizer, backend.config.vocab_size, mask_threads=args.threads)
     report["llguidance_tokenizer_s"] = round(time.perf_counter() - start, 3)
     report["compile"] = bench_compile(structured, args.schemas)
-    config = EngineConfig(max_num_seqs=max(32, args.streams), num_kv_blocks=1024, weights=args.weights,
-                          batch_invariant=not args.no_batch_invariant)
-    engine = LLMEngine(model, model_config, config, stop_token_ids=sorted(tokenizer.end_of_turn_ids), seed=0)
+    engine = LLMEngine(backend, config, stop_token_ids=sorted(tokenizer.end_of_turn_ids), seed=0)
     report["decode"] = bench_decode(engine, structured, tokenizer, args.streams, args.new_tokens, args.rounds)
     report["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     report["goals"] = goals(report)

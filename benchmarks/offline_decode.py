@@ -6,11 +6,11 @@ throughput counts only the tokens after the first (the first comes out of the pr
 - chatforge: the time of the engine steps after the prefill step;
 - transformers: generate(max_new_tokens=N) minus generate(max_new_tokens=1), each the median
   of `--repeats` runs.
-chatforge runs in each `--variants` configuration: weights fp32 or int8 (models/packed_linear.py),
-batch-invariant or not (engine/model_runner.py); the engines share one model, so the runs of
-one batch size interleave under the same machine load.
+chatforge runs in each `--variants` configuration: weights "native" (the default: chatforge's
+kernels on the GGUF's own Q4_1 / Q8_0 blocks) or "exact" (torch, float32); the runs of one batch
+size interleave under the same machine load.
 
-    .venv/bin/python benchmarks/offline_decode.py --threads 2 [--variants fp32-inv int8] [--json out.json]
+    .venv/bin/python benchmarks/offline_decode.py --threads 2 [--variants native exact] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,15 +26,8 @@ import time
 import torch
 
 
-# name -> EngineConfig fields; "-inv": batch-invariant padding on.
-VARIANTS = {
-    "fp32-inv": dict(weights="fp32", batch_invariant=True),
-    "fp32": dict(weights="fp32", batch_invariant=False),
-    "int8": dict(weights="int8", batch_invariant=False),
-    "int8-inv": dict(weights="int8", batch_invariant=True),
-    "int4": dict(weights="int4", batch_invariant=False),
-    "q4": dict(weights="q4", batch_invariant=False),
-}
+# name -> EngineConfig fields
+VARIANTS = {"native": dict(weights="native"), "exact": dict(weights="exact")}
 
 
 def machine(threads: int) -> dict:
@@ -48,7 +41,7 @@ def machine(threads: int) -> dict:
         "processor": platform.processor(),
         "cpu_model": cpu,
         "logical_cpus": os.cpu_count(),
-        "torch_threads": threads,
+        "threads": threads,
         "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -104,24 +97,24 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="transformers runs per measurement (median)")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["native"], choices=list(VARIANTS))
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
     from chatforge.engine.config import EngineConfig
     from chatforge.engine.llm_engine import LLMEngine
-    from chatforge.models.loader import load_model
+    from chatforge.models.backend import load_backend
     from chatforge.models.source import resolve_model
 
     source = resolve_model(None)
-    model, model_config = load_model(source)
-    sizes = dict(max_num_seqs=max(args.batches), num_kv_blocks=1024, max_num_batched_tokens=4096)
-    engines = {
-        f"chatforge {name}": LLMEngine(model, model_config, EngineConfig(**sizes, **VARIANTS[name]))
-        for name in args.variants
-    }
+    sizes = dict(max_num_seqs=max(args.batches), num_kv_blocks=1024, max_num_batched_tokens=4096, threads=args.threads)
+    engines = {}
+    for name in args.variants:
+        config = EngineConfig(**sizes, **VARIANTS[name])
+        engines[f"chatforge {name}"] = engine = LLMEngine(load_backend(source, config.weights, threads=args.threads), config)
+    # torch's threads as the engine thread would set them (the exact variant's and transformers'
+    # work is torch's; with the native backend alone torch only samples)
+    torch.set_num_threads(args.threads if "exact" in args.variants or not args.skip_hf else engine.torch_threads or 1)
     hf = None
     if not args.skip_hf:
         from transformers import AutoModelForCausalLM

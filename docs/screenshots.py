@@ -1,8 +1,9 @@
-"""Take docs/playground.png and docs/dashboard.png: a live chatforge (the bundled model, a fresh
-database) gets a few minutes of real traffic from two accounts' keys across the dialects, a
-rate-limited key included, then Debian's chromium shows both pages.
+"""Take docs/playground.png, docs/playground-tools.png and docs/dashboard.png: a live chatforge
+(the bundled model, a fresh database) gets a few minutes of real traffic from two accounts' keys
+across the dialects, a rate-limited key included, then Debian's chromium shows both pages.
 
-    PYTHONPATH=src .venv/bin/python docs/screenshots.py     # about ten minutes on two cores
+    PYTHONPATH=src .venv/bin/python docs/screenshots.py        # about ten minutes on two cores
+    PYTHONPATH=src .venv/bin/python docs/screenshots.py tools  # playground-tools.png alone (no traffic)
 """
 
 from __future__ import annotations
@@ -87,17 +88,53 @@ def traffic(url: str, key: dict[str, str], rounds: int, pause_s: float) -> None:
             time.sleep(pause_s)
 
 
-def shoot(url: str, key: str) -> None:
+WEATHER = ('{"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, '
+           '"unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]}')
+
+
+def open_playground(browser, url: str, key: str):
+    page = browser.new_context(base_url=url, viewport={"width": 1440, "height": 960}).new_page()
+    page.set_default_timeout(300_000)
+    page.goto("/playground")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.fill("#key", key)
+    page.keyboard.press("Tab")
+    expect(page.locator("#model")).not_to_have_value("")
+    return page
+
+
+def shoot_tools(browser, url: str, key: str) -> None:
+    """A function called by name, its result sent back as a tool message, and the answer after it."""
+    page = open_playground(browser, url, key)
+    page.fill("#openai-temperature", "0")
+    page.fill("#openai-max_tokens", "48")
+    page.click("#openai-tools .add-tool")
+    tool = page.locator("#openai-tools fieldset.tool").first
+    tool.locator('[data-part="name"]').fill("get_weather")
+    tool.locator('[data-part="description"]').fill("Current weather in a city")
+    tool.locator('[data-part="parameters"]').fill(WEATHER)
+    page.select_option("#openai-tool_choice", "function:get_weather")
+    page.fill("#composer", "What is the weather in Paris?")
+    page.click("#send")
+    expect(page.locator("#status")).to_have_text("Done.")
+    page.locator(".call-answer textarea").fill('{"temperature": 21, "sky": "clear"}')
+    page.click(".add-result")
+    page.select_option("#openai-tool_choice", "none")
+    page.click("#send")
+    expect(page.locator("#status")).to_have_text("Done.")
+    page.evaluate("document.querySelector('[data-field=\"tools\"]').scrollIntoView(); window.scrollTo(0, 0)")
+    page.screenshot(path=str(DOCS / "playground-tools.png"))
+
+
+def shoot(url: str, key: str, only_tools: bool = False) -> None:
     expect.set_options(timeout=300_000)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_context(base_url=url, viewport={"width": 1440, "height": 960}).new_page()
-        page.set_default_timeout(300_000)
-        page.goto("/playground")
-        expect(page.locator("body")).to_have_attribute("data-ready", "true")
-        page.fill("#key", key)
-        page.keyboard.press("Tab")
-        expect(page.locator("#model")).not_to_have_value("")
+        shoot_tools(browser, url, key)
+        if only_tools:
+            browser.close()
+            return
+        page = open_playground(browser, url, key)
         page.fill("#system", "You are a helpful assistant. Answer briefly.")
         page.fill("#openai-temperature", "0")
         page.fill("#openai-max_tokens", "24")
@@ -123,11 +160,13 @@ def main() -> None:
     url = f"sqlite:///{folder / 'chatforge.db'}"
     key = asyncio.run(seed(url))
     settings = load_settings(database_url=url, prices={"smollm2": {"input": 0.2, "output": 0.6}},
-                             engine={"torch_threads": 1})
+                             engine={"threads": 1})
+    only_tools = sys.argv[1:] == ["tools"]
     base, server, thread = serve(create_app(settings))
     try:
-        traffic(base, key, rounds=14, pause_s=10)
-        shoot(base, key["ops"])
+        if not only_tools:
+            traffic(base, key, rounds=14, pause_s=10)
+        shoot(base, key["ops"], only_tools)
     finally:
         server.should_exit = True
         thread.join(30)

@@ -14,12 +14,12 @@ def test_engine_settings_are_the_engine_config(tmp_path, monkeypatch):
     config = tmp_path / "chatforge.toml"
     config.write_text("[engine]\nkv_cache_mb = 64\nmax_num_seqs = 4\nmax_waiting = 9\n")
     monkeypatch.setenv("CHATFORGE_ENGINE__MAX_NUM_SEQS", "8")
-    settings = load_settings(config, engine={"torch_threads": 2})
+    settings = load_settings(config, engine={"threads": 2})
     assert isinstance(settings.engine, EngineConfig)
     # file < environment < flags, each for the fields it names
     assert (settings.engine.kv_cache_mb, settings.engine.max_waiting) == (64, 9)
     assert settings.engine.max_num_seqs == 8
-    assert settings.engine.torch_threads == 2
+    assert settings.engine.threads == 2
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_a_negative_price_is_refused():
 
 def test_the_engine_config_is_frozen():
     with pytest.raises(AttributeError):
-        load_settings().engine.torch_threads = 3  # type: ignore[misc]
+        load_settings().engine.threads = 3  # type: ignore[misc]
 
 
 def test_operations_settings_from_file_and_environment(tmp_path, monkeypatch):

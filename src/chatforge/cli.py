@@ -23,7 +23,7 @@ def serve(
     config: Annotated[Optional[Path], typer.Option(help="TOML config file")] = None,
     database_url: Annotated[Optional[str], typer.Option(help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")] = None,
     redis_url: Annotated[Optional[str], typer.Option(help="redis://HOST:PORT/DB, shared rate limits")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads for the engine")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="compute threads for the engine (default: the CPUs the process may use)")] = None,
     chat_template: Annotated[Optional[str], typer.Option("--chat-template", help="the model's chat template: chatml, gemma, llama2, llama3, mistral, qwen, or a Jinja file (default: the model's own)")] = None,
     served_model_name: Annotated[Optional[list[str]], typer.Option("--served-model-name", help="a name the model answers to (repeatable; the first is its id, the others aliases)")] = None,
     allow_open_remote: Annotated[bool, typer.Option("--allow-open-remote", help="serve without API keys on a non-loopback address (anyone who reaches it may use it)")] = False,
@@ -47,7 +47,7 @@ def serve(
     role = "gateway" if gateway else "node" if engine_only else None
     settings = load_settings(config, models=model, host=host, port=port, database_url=database_url, redis_url=redis_url,
                              allow_open_remote=allow_open_remote or None, role=role,
-                             engine={"torch_threads": threads} if threads is not None else None)
+                             engine={"threads": threads} if threads is not None else None)
     try:
         settings = settings.with_model_flags(chat_template, served_model_name, upstream)
     except ValueError as exc:

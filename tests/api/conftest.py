@@ -26,7 +26,7 @@ def api_settings(tmp_path_factory):
     return load_settings(
         database_url=f"sqlite:///{tmp_path_factory.mktemp('platform') / 'chatforge.db'}",
         prices={"smollm2": {"input": PRICE_IN, "output": PRICE_OUT}},
-        engine={"torch_threads": 1, "max_num_seqs": 32, "kv_cache_mb": 384, "max_waiting": 64},
+        engine={"threads": 1, "max_num_seqs": 32, "kv_cache_mb": 384, "max_waiting": 64},
     )
 
 

@@ -1,5 +1,5 @@
 """Real `chatforge serve` processes for the tests that need one (signals, process memory): the
-bundled model, a small engine, one torch thread, a log file, a free loopback port."""
+bundled model, a small engine, one engine thread, a log file, a free loopback port."""
 
 from __future__ import annotations
 

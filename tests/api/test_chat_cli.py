@@ -13,7 +13,7 @@ from chatforge.chat_client import HttpChat, run_chat
 
 def test_two_turn_conversation_in_a_real_terminal_process(server):
     chatforge = Path(sys.executable).with_name("chatforge")
-    turns = "What is the capital of France?\nAnd what is the capital of Germany?\n\n"
+    turns = "What is the capital of France? Answer in one sentence.\nAnd what is the capital of Germany?\n\n"
     proc = subprocess.run(
         [str(chatforge), "chat", "--url", server.url, "--temperature", "0", "--max-tokens", "24"],
         input=turns, capture_output=True, text=True, timeout=300,

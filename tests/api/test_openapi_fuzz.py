@@ -27,7 +27,7 @@ from .conftest import LiveServer
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    settings = load_settings(engine={"torch_threads": 1, "max_model_len": 64, "kv_cache_mb": 64, "max_num_seqs": 8},
+    settings = load_settings(engine={"threads": 1, "max_model_len": 64, "kv_cache_mb": 64, "max_num_seqs": 8},
                              database_url=f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'chatforge.db'}",
                              limits={"max_body_bytes": 16384, "max_json_depth": 8, "max_messages": 6,
                                      "max_prompt_chars": 400, "request_timeout_s": 30})

@@ -16,7 +16,7 @@ from chatforge.platform import accounts, keys
 from chatforge.platform.db import create_engine
 from chatforge.platform.migrations import upgrade
 
-from .platform_fixtures import DIALECTS, chat_call, live_app, run_sql, usage_row
+from .platform_fixtures import DIALECTS, MODEL, chat_call, live_app, run_sql, usage_row
 
 ANY_IDS = {"legacy": 10775, "successor": 10775, "egp": "my-deployment"}  # the providers' own examples
 
@@ -42,6 +42,7 @@ async def test_open_until_the_first_key(tmp_path, api_settings, catalog):
         for route in DIALECTS:
             assert post(http, route, None).status_code == 200
             assert post(http, route, "whatever-the-page-says").status_code == 200
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == [MODEL, "smollm2"]  # open mode: every model
         key = await create_key(url)
         for route in DIALECTS:
             refused = post(http, route, None)

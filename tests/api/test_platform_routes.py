@@ -215,6 +215,30 @@ async def test_a_keys_model_allow_list(closed):
     for path, body in [("/tokenize", {"prompt": "Hi"}), ("/detokenize", {"tokens": [1]})]:
         r = closed.http.post(path, json=body, headers={"Authorization": f"Bearer {narrow}"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed", path
+    # the allow-list is checked before the prompt is rendered or tokenized: a prompt longer than the
+    # context, which tokenizing would refuse, is refused for the model instead
+    context = closed.http.get("/v1/models", headers={"Authorization": f"Bearer {closed.cast.both}"}).json()["data"][0]
+    too_long = [{"role": "user", "content": "hello " * (context["context_length"] + 100)}]
+    r = closed.http.post("/v1/chat/completions", json={"model": "smollm2", "messages": too_long},
+                         headers={"Authorization": f"Bearer {closed.cast.both}"})
+    assert r.status_code == 400, r.text  # the key that may use the model: tokenized, too long
+    r = closed.http.post("/v1/chat/completions", json={"model": "smollm2", "messages": too_long},
+                         headers={"Authorization": f"Bearer {narrow}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
+
+
+async def test_model_lists_show_only_the_models_a_key_may_use(closed):
+    async def add(conn):
+        return [(await keys.create_key(conn, ["bob"], models=models))[0] for models in (["some-other-model"], ["smollm2"], [MODEL])]
+
+    none, by_alias, by_id = await run_sql(closed.url, add)
+    for path in ["/v1/models", "/v1/openai/models", "/1/ai/1/openai/models"]:
+        listed = {who: [m["id"] for m in closed.http.get(path, headers={"Authorization": f"Bearer {key}"}).json()["data"]]
+                  for who, key in [("none", none), ("by_alias", by_alias), ("by_id", by_id), ("all", closed.cast.both)]}
+        assert listed["none"] == [], path
+        # a model allowed by its id or an alias is listed under each name it answers to (product 1 offers smollm2)
+        everything = [MODEL, "smollm2"] if path.startswith("/v1") else ["smollm2"]
+        assert listed["by_alias"] == listed["by_id"] == listed["all"] == everything, path
 
 
 def test_token_counting_takes_a_key_too(closed):

@@ -14,14 +14,12 @@ from chatforge.api.egp import translate as egp_translate
 from chatforge.api.egp.schemas import EgpChatRequest
 from chatforge.api.infomaniak.schemas import LegacyRequest
 from chatforge.api.openai import router as openai_router
-from chatforge.api.openai.schemas import ChatCompletionRequest
+from chatforge.api.openai.schemas import ChatCompletionRequest, ProductChatCompletionRequest
 
 SPEC = json.loads((Path(__file__).parents[2] / "src/chatforge/api/playground/static/dialects.json").read_text())
-SCHEMAS: dict[str, type[BaseModel]] = {"openai": ChatCompletionRequest, "successor": ChatCompletionRequest,
+SCHEMAS: dict[str, type[BaseModel]] = {"openai": ChatCompletionRequest, "successor": ProductChatCompletionRequest,
                                        "legacy": LegacyRequest, "egp": EgpChatRequest}
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-# A constrained int behind a BeforeValidator (WholeNumber) keeps pydantic's own names in the schema.
-ALIASES = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
 
 
 def wire(name: str) -> dict:
@@ -31,7 +29,8 @@ def wire(name: str) -> dict:
         return spec
     base = wire(spec["extends"])
     fields = [{**f, **spec.get("overrides", {}).get(f["name"], {})} for f in base["fields"]]
-    return {**base, "fields": fields}
+    return {**base, "fields": fields, "not_offered": {**base["not_offered"], **spec.get("not_offered", {})},
+            "values_not_offered": spec.get("values_not_offered", {})}
 
 
 def leaves(model: type[BaseModel], prefix: str = "") -> dict[str, dict]:
@@ -53,8 +52,7 @@ def leaves(model: type[BaseModel], prefix: str = "") -> dict[str, dict]:
             if target.get("type") == "object" and "properties" in target:
                 found |= walk(target, full + ".")
             else:
-                found[full] = {**target, **{ALIASES[k]: v for k, v in target.items() if k in ALIASES},
-                               "default": prop.get("default")}
+                found[full] = {**target, "default": prop.get("default")}
         return found
 
     return walk(schema, prefix)
@@ -88,7 +86,8 @@ def test_bounds_and_defaults_are_the_schemas(name):
             assert f.get("default") == schema["default"], (name, f["name"])
         kinds = {"number": {"number"}, "integer": {"integer", "number"}, "boolean": {"boolean"}, "enum": {"string"},
                  "string": {"string"}, "text": {"string"}, "json": {"object"}, "strings": {"array", None},
-                 "integers": {"array"}}
+                 "integers": {"array"}, "tools": {"array"},
+                 "tool_choice": {None}, "response_format": {None}}  # unions: no single type
         assert schema.get("type") in kinds[f["kind"]], (name, f["name"], schema.get("type"))
 
 
@@ -98,3 +97,16 @@ def test_documented_defaults_the_schemas_leave_open():
     legacy = {f["name"]: f for f in wire("legacy")["fields"]}
     assert legacy["profile_type"]["default"] == "standard"
     assert {n for n, f in legacy.items() if f.get("preset")} == {"temperature", "top_p", "top_k", "repetition_penalty"}
+
+
+@pytest.mark.parametrize("name", ["openai", "successor"])
+def test_tool_choice_and_response_format_offer_the_schemas_options(name):
+    """The choices the panel lists are the schema's: tool_choice's words (a named function is the
+    other form), response_format's types, but for those named as left out (TGI's on the successor)."""
+    schema = SCHEMAS[name].model_json_schema()
+    offered = {f["name"]: f for f in wire(name)["fields"]}
+    (words,) = [o["enum"] for o in schema["properties"]["tool_choice"]["anyOf"] if "enum" in o]
+    assert offered["tool_choice"]["options"] == words
+    (union,) = [o for o in schema["properties"]["response_format"]["anyOf"] if "discriminator" in o]
+    left_out = wire(name).get("values_not_offered", {}).get("response_format", {})
+    assert sorted([*offered["response_format"]["options"], *left_out]) == sorted(union["discriminator"]["mapping"])

@@ -21,7 +21,7 @@ def chatforge_url(tmp_path_factory):
     from chatforge.service.loading import load_catalog
     from chatforge.settings import load_settings
 
-    settings = load_settings(engine={"torch_threads": 1, "max_num_seqs": 8, "kv_cache_mb": 64},
+    settings = load_settings(engine={"threads": 1, "max_num_seqs": 8, "kv_cache_mb": 64},
                              database_url=f"sqlite:///{tmp_path_factory.mktemp('bench') / 'chatforge.db'}")
     catalog = load_catalog(settings)
     try:

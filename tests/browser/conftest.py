@@ -31,7 +31,7 @@ _REFUSED = re.compile(r"^Failed to load resource: the server responded with a st
 
 def browser_settings(database_url: str):
     return load_settings(database_url=database_url, prices={"smollm2": {"input": PRICE_IN, "output": PRICE_OUT}},
-                         engine={"torch_threads": 1, "max_num_seqs": 8, "kv_cache_mb": 128})
+                         engine={"threads": 1, "max_num_seqs": 8, "kv_cache_mb": 128})
 
 
 @pytest.fixture(scope="package")

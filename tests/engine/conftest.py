@@ -1,6 +1,7 @@
 """Fixtures of the engine tests that need real weights: the bundled SmolLM2 model, loaded once
-per session and shared by every engine (each engine allocates its own small KV pool), and one
-unconstrained greedy run of 16 prompts that several tests compare against."""
+per session on each backend (native, the default; torch, the exact mode) and shared by every
+engine (each engine allocates its own small KV pool), and one unconstrained greedy run of 16
+prompts that several tests compare against."""
 
 from __future__ import annotations
 
@@ -17,20 +18,31 @@ NUM_TOKENS = 24  # generated per request in the bundled-model tests
 
 @pytest.fixture(scope="session")
 def smollm(bundled_gguf):
-    """(model, model_config) of the bundled model, float32 on the CPU."""
-    from chatforge.models.loader import load_model
+    """The bundled model on the native backend (the default), one thread."""
+    from chatforge.models.backend import load_native
     from chatforge.models.source import resolve_model
 
-    return load_model(resolve_model(str(bundled_gguf)))
+    return load_native(resolve_model(str(bundled_gguf)), threads=1)
 
 
 @pytest.fixture(scope="session")
-def make_engine(smollm):
-    model, model_config = smollm
+def smollm_exact(bundled_gguf):
+    """The bundled model on the torch backend (weights="exact"), float32."""
+    from chatforge.models.loader import load_model
+    from chatforge.models.source import resolve_model
+    from chatforge.models.torch_backend import TorchBackend
+
+    return TorchBackend(load_model(resolve_model(str(bundled_gguf)))[0])
+
+
+@pytest.fixture(scope="session")
+def make_engine(smollm, smollm_exact):
+    """factory(**EngineConfig fields) -> an LLMEngine on the shared model of its `weights` mode."""
 
     def make(**config) -> LLMEngine:
         config = {"num_kv_blocks": 128, "block_size": 16, "max_num_seqs": 32, **config}
-        return LLMEngine(model, model_config, EngineConfig(**config), seed=0)
+        backend = smollm_exact if config.get("weights") == "exact" else smollm
+        return LLMEngine(backend, EngineConfig(**config), seed=0)
 
     return make
 

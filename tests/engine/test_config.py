@@ -16,8 +16,9 @@ from chatforge.engine.config import EngineConfig
         {"max_waiting": -1},
         {"max_num_seqs": 64, "max_num_batched_tokens": 32},  # the newest sequences would starve
         {"max_model_len": 1},
-        {"torch_threads": 0},
+        {"threads": 0},
         {"dtype": "int8"},
+        {"weights": "q4"},
     ],
 )
 def test_bad_settings_are_refused(bad):
@@ -27,4 +28,4 @@ def test_bad_settings_are_refused(bad):
 
 def test_defaults_are_valid():
     config = EngineConfig()
-    assert (config.block_size, config.max_num_seqs, config.max_num_batched_tokens, config.batch_invariant) == (16, 64, 512, True)
+    assert (config.block_size, config.max_num_seqs, config.max_num_batched_tokens, config.weights) == (16, 64, 512, "native")

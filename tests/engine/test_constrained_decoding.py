@@ -108,7 +108,7 @@ def tokenizer(bundled_gguf):
 
 @pytest.fixture(scope="module")
 def structured(tokenizer, smollm) -> StructuredOutput:
-    return StructuredOutput(tokenizer, smollm[1].vocab_size)
+    return StructuredOutput(tokenizer, smollm.config.vocab_size)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Prompt logprobs (SamplingParams.prompt_logprobs, engine/prompt_logprobs.py) on the bundled
-model: each prompt token's logprob given the ones before it, equal to one plain forward pass over
-the whole prompt, whether the prompt is prefilled at once or in chunks, cached or not, with n
-completions; handed out once, with the first output."""
+model (the default native backend): each prompt token's logprob given the ones before it, equal to
+one plain forward pass over the whole prompt, whether the prompt is prefilled at once or in
+chunks, cached or not, with n completions; handed out once, with the first output."""
 
 from __future__ import annotations
 
@@ -9,20 +9,19 @@ import pytest
 import torch
 
 from chatforge.engine.sampling_params import SamplingParams
-from chatforge.models.attention import AttentionMetadata
+from chatforge.models.step import StepInputs
 
 
 @pytest.fixture(scope="module")
 def reference(smollm):
-    """log_softmax of one forward pass over the whole prompt, without the engine."""
-    model, _ = smollm
+    """log_softmax of one forward pass over the whole prompt, every row through the lm_head,
+    without the engine."""
 
     @torch.inference_mode()
     def score(prompt: list[int]) -> torch.Tensor:
-        kv = model.allocate_kv_caches(num_blocks=1, block_size=len(prompt))
-        meta = AttentionMetadata.build([len(prompt)], [len(prompt)], [[0]], len(prompt), "cpu")
-        hidden = model(torch.tensor(prompt), meta.positions, meta, kv)
-        return model.compute_logits(hidden).log_softmax(dim=-1)  # [P, V]: row p scores token p + 1
+        cache = smollm.allocate_kv_cache(num_blocks=1, block_size=len(prompt))
+        step = StepInputs(prompt, [len(prompt)], [len(prompt)], [[0]], list(range(len(prompt))))
+        return smollm.execute(step, cache).log_softmax(dim=-1)  # [P, V]: row p scores token p + 1
 
     return score
 

@@ -101,4 +101,4 @@ def test_bfloat16_load(tiny_hf_folder):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # RoPE frequencies stay exact
     caches = model.allocate_kv_caches(num_blocks=2, block_size=4)
-    assert caches[0][0].dtype == torch.bfloat16 and caches[0][0].shape == model.kv_cache_shape(2, 4) == (8, 2, 16)
+    assert caches[0][0].dtype == torch.bfloat16 and caches[0][0].shape == (8, 2, 16)

@@ -115,9 +115,23 @@ def test_gemma3_config_both_spellings():
         assert cfg.attention_scale == 0.25
 
 
-def test_gemma3_runs_in_float32_only(tiny_hf_folder):
-    folder, _ = tiny_hf_folder("gemma3_local_global")
-    model, _ = load_model(resolve_model(str(folder)))
-    model.prepare_for_inference("fp32")
-    with pytest.raises(ModelError, match="Gemma3ForCausalLM runs with weights='fp32' only, not 'q4'"):
-        model.prepare_for_inference("q4")
+@pytest.mark.parametrize("variant", ["gemma3_local_global", "qwen3_qk_norm_tied"])
+def test_gemma3_and_qwen3_run_on_the_native_backend_by_default(tiny_hf_folder, variant):
+    from chatforge.models.backend import load_backend
+    from chatforge.models.native_model import NativeModel
+
+    folder, _ = tiny_hf_folder(variant)
+    assert isinstance(load_backend(resolve_model(str(folder))), NativeModel)
+
+
+@pytest.mark.parametrize("variant", ["mixtral_4x2"])
+def test_architectures_outside_the_native_plan_run_on_the_torch_backend(tiny_hf_folder, variant, caplog):
+    """The default (weights="native") computes them in float32 with torch, and says why."""
+    from chatforge.models.backend import load_backend
+    from chatforge.models.torch_backend import TorchBackend
+
+    folder, _ = tiny_hf_folder(variant)
+    with caplog.at_level("WARNING", logger="chatforge.models"):
+        backend = load_backend(resolve_model(str(folder)))
+    assert isinstance(backend, TorchBackend) and backend.dtype == torch.float32
+    assert "is not in the native plan yet" in caplog.text or "the native plan has no" in caplog.text

@@ -77,8 +77,8 @@ class Paged:
     """Drives the model over a paged cache the way the engine's runner will: sequences own random,
     non-contiguous blocks; each step is a list of (sequence, first new position, end position)."""
 
-    def __init__(self, model, sequences: dict[str, list[int]], seed: int = 0, native_kernels: bool = False):
-        self.model, self.sequences, self.native_kernels = model, sequences, native_kernels
+    def __init__(self, model, sequences: dict[str, list[int]], seed: int = 0):
+        self.model, self.sequences = model, sequences
         self.caches = model.allocate_kv_caches(NUM_BLOCKS, BLOCK)
         # NaN in every slot never written: reading one would poison the result.
         for k, v in self.caches:
@@ -97,7 +97,6 @@ class Paged:
             [end for _, _, end in work],
             [self.tables[name] for name, _, _ in work],
             BLOCK,
-            native_kernels=self.native_kernels,
         )
         ids = torch.tensor([t for name, start, end in work for t in self.sequences[name][start:end]])
         with torch.inference_mode():
@@ -123,40 +122,35 @@ def check(paged: Paged, work, refs) -> None:
         assert diff <= 1e-4, (name, start, end, diff)
 
 
-# native_kernels: decode-only steps read the cache in place (native/decode_attention.c), the other
-# steps keep the gather + SDPA path; both must give the plain forward pass's logits.
-@pytest.mark.parametrize("native_kernels", [False, True])
-def test_chunked_prefill_then_decode(tiny, native_kernels):
+def test_chunked_prefill_then_decode(tiny):
     model, config = tiny
     seqs = sequences(config.vocab_size, {"a": 26})
     refs = {"a": reference(model, seqs["a"])}
-    paged = Paged(model, seqs, native_kernels=native_kernels)
+    paged = Paged(model, seqs)
     for start, end in [(0, 7), (7, 16), (16, 20)]:  # prefill in three chunks, crossing block edges
         check(paged, [("a", start, end)], refs)
     for pos in range(20, 26):  # decode, one token a step
         check(paged, [("a", pos, pos + 1)], refs)
 
 
-@pytest.mark.parametrize("native_kernels", [False, True])
-def test_mixed_prefill_and_decode_in_one_batch(tiny, native_kernels):
+def test_mixed_prefill_and_decode_in_one_batch(tiny):
     model, config = tiny
     seqs = sequences(config.vocab_size, {"a": 21, "b": 9, "c": 6})
     refs = {name: reference(model, ids) for name, ids in seqs.items()}
-    paged = Paged(model, seqs, seed=3, native_kernels=native_kernels)
+    paged = Paged(model, seqs, seed=3)
     check(paged, [("b", 0, 6), ("a", 0, 10), ("c", 0, 3)], refs)
     check(paged, [("a", 10, 17), ("b", 6, 7), ("c", 3, 4)], refs)  # second chunk beside two decodes
     check(paged, [("c", 4, 5), ("a", 17, 18), ("b", 7, 8)], refs)
     check(paged, [("a", 18, 21), ("b", 8, 9), ("c", 5, 6)], refs)
 
 
-@pytest.mark.parametrize("native_kernels", [False, True])
-def test_decode_steps_of_several_sequences(tiny, native_kernels):
+def test_decode_steps_of_several_sequences(tiny):
     """Decode-only steps (one token per sequence) over contexts of 1 to 30 positions: shorter and
     longer than the sliding windows, odd and even lengths, one and several blocks."""
     model, config = tiny
     seqs = sequences(config.vocab_size, {"a": 30, "b": 13, "c": 8, "d": 22})
     refs = {name: reference(model, ids) for name, ids in seqs.items()}
-    paged = Paged(model, seqs, seed=11, native_kernels=native_kernels)
+    paged = Paged(model, seqs, seed=11)
     check(paged, [("a", 0, 22), ("b", 0, 5)], refs)  # prefills
     check(paged, [("c", 0, 1)], refs)  # a decode step over a context of one position
     for step in range(7):

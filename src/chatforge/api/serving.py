@@ -160,6 +160,18 @@ class Serving:
         """Resolve the model, render and tokenize the request, then admit it: the caller may use
         the model, and its key's and product's limits take the request and its most tokens."""
         started = time.perf_counter()
+        product = caller.product.record if caller.product is not None else None
+        try:
+            model = self.service.resolve(req, model_scope(caller))
+        except ChatforgeError as e:
+            self.metrics.observe_refused(dialect, req.model or "", str(e.status))
+            raise
+        try:
+            # The allow-lists first: a model the caller may not use costs no rendering or tokenizing.
+            self.platform.check_model(caller.principal, model.model_id, aliases=model.aliases, product=product)
+        except ChatforgeError as e:
+            self._refused(dialect, model.model_id, caller, req, e)
+            raise
         try:
             if _quick_to_prepare(req):  # a hop to a thread and back would cost more
                 prep = self.service.prepare(req, model_scope(caller))
@@ -168,7 +180,6 @@ class Serving:
         except ChatforgeError as e:
             self.metrics.observe_refused(dialect, req.model or "", str(e.status))
             raise
-        product = caller.product.record if caller.product is not None else None
         try:
             admission = await self.platform.admit(
                 caller.principal, prep.model.model_id, product, prep.num_prompt_tokens,
@@ -183,9 +194,7 @@ class Serving:
                     completion_tokens=0, estimated_cost=0.0, latency_s=time.perf_counter() - started,
                     status=UsageStatus.RATE_LIMITED))
                 e.headers["x-request-id"] = req.request_id
-            self.metrics.observe_refused(dialect, prep.model.model_id, str(e.status))
-            log.info("request %s refused dialect=%s key=%s status=%d code=%s", req.request_id, dialect,
-                     caller.key_prefix, e.status, e.code)
+            self._refused(dialect, prep.model.model_id, caller, req, e)
             raise
         if self.drain.draining:  # the drain began while this request waited for its admission
             await admission.settle(0)
@@ -194,6 +203,11 @@ class Serving:
         ticket.deadline = asyncio.get_running_loop().call_later(self.timeouts.request_s, self._cut, ticket, "timeout")
         self.drain.enter(req.request_id, lambda: self._cut(ticket, "drain"))
         return ticket
+
+    def _refused(self, dialect: str, model_id: str, caller: Caller, req: ChatRequest, e: ChatforgeError) -> None:
+        self.metrics.observe_refused(dialect, model_id, str(e.status))
+        log.info("request %s refused dialect=%s key=%s status=%d code=%s", req.request_id, dialect,
+                 caller.key_prefix, e.status, e.code)
 
     def _cut(self, ticket: Ticket, why: str) -> None:
         """End the request's engine work now; its answer ends as usual, with finish reason length."""

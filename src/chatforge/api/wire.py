@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from chatforge.service.protocol import TokenInfo, TokenLogprobs
 
@@ -20,6 +22,12 @@ class WireModel(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        _standard_bounds(handler.resolve_ref_schema(json_schema))
+        return json_schema
+
 
 def _whole(value):
     # JSON Schema's "integer" includes 5.0; strict ints would refuse it, lax ones would take "5".
@@ -29,6 +37,25 @@ def _whole(value):
 
 
 WholeNumber = Annotated[int, BeforeValidator(_whole)]
+
+# Bounds on an optional WholeNumber (`WholeNumber | None = Field(ge=1)`) cannot reach the int
+# inside the validator: pydantic checks them after it and publishes them under its own names
+# (`ge`, `le`), which schema-driven clients do not read. Each wire model renames them.
+_BOUND_NAMES = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _standard_bounds(node: Any) -> None:
+    """Rename pydantic's bound keywords to JSON Schema's in every numeric schema under `node`."""
+    if isinstance(node, list):
+        for item in node:
+            _standard_bounds(item)
+    elif isinstance(node, dict):
+        if node.get("type") in ("integer", "number"):
+            for short, name in _BOUND_NAMES.items():
+                if short in node:
+                    node[name] = node.pop(short)
+        for value in node.values():
+            _standard_bounds(value)
 
 
 def join_text_parts(texts: Iterable[str]) -> str:

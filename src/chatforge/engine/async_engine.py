@@ -132,10 +132,9 @@ class AsyncEngine:
     # -- the loop (engine thread) ------------------------------------------------------------
 
     def _run(self) -> None:
-        threads = self.engine.config.torch_threads
+        threads = self.engine.torch_threads
         if threads is not None:
-            # OpenMP's thread count is a per-thread setting: the constructor's call, made on
-            # the loading thread, does not reach this one.
+            # OpenMP's thread count is a per-thread setting: set where the engine's torch work runs.
             torch.set_num_threads(threads)
         failures = 0  # consecutive failed steps
         try:

@@ -32,6 +32,9 @@ class ScheduledBatch:
     logits_rows: list[int] = field(default_factory=list)
     # Sequences sent back to the waiting queue this step; their K/V is dropped and recomputed.
     preempted: list[Sequence] = field(default_factory=list)
+    # Sequences that finished (or were aborted) since the last step: the runner forgets their
+    # per-sequence state (sampling generators, token histories) before running this one.
+    finished_seq_ids: list[int] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

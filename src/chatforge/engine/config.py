@@ -20,16 +20,19 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # tokens per step; longer prompts are prefilled in chunks
     max_waiting: int = 256  # queued requests beyond which add_request raises EngineOverloadedError
     max_model_len: int | None = None  # None: the model's context length
-    torch_threads: int | None = None  # None: leave torch's setting alone
+    # Compute threads: the native backend's pool, or torch's with the torch backend.
+    # None: the CPUs this process may use (its affinity mask).
+    threads: int | None = None
     device: str | None = None  # None: "cuda" when available, else "cpu"
-    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    dtype: str | None = None  # torch backend only; None: float32 on CPU, bfloat16 on CUDA
     enable_prefix_caching: bool = True
-    # Pad each step so that a sequence's logits do not depend on its batch (model_runner.py).
-    batch_invariant: bool = True
-    # Matmul weights: "fp32", "int8" / "int4" weight-only, or "q4" (weights and activations
-    # block-quantized, models/blockquant.py) for steps of few rows
-    # (models/packed_linear.py); faster at small batches, but results depend on the batch (model_runner.py).
-    weights: str = "fp32"
+    # "native": chatforge's kernels, each weight in its own format (a GGUF's Q4_1 / Q8_0 blocks,
+    # float weights in float32), batch-invariant (models/native/model.h); "exact": transformers'
+    # float32 arithmetic in torch (models/torch_backend.py). CUDA always takes torch.
+    weights: str = "native"
+    # Where the native kernels are compiled to and cached (None: ~/.cache/chatforge), and with what.
+    kernel_cache_dir: str | None = None
+    compiler: str = "cc"
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -47,9 +50,9 @@ class EngineConfig:
             )
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError("max_model_len must be >= 2")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError("torch_threads must be >= 1")
-        if self.weights not in ("fp32", "int8", "int4", "q4"):
-            raise ValueError("weights must be fp32, int8, int4 or q4")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be >= 1")
+        if self.weights not in ("native", "exact"):
+            raise ValueError("weights must be native or exact")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError("dtype must be float32, bfloat16 or float16")

@@ -10,23 +10,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
 from chatforge.engine import prompt_logprobs
 from chatforge.engine.batch import ScheduledBatch
 from chatforge.engine.block_manager import BlockManager
 from chatforge.engine.config import EngineConfig, MiB
 from chatforge.engine.errors import DuplicateRequestError, InvalidRequestError, PromptTooLongError, StepFailedError
 from chatforge.engine.grammar import grammar_error
-from chatforge.engine.model_runner import ModelRunner, kv_block_bytes, pick_device, pick_dtype
+from chatforge.engine.model_runner import ModelRunner
 from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutput
 from chatforge.engine.sampler import Sampler, SamplerOutput
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.engine.scheduler import Scheduler
 from chatforge.engine.sequence import Sequence
 from chatforge.engine.stats import EngineStats
-from chatforge.models.config import ModelConfig
+from chatforge.models.step import ModelBackend
 
 if TYPE_CHECKING:
     from chatforge.models.source import ModelSource
@@ -45,23 +42,20 @@ class _Request:
 class LLMEngine:
     def __init__(
         self,
-        model: nn.Module,
-        model_config: ModelConfig,
+        backend: ModelBackend,
         config: EngineConfig | None = None,
         stop_token_ids: Iterable[int] | None = None,
         seed: int | None = None,
     ):
-        """`model` must already sit on the config's device in its dtype (see `from_source`).
+        """`backend`: the loaded model (models/backend.py, or `from_source`).
         `stop_token_ids`: EOS and end-of-turn ids (default: the model config's eos ids).
         `seed`: the shared generator of unseeded requests (default: random)."""
         self.config = config = config or EngineConfig()
-        if config.torch_threads is not None:
-            torch.set_num_threads(config.torch_threads)
+        model_config = backend.config
         self.model_config = model_config
         self.vocab_size = model_config.vocab_size
         self.stop_token_ids = frozenset(model_config.eos_token_ids if stop_token_ids is None else stop_token_ids)
-        device = next(model.parameters()).device
-        num_blocks = config.num_kv_blocks or self._blocks_in_budget(model_config, next(model.parameters()).dtype)
+        num_blocks = config.num_kv_blocks or max(1, config.kv_cache_mb * MiB // backend.kv_block_bytes(config.block_size))
         # A sequence can never outgrow the pool, or it would preempt itself forever.
         self.max_model_len = min(
             config.max_model_len or model_config.max_position_embeddings, num_blocks * config.block_size
@@ -75,10 +69,12 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             stop_token_ids=self.stop_token_ids,
         )
-        self.sampler = Sampler(self.vocab_size, self.stop_token_ids, device, seed)
-        self.runner = ModelRunner(
-            model, num_blocks, config.block_size, self.sampler, config.batch_invariant, config.weights
-        )
+        sampler = Sampler(self.vocab_size, self.stop_token_ids, backend.device, seed)
+        self.runner = ModelRunner(backend, num_blocks, config.block_size, sampler)
+        self._finished_seq_ids: list[int] = []  # for the runner to forget, with the next step
+        # torch's threads on the engine thread (AsyncEngine sets them there): with the native
+        # backend torch only samples, and its idle OpenMP team would spin against the kernels' pool.
+        self.torch_threads = config.threads if backend.computes_in_torch else 1
         self._requests: dict[str, _Request] = {}
         self.num_aborts = 0
         self.num_prompt_tokens_total = 0
@@ -86,19 +82,14 @@ class LLMEngine:
 
     @classmethod
     def from_source(cls, source: ModelSource, config: EngineConfig | None = None, **kwargs) -> LLMEngine:
-        """Load the model on the config's device and dtype; kwargs as for the constructor."""
-        from chatforge.models.loader import load_model
+        """Load the model on the backend the config chooses; kwargs as for the constructor."""
+        from chatforge.models.backend import load_backend
 
         config = config or EngineConfig()
-        if config.torch_threads is not None:
-            torch.set_num_threads(config.torch_threads)  # before loading: loading is torch work too
-        device = pick_device(config.device)
-        model, model_config = load_model(source, pick_dtype(config.dtype, device), device)
-        return cls(model, model_config, config, **kwargs)
-
-    def _blocks_in_budget(self, mc: ModelConfig, dtype: torch.dtype) -> int:
-        per_block = kv_block_bytes(mc.num_hidden_layers, self.config.block_size, mc.num_key_value_heads, mc.head_dim, dtype)
-        return max(1, self.config.kv_cache_mb * MiB // per_block)
+        backend = load_backend(
+            source, config.weights, config.device, config.dtype, config.threads, config.kernel_cache_dir, config.compiler
+        )
+        return cls(backend, config, **kwargs)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -156,7 +147,7 @@ class LLMEngine:
         ending = [s for s in request.seqs if not s.is_finished]
         self.scheduler.finish_seqs(request.seqs, reason)
         for seq in request.seqs:
-            self.sampler.release(seq.seq_id)
+            self._finished_seq_ids.append(seq.seq_id)
         parent = request.seqs[0]
         completions = [
             CompletionOutput(s.index, [], None if not s.params.logprobs else [], s.num_generated, reason)
@@ -178,7 +169,9 @@ class LLMEngine:
         (blocks freed, nothing registered in the prefix cache: that happens only after a step
         succeeds) and StepFailedError names them; the engine stays usable for the others."""
         batch = self.scheduler.schedule()
+        batch.finished_seq_ids, self._finished_seq_ids = self._finished_seq_ids, []
         if batch.is_empty:
+            self.runner.release(batch.finished_seq_ids)
             return self._postprocess(batch, SamplerOutput([], []))
         try:
             sampled = self.runner.execute(batch)
@@ -217,7 +210,7 @@ class LLMEngine:
                 )
             )
             if seq.is_finished:
-                self.sampler.release(seq.seq_id)
+                self._finished_seq_ids.append(seq.seq_id)
         self.num_generated_tokens_total += len(sampled.token_ids)
         for request_id, out in outputs.items():
             if self._requests[request_id].finished:

@@ -3,16 +3,16 @@
 evaluation harnesses score a continuation).
 
 The forward pass already computes a hidden state for every new token of a step; the lm_head
-normally sees only the rows that sample. For a sequence that asked, this module sends the rows
-of its prompt slice through the lm_head too: the row at position p scores prompt token p + 1.
-Nothing else changes, so it survives any rewrite of the forward pass as long as the model
-returns one hidden row per new token. Such a sequence never takes prompt blocks from the prefix
+normally sees only the rows that sample. For a sequence that asked, this module has the backend
+send the rows of its prompt slice through the lm_head too, after the step
+(`ModelBackend.step_logits`): the row at position p scores prompt token p + 1. Such a sequence never takes prompt blocks from the prefix
 cache (scheduler.py): every prompt position must be computed to be scored. A position scored
 once is not scored again when a preempted sequence is recomputed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +38,9 @@ def wanted(batch: ScheduledBatch) -> bool:
 
 
 @torch.inference_mode()
-def score_prompts(model, hidden: torch.Tensor, batch: ScheduledBatch) -> list[PromptScores]:
-    """hidden [T(+ padding), D]: the step's final hidden states, one row per new token in batch order."""
+def score_prompts(logits_of: Callable[[list[int]], torch.Tensor], batch: ScheduledBatch) -> list[PromptScores]:
+    """logits_of(rows): float32 logits [len(rows), V] of flat rows of the step just run (one row
+    per new token, in batch order)."""
     out = []
     row = 0
     for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
@@ -49,16 +50,16 @@ def score_prompts(model, hidden: torch.Tensor, batch: ScheduledBatch) -> list[Pr
             first = max(start, len(seq.prompt_logprobs))  # positions scored before are skipped
             end = min(start + num_new, seq.num_prompt_tokens - 1)  # the last prompt row samples, it scores nothing
             if first < end:
-                rows = hidden[row + first - start : row + end - start]
-                out.append(PromptScores(seq, first, _score(model, rows, seq.token_ids[first + 1 : end + 1], k)))
+                rows = list(range(row + first - start, row + end - start))
+                out.append(PromptScores(seq, first, _score(logits_of, rows, seq.token_ids[first + 1 : end + 1], k)))
         row += num_new
     return out
 
 
-def _score(model, rows: torch.Tensor, targets: list[int], k: int) -> list[TokenLogprob]:
+def _score(logits_of, rows: list[int], targets: list[int], k: int) -> list[TokenLogprob]:
     scores = []
     for i in range(0, len(targets), _ROWS_PER_CHUNK):
-        logprobs = model.compute_logits(rows[i : i + _ROWS_PER_CHUNK]).log_softmax(dim=-1)  # [m, V]
+        logprobs = logits_of(rows[i : i + _ROWS_PER_CHUNK]).log_softmax(dim=-1)  # [m, V]
         chunk = torch.tensor(targets[i : i + _ROWS_PER_CHUNK], device=logprobs.device)
         chosen = logprobs.gather(1, chunk[:, None])[:, 0].tolist()
         top_ids: list[list[int]] = [[] for _ in chosen]

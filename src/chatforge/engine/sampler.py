@@ -32,6 +32,7 @@ from chatforge.engine.grammar_mask import GrammarMasks, StepMasks
 from chatforge.engine.outputs import TokenLogprob
 from chatforge.engine.sampling_batch import FilterParams, SamplingBatch
 from chatforge.engine.sequence import Sequence
+from chatforge.engine.token_history import TokenHistory
 
 
 @dataclass
@@ -53,16 +54,18 @@ class Sampler:
         else:
             self.shared_generator.manual_seed(seed)
         self._generators: dict[int, torch.Generator] = {}  # seq_id -> its own generator
+        self.history = TokenHistory(self.device)  # the penalised sequences' tokens, kept across steps
         self.grammar_masks = GrammarMasks(vocab_size, self.device)
 
     def release(self, seq_id: int) -> None:
-        """Forget a finished sequence's generator."""
+        """Forget a finished sequence's generator and token history."""
         self._generators.pop(seq_id, None)
+        self.history.release(seq_id)
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: float32 [N, V], row i belonging to seqs[i]."""
-        b = SamplingBatch.build(seqs, self.vocab_size, self.stop_token_ids, logits.device)
+        b = SamplingBatch.build(seqs, self.vocab_size, self.stop_token_ids, logits.device, self.history)
         raw = logits[b.logprob_rows].log_softmax(dim=-1) if b.logprob_rows is not None else None  # 1
         masks = self.grammar_masks.fill(seqs)  # None when no row is constrained
         processed = apply_penalties(logits, b, masks) if b.needs_processing or masks is not None else logits  # 2-4

@@ -1,7 +1,8 @@
 """A batch's SamplingParams turned into per-row tensors, built once per step for the sampler.
 
 Each group of tensors is None when no row needs it, so the sampler skips that stage outright;
-the token-history index lists are only gathered for rows that use a penalty.
+the token-history (row, token) pairs are only gathered for rows that use a penalty, from each
+sequence's persistent token tensor (engine/token_history.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from chatforge.engine.sequence import Sequence
+from chatforge.engine.token_history import TokenHistory
 
 
 def _long(values: list[int], device: torch.device) -> torch.Tensor:
@@ -85,7 +87,8 @@ class SamplingBatch:
 
     @classmethod
     def build(
-        cls, seqs: list[Sequence], vocab_size: int, stop_token_ids: frozenset[int], device: torch.device
+        cls, seqs: list[Sequence], vocab_size: int, stop_token_ids: frozenset[int], device: torch.device,
+        history: TokenHistory | None = None,
     ) -> SamplingBatch:
         ps = [s.params for s in seqs]
         sampled = [i for i, p in enumerate(ps) if p.temperature > 0]
@@ -96,7 +99,7 @@ class SamplingBatch:
             logprob_rows=_long(logprob_rows, device) if logprob_rows else None,
         )
         b._add_bias_and_bans(seqs, stop_token_ids, device)
-        b._add_penalties(seqs, device)
+        b._add_penalties(seqs, device, history or TokenHistory(device))
         return b
 
     def _add_bias_and_bans(self, seqs: list[Sequence], stop_token_ids: frozenset[int], device: torch.device) -> None:
@@ -116,23 +119,14 @@ class SamplingBatch:
         if ban_rows:
             self.ban_rows, self.ban_cols = _long(ban_rows, device), _long(ban_cols, device)
 
-    def _add_penalties(self, seqs: list[Sequence], device: torch.device) -> None:
+    def _add_penalties(self, seqs: list[Sequence], device: torch.device, history: TokenHistory) -> None:
         ps = [s.params for s in seqs]
-        if any(p.repetition_penalty != 1.0 for p in ps):
-            rows, cols = [], []
-            for i, s in enumerate(seqs):
-                if s.params.repetition_penalty != 1.0:
-                    rows.extend([i] * len(s.token_ids))
-                    cols.extend(s.token_ids)
+        repeated = [i for i, p in enumerate(ps) if p.repetition_penalty != 1.0]
+        if repeated:
             self.repetition_penalty = _float([p.repetition_penalty for p in ps], device)
-            self.seen_rows, self.seen_cols = _long(rows, device), _long(cols, device)
-        if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in ps):
-            rows, cols = [], []
-            for i, s in enumerate(seqs):
-                if s.params.frequency_penalty != 0.0 or s.params.presence_penalty != 0.0:
-                    generated = s.generated_ids
-                    rows.extend([i] * len(generated))
-                    cols.extend(generated)
+            self.seen_rows, self.seen_cols = history.pairs(seqs, repeated, generated_only=False)
+        counted = [i for i, p in enumerate(ps) if p.frequency_penalty != 0.0 or p.presence_penalty != 0.0]
+        if counted:
             self.frequency_penalty = _float([p.frequency_penalty for p in ps], device)
             self.presence_penalty = _float([p.presence_penalty for p in ps], device)
-            self.generated_rows, self.generated_cols = _long(rows, device), _long(cols, device)
+            self.generated_rows, self.generated_cols = history.pairs(seqs, counted, generated_only=True)

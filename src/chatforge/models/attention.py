@@ -1,4 +1,5 @@
-"""Paged attention: the contract between the engine's model runner and the model's layers.
+"""Paged attention for the torch backend (models/torch_backend.py; the native backend has its own,
+native/attention.c).
 
 A forward pass takes a flat batch of T new tokens from B sequences, in order. Sequence i
 contributes `query_lens[i]` tokens, which are the LAST `query_lens[i]` of its `context_lens[i]`
@@ -11,9 +12,7 @@ Position p of sequence i lives in slot `block_tables[i][p // block_size] * block
 
 `AttentionMetadata.build` turns the lists into index tensors once per forward pass; every layer
 then does: write the new K/V at `slot_mapping` -> gather each sequence's whole context with one
-index op into a padded [B, Lk] batch -> one `scaled_dot_product_attention` -> unpad. Decode-only
-steps built with `native_kernels=True` (the runner does so without batch invariance) skip the
-gather: native/decode_attention.c reads each key and value where it lies, through `key_index`.
+index op into a padded [B, Lk] batch -> one `scaled_dot_product_attention` -> unpad.
 
 Padding, and why it never changes a real row:
 - key positions k >= context_len[i] point at a real slot of the same sequence (clamped), but the
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from chatforge.models import native
 from chatforge.models.errors import AttentionMetadataError
 
 
@@ -47,10 +45,6 @@ class AttentionMetadata:
     last_token_index: torch.Tensor  # [B] flat row of each sequence's last new token (where it samples)
     query_positions: torch.Tensor  # [B, Lq] absolute position of each padded query
     context_len_tensor: torch.Tensor  # [B] context_lens as a tensor
-    # The step may use chatforge's C kernels (models/native/): decode steps (one query per sequence)
-    # read the cache in place (native/decode_attention.c; same mathematics, another summation order
-    # than SDPA's), and the layers fuse their small operations (models/fused_ops.py).
-    native_kernels: bool = False
     _masks: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)  # (window, dtype) -> mask
 
     @property
@@ -74,7 +68,6 @@ class AttentionMetadata:
         block_tables: list[list[int]] | None,
         block_size: int,
         device: torch.device | str = "cpu",
-        native_kernels: bool = False,
     ) -> AttentionMetadata:
         _validate(query_lens, context_lens, block_tables, block_size)
         B = len(query_lens)
@@ -117,7 +110,6 @@ class AttentionMetadata:
             last_token_index=starts + q_lens - 1,
             query_positions=query_positions,
             context_len_tensor=ctx_lens,
-            native_kernels=native_kernels,
         )
 
     def mask(self, sliding_window: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -194,8 +186,6 @@ def paged_attention(
         k, v = k_cache, v_cache
     elif meta.uses_cache:
         raise AttentionMetadataError("the metadata has block tables but no KV cache was passed")
-    if uses_native_decode(meta, q, kv_cache):
-        return decode_attention_in_place(q, k, v, meta, scale, sliding_window)
     B, Lq = meta.query_index.shape
     if Lq == 1:  # one new token per sequence (decoding): rows are already in batch order
         queries = q[:, :, None, :]  # [B, H, 1, D], a view
@@ -211,34 +201,6 @@ def paged_attention(
         return out[:, :, 0, :]  # [T, H, D]
     out = out.transpose(1, 2).reshape(B * Lq, q.shape[1], q.shape[2])
     return out[meta.output_index]  # [T, H, D]
-
-
-def uses_native_decode(meta: AttentionMetadata, x: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
-    """Whether this step's attention reads the cache in place (decode_attention_in_place): a decode
-    step with native kernels allowed, float32 CPU activations `x` and cache, head size % 8 == 0."""
-    if not (meta.native_kernels and meta.decode_only and kv_cache is not None):
-        return False
-    k_cache = kv_cache[0]
-    return (
-        x.device.type == "cpu" and x.dtype == torch.float32 and k_cache.dtype == torch.float32
-        and k_cache.shape[-1] % 8 == 0 and k_cache.is_contiguous() and native.available()
-    )
-
-
-def decode_attention_in_place(q, k_cache, v_cache, meta: AttentionMetadata, scale: float, sliding_window: int | None) -> torch.Tensor:
-    """One query per sequence, keys and values read from the cache where they lie (the new ones
-    already written) -> [B, H, D]."""
-    q = q.contiguous()
-    B, H, D = q.shape
-    out = torch.empty_like(q)
-    key_slots = meta.key_index.contiguous()
-    failed = native.library().decode_attention(
-        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_slots.data_ptr(), meta.context_len_tensor.data_ptr(),
-        B, H, k_cache.shape[1], D, key_slots.shape[1], scale, sliding_window or 0, out.data_ptr(),
-    )
-    if failed:
-        raise MemoryError("decode_attention: no memory for the attention scores")
-    return out
 
 
 def allocate_kv_caches(

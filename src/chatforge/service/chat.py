@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 from chatforge.engine import errors as engine_errors
 from chatforge.engine.outputs import CompletionOutput, FinishReason, RequestOutput, TokenLogprob
-from chatforge.service.catalog import ModelCatalog
+from chatforge.service.catalog import ModelCatalog, ServedModel
 from chatforge.service.errors import (
     ChatError, ConstraintFailedError, EngineUnavailableError, GenerationFailedError, GenerationInterruptedError,
     InvalidRequestError, OverloadedError,
 )
 from chatforge.service.merge import merged
-from chatforge.service.prepare import PreparedChat, context_error, prepare
+from chatforge.service.prepare import PreparedChat, context_error, prepare, resolve_model
 from chatforge.service.protocol import (
     ChatEvent, ChatRequest, ChatResult, Choice, ChoiceDelta, ModelScope, TokenInfo, TokenLogprobs, ToolCall,
     ToolCallStart, Usage,
@@ -128,6 +128,10 @@ class ChatService:
         Idempotent; a request the engine no longer holds is left alone."""
         for index in range(len(prep.prompts)):
             prep.model.engine.finish(engine_request_id(prep, index), reason)
+
+    def resolve(self, req: ChatRequest, scope: ModelScope | None = None) -> ServedModel:
+        """The model the request would run on, before anything is rendered or tokenized."""
+        return resolve_model(self.catalog, req, scope)
 
     def prepare(self, req: ChatRequest, scope: ModelScope | None = None) -> PreparedChat:
         return prepare(self.catalog, req, scope)

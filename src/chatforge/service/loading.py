@@ -12,9 +12,9 @@ import time
 from chatforge.engine.async_engine import AsyncEngine
 from chatforge.engine.config import MiB, EngineConfig
 from chatforge.engine.llm_engine import LLMEngine
-from chatforge.engine.model_runner import kv_block_bytes, pick_device, pick_dtype
+from chatforge.models.backend import choose_backend
 from chatforge.models.config_files import read_config
-from chatforge.models.memory import check_fits, kv_pool_shares, weights_bytes
+from chatforge.models.memory import check_fits, kv_pool_shares
 from chatforge.models.source import resolve_model
 from chatforge.service.catalog import ModelCatalog, ServedModel, priced, served_names
 from chatforge.settings import ModelEntry, ModelPrice, Settings
@@ -38,7 +38,7 @@ def load_served_model(entry: ModelEntry | str | None, cfg: EngineConfig, price: 
     llm = LLMEngine.from_source(source, cfg, stop_token_ids=stop_ids)
     # Grammars end only where the engine would: on its stop ids. Masks are filled on the
     # engine's threads' worth of llguidance workers.
-    structured = StructuredOutput(tokenizer, llm.vocab_size, eos_token_ids=stop_ids, mask_threads=cfg.torch_threads)
+    structured = StructuredOutput(tokenizer, llm.vocab_size, eos_token_ids=stop_ids, mask_threads=cfg.threads)
     engine = AsyncEngine(llm)
     engine.start()
     model_id, aliases = served_names(entry, source)
@@ -66,15 +66,16 @@ def engine_configs(settings: Settings) -> list[EngineConfig]:
         return []
     sources = [resolve_model(e.path) for e in entries]
     configs = [read_config(s) for s in sources]
-    device = pick_device(engine.device)
-    dtype = pick_dtype(engine.dtype, device)
-    per_token = [kv_block_bytes(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim, dtype) for c in configs]
+    choices = [choose_backend(c, engine.weights, engine.device, engine.dtype, engine.kernel_cache_dir, engine.compiler)
+               for c in configs]
+    per_token = [choice.kv_bytes_per_token(c) for choice, c in zip(choices, configs)]
     pools = kv_pool_shares(per_token, [e.kv_cache_mb and e.kv_cache_mb * MiB for e in entries], engine.kv_cache_mb * MiB)
     if engine.num_kv_blocks is not None:  # a fixed block count per model
         pools = [engine.num_kv_blocks * engine.block_size * t for t in per_token]
-    if device.type == "cpu":
-        weights = sum(weights_bytes(s.kind, s.path, dtype) for s in sources)
-        check_fits(" + ".join(e.id or s.model_id for e, s in zip(entries, sources)), weights, sum(pools), dtype)
+    if choices[0].device.type == "cpu":
+        weights = sum(choice.weights_bytes(s) for choice, s in zip(choices, sources))
+        held = "their own formats" if choices[0].native else choices[0].dtype
+        check_fits(" + ".join(e.id or s.model_id for e, s in zip(entries, sources)), weights, sum(pools), held)
     return [dataclasses.replace(engine, kv_cache_mb=max(1, pool // MiB)) for pool in pools]
 
 

@@ -62,11 +62,22 @@ class PreparedChat:
         return self.num_prompt_tokens + self.sampling.max_tokens * self.num_choices
 
 
-def prepare(catalog: ModelCatalog, req: ChatRequest, scope: ModelScope | None = None) -> PreparedChat:
-    name = req.model if req.model is not None else (scope.default if scope is not None else None)
-    model = catalog.get(name)
+def resolve_model(catalog: ModelCatalog, req: ChatRequest, scope: ModelScope | None = None) -> ServedModel:
+    """The model the request runs on: the one it names, else its scope's default, else the catalog's;
+    ModelNotFoundError when the scope (a product, a deployment) does not offer it."""
+    model = catalog.get(_model_name(req, scope))
     if scope is not None and req.model is not None and not _offers(scope, model, catalog):
         raise ModelNotFoundError(f"The model `{req.model}` is not offered by {scope.owner}.", param="model")
+    return model
+
+
+def _model_name(req: ChatRequest, scope: ModelScope | None) -> str | None:
+    return req.model if req.model is not None else (scope.default if scope is not None else None)
+
+
+def prepare(catalog: ModelCatalog, req: ChatRequest, scope: ModelScope | None = None) -> PreparedChat:
+    model = resolve_model(catalog, req, scope)
+    name = _model_name(req, scope)
     wanted = 1 if req.score_only else req.params.max_tokens
     if req.prompts is not None:
         prompts = [_raw_prompt(model, p, req, wanted) for p in req.prompts]

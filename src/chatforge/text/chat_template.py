@@ -16,9 +16,8 @@ chat_template_kwargs), and the same preparation of the messages:
 
 Content given as a list of parts (`[{"type": "text", "text": ...}]`) is passed through as it is,
 as transformers does: the template decides. Templates written for such lists iterate over them;
-others (SmolLM2's, for one) only concatenate strings and fail on a list, so a caller serving
-such a model joins the text parts first (`flatten_text_parts`). `supports_content_parts` tells
-which kind a template is.
+others (SmolLM2's, for one) only concatenate strings and fail on a list, which is why the API
+joins a message's text parts into one string before it gets here (api/wire.py, `join_text_parts`).
 
 Compilation is cached per (source, limits); a template that does not compile, raises, breaks
 the sandbox or its limits is a `ChatTemplateError`.
@@ -40,7 +39,7 @@ from chatforge.text.template_globals import TemplateRaised
 from chatforge.text.template_limits import TemplateDeadline, TemplateLimitError, TemplateLimits, render_deadline
 from chatforge.text.template_sandbox import ChatSandbox
 
-__all__ = ["ChatTemplate", "ChatTemplateError", "DEFAULT_CHAT_TEMPLATE", "TemplateLimits", "flatten_text_parts"]
+__all__ = ["ChatTemplate", "ChatTemplateError", "DEFAULT_CHAT_TEMPLATE", "TemplateLimits"]
 
 # ChatML (templates/chatml.jinja, the named template "chatml"). It accepts content as a string or
 # as a list of text parts.
@@ -80,18 +79,6 @@ class ChatTemplate:
         """The template's parsed Jinja tree, for capability checks (text/tool_prompt.py)."""
         return self._template.environment.parse(self.source)
 
-    @functools.cached_property
-    def supports_content_parts(self) -> bool:
-        """Whether the template loops over a message's content (so it accepts a list of parts)."""
-        tree = self._template.environment.parse(self.source)
-        for loop in tree.find_all(nodes.For):
-            target = loop.iter
-            if isinstance(target, nodes.Getattr) and target.attr == "content":
-                return True
-            if isinstance(target, nodes.Getitem) and isinstance(target.arg, nodes.Const) and target.arg.value == "content":
-                return True
-        return False
-
     def render(self, messages: Sequence[Any], /, *, add_generation_prompt: bool = True, tools: Sequence[Any] | None = None,
                documents: Sequence[Any] | None = None, **kwargs: Any) -> str:
         """The prompt text for `messages`. Extra keywords become template variables (they override
@@ -108,23 +95,6 @@ class ChatTemplate:
             "add_generation_prompt": bool(add_generation_prompt),
         }
         return _render(self._template, variables, self.limits)
-
-
-def flatten_text_parts(messages: Sequence[Mapping[str, Any]], separator: str = "\n") -> list[dict[str, Any]]:
-    """Messages with each list of text parts joined into one string (as vLLM does for templates
-    that expect strings). A part of any other type is a `ChatTemplateError` of kind "input"."""
-    flat = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ChatTemplateError("only text content parts are supported", "input")
-                texts.append(part["text"])
-            message = {**message, "content": separator.join(texts)}
-        flat.append(dict(message))
-    return flat
 
 
 @functools.lru_cache(maxsize=8)

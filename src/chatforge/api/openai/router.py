@@ -18,6 +18,7 @@ from chatforge.api.openai.schemas import (
     ChatCompletion, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse, ErrorResponse,
     ModelList, ProductChatCompletionRequest, TextCompletion, TokenizeRequest, TokenizeResponse,
 )
+from chatforge.platform.gate import Principal
 from chatforge.platform.scopes import Caller
 from chatforge.service.catalog import ModelCatalog
 
@@ -66,11 +67,14 @@ async def _completion(request: Request, body: CompletionRequest, caller: Caller,
     ))
 
 
-def models_body(catalog: ModelCatalog, names: list[str] | None = None) -> dict:
+def models_body(catalog: ModelCatalog, names: list[str] | None = None, principal: Principal | None = None) -> dict:
     """The model list: one card per name a request may use (each model's id, then its aliases),
-    or these names (ids or aliases) as named. `root` is the model's id, as vLLM writes it."""
+    or these names (ids or aliases) as named; with a caller, only the models its key may use.
+    `root` is the model's id, as vLLM writes it."""
     served = ([(n, m) for m in catalog.models for n in (m.model_id, *m.aliases)] if names is None
               else [(n, catalog.get(n)) for n in names])
+    if principal is not None:
+        served = [(n, m) for n, m in served if principal.may_use_model((m.model_id, *m.aliases))]
     return {
         "object": "list",
         "data": [
@@ -123,29 +127,25 @@ def build_router() -> APIRouter:
 
     @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES, tags=["tokens"])
     async def tokenize(body: TokenizeRequest, principal: BearerPrincipal, catalog: CatalogDep, platform: PlatformDep):
-        out, answer = tokens.tokenize(catalog, body)
-        platform.check_model(principal, out.model.model_id, aliases=out.model.aliases)
-        return answer
+        return tokens.tokenize(catalog, body, lambda m: platform.check_model(principal, m.model_id, aliases=m.aliases))
 
     @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES, tags=["tokens"])
     async def detokenize(body: DetokenizeRequest, principal: BearerPrincipal, catalog: CatalogDep, platform: PlatformDep):
-        model, answer = tokens.detokenize(catalog, body)
-        platform.check_model(principal, model.model_id, aliases=model.aliases)
-        return answer
+        return tokens.detokenize(catalog, body, lambda m: platform.check_model(principal, m.model_id, aliases=m.aliases))
 
     @router.get("/v1/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
-    async def list_models(catalog: CatalogDep, _: BearerPrincipal):
-        return models_body(catalog)
+    async def list_models(catalog: CatalogDep, principal: BearerPrincipal):
+        return models_body(catalog, principal=principal)
 
     @router.get("/v1/openai/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
-    async def deepinfra_list_models(catalog: CatalogDep, _: BearerPrincipal):
-        return models_body(catalog)
+    async def deepinfra_list_models(catalog: CatalogDep, principal: BearerPrincipal):
+        return models_body(catalog, principal=principal)
 
     @router.get("/1/ai/{product_id}/openai/models", response_model=ModelList, responses=ERROR_RESPONSES,
                 tags=["infomaniak"])
     async def product_models(product_id: int, catalog: CatalogDep, caller: ProductCaller):
         names = list(caller.product.models) or [m.model_id for m in catalog.models]
-        return models_body(catalog, [n for n in names if n in catalog])
+        return models_body(catalog, [n for n in names if n in catalog], caller.principal)
 
     return router
 

@@ -4,17 +4,23 @@ answer of /detokenize), for clients that count tokens before they send a request
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chatforge.api.openai.schemas import DetokenizeRequest, TokenizeRequest
 from chatforge.api.openai.translate import message
 from chatforge.service import tokens
-from chatforge.service.catalog import ModelCatalog
+from chatforge.service.catalog import ModelCatalog, ServedModel
 from chatforge.service.errors import InvalidRequestError
 
 
-def tokenize(catalog: ModelCatalog, body: TokenizeRequest) -> tuple[tokens.Tokenized, dict[str, Any]]:
-    """The tokens, and the answer: {count, max_model_len, tokens, token_strs}."""
+# Raises unless the caller may use the model: run before any tokenizing, so that a model the
+# caller may not use costs nothing.
+ModelCheck = Callable[[ServedModel], None]
+
+
+def tokenize(catalog: ModelCatalog, body: TokenizeRequest, check: ModelCheck) -> dict[str, Any]:
+    """The answer: {count, max_model_len, tokens, token_strs}."""
     given = [name for name in ("prompt", "content", "messages") if getattr(body, name) is not None]
     if len(given) != 1:
         raise InvalidRequestError("give exactly one of prompt, content or messages", param=given[-1] if given else "prompt")
@@ -23,9 +29,11 @@ def tokenize(catalog: ModelCatalog, body: TokenizeRequest) -> tuple[tokens.Token
     special = body.add_special_tokens if body.add_special_tokens is not None else body.add_special
     if special is None:
         special = body.prompt is not None  # vLLM adds them to a prompt; llama.cpp's default and a chat's are off
-    if body.messages is not None:
+    messages = [message(m, i) for i, m in enumerate(body.messages)] if body.messages is not None else None
+    check(catalog.get(body.model))
+    if messages is not None:
         out = tokens.tokenize_chat(
-            catalog, body.model, [message(m, i) for i, m in enumerate(body.messages)],
+            catalog, body.model, messages,
             add_generation_prompt=body.add_generation_prompt, add_special_tokens=special,
             chat_template_kwargs=dict(body.chat_template_kwargs or {}),
         )
@@ -37,9 +45,10 @@ def tokenize(catalog: ModelCatalog, body: TokenizeRequest) -> tuple[tokens.Token
         ids = [{"id": i, "piece": p} for i, p in zip(out.token_ids, out.pieces)]
     answer = {"count": len(out.token_ids), "max_model_len": out.model.context_length, "tokens": ids,
               "token_strs": out.pieces if body.return_token_strs else None}
-    return out, answer
+    return answer
 
 
-def detokenize(catalog: ModelCatalog, body: DetokenizeRequest) -> tuple[Any, dict[str, str]]:
-    model, text = tokens.detokenize(catalog, body.model, list(body.tokens))
-    return model, {"prompt": text, "content": text}
+def detokenize(catalog: ModelCatalog, body: DetokenizeRequest, check: ModelCheck) -> dict[str, str]:
+    check(catalog.get(body.model))
+    _, text = tokens.detokenize(catalog, body.model, list(body.tokens))
+    return {"prompt": text, "content": text}

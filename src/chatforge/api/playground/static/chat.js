@@ -2,6 +2,7 @@
 // it, and errors shown as the dialect returned them. The page supplies the request (`build`) and
 // hears when one is sent and when it ends.
 
+import { callsView, jsonView, toolMessageView } from "./calls.js";
 import { authHeaders, el, errorView, readError } from "./common.js";
 import { toJSON } from "./snippets.js";
 import { sseEvents } from "./sse.js";
@@ -13,7 +14,9 @@ let turnIds = 0;
 export class Chat {
   constructor(ui) {
     this.ui = ui;
-    this.turns = [];  // {id, role, content} or {id, role: "assistant", choices, selected, state, showTokens}
+    // {id, role, content}, {id, role: "tool", tool_call_id, content},
+    // or {id, role: "assistant", choices, selected, state, showTokens, json}
+    this.turns = [];
     this.running = null;
     this.items = new Map();  // turn id -> its <li>
     ui.composer.form.addEventListener("submit", (event) => { event.preventDefault(); this.send(); });
@@ -34,11 +37,37 @@ export class Chat {
 
   wire(name) { return WIRES[name]; }
 
-  // The conversation so far, as {role, content} turns (an answer counts by its chosen choice).
+  // The conversation so far as wire messages (an answer counts by its chosen choice, with its tool calls).
   history() {
-    return this.turns.filter((t) => t.state !== "streaming").map((t) => ({
-      role: t.role, content: t.role === "assistant" ? t.choices[t.selected]?.text ?? "" : t.content,
-    }));
+    return this.turns.filter((t) => t.state !== "streaming").map((t) => {
+      if (t.role === "tool") return { role: "tool", tool_call_id: t.tool_call_id, content: t.content };
+      if (t.role !== "assistant") return { role: t.role, content: t.content };
+      const choice = t.choices[t.selected];
+      const calls = (choice?.calls || []).filter((c) => c.id);
+      if (!calls.length) return { role: "assistant", content: choice?.text ?? "" };
+      return { role: "assistant", content: choice.text || null,
+        tool_calls: calls.map((c) => ({ id: c.id, type: "function", function: { name: c.name, arguments: c.arguments } })) };
+    });
+  }
+
+  // True when the last turn is a tool result: Send then continues without a new user message.
+  continues() {
+    return this.turns.at(-1)?.role === "tool";
+  }
+
+  // A tool message answering `call` of `turn`, placed after the turn's other answers.
+  answerCall(turn, call, content) {
+    let at = this.turns.indexOf(turn) + 1;
+    while (this.turns[at]?.role === "tool") at++;
+    this.turns.splice(at, 0, { id: ++turnIds, role: "tool", tool_call_id: call.id, content });
+    this.render();
+    this.ui.changed();
+    const next = this.items.get(turn.id).querySelector(".call-answer textarea");
+    if (next) next.focus();
+    else {
+      this.status("Results added: Send continues the conversation (the message box may stay empty).");
+      this.ui.composer.focus();
+    }
   }
 
   status(text) { this.ui.status.textContent = text; }
@@ -51,7 +80,8 @@ export class Chat {
   async send() {
     if (this.running) return;
     const prompt = this.ui.composer.value;
-    if (!prompt.trim()) {
+    const continuing = !prompt.trim() && this.continues();
+    if (!prompt.trim() && !continuing) {
       this.status("Write a message first.");
       this.ui.composer.focus();
       return;
@@ -62,9 +92,10 @@ export class Chat {
       this.ui.errorBox.replaceChildren(errorView({ status: "", code: "not_sent", message: `Fix first: ${errors.join("; ")}.` }));
       return;
     }
-    const user = { id: ++turnIds, role: "user", content: prompt };
-    const reply = { id: ++turnIds, role: "assistant", choices: [], selected: 0, state: "streaming", showTokens: false };
-    this.turns.push(user, reply);
+    const user = continuing ? null : { id: ++turnIds, role: "user", content: prompt };
+    const json = ["json_object", "json_schema"].includes(req.body.response_format?.type);
+    const reply = { id: ++turnIds, role: "assistant", choices: [], selected: 0, state: "streaming", showTokens: false, json };
+    this.turns.push(...(user ? [user] : []), reply);
     this.ui.composer.value = "";
     this.render();
     this.ui.sent(req);
@@ -134,7 +165,7 @@ export class Chat {
   }
 
   update(reply, outcome) {
-    reply.choices = outcome.choices.map((c) => ({ ...c }));
+    reply.choices = outcome.choices.map((c) => ({ ...c, calls: c.calls.map((call) => ({ ...call })) }));
     reply.renders = (reply.renders || 0) + 1;  // how many times the answer was redrawn as it came
     this.replace(reply);
   }
@@ -161,6 +192,7 @@ export class Chat {
     const li = el("li", { class: `turn turn-${turn.role}`, dataset: { turn: turn.id, renders: turn.renders || 0, state: turn.state || "" } },
       el("div", { class: "turn-head" }, el("span", { class: "role" }, turn.role), badge, remove));
     if (turn.role === "user") li.append(el("div", { class: "bubble" }, turn.content));
+    else if (turn.role === "tool") li.append(...toolMessageView(turn));
     else li.append(...this.answer(turn));
     this.items.set(turn.id, li);
     return li;
@@ -168,16 +200,29 @@ export class Chat {
 
   answer(turn) {
     const several = turn.choices.length > 1;
+    const streaming = turn.state === "streaming";
     const parts = turn.choices.map((c, i) => {
-      const body = turn.showTokens && c.tokens ? tokenView(c.tokens) : el("div", { class: "bubble" }, c.text || (turn.state === "streaming" ? "…" : ""));
+      const body = turn.showTokens && c.tokens ? [tokenView(c.tokens)]
+        : turn.json ? jsonView(c.text, streaming)
+          : c.calls.length && !c.text ? []
+            : [el("div", { class: "bubble" }, c.text || (streaming ? "…" : ""))];
       const finish = c.finish ? el("span", { class: "finish" }, `finish: ${c.finish}`) : null;
-      if (!several) return el("div", { class: "choice" }, body, finish);
+      const answering = turn.state === "done" && i === turn.selected ? {
+        answered: (call) => this.turns.some((t) => t.role === "tool" && t.tool_call_id === call.id),
+        answer: (call, text) => this.answerCall(turn, call, text),
+      } : null;
+      const calls = c.calls.length ? callsView(turn.id, c.calls, answering, streaming) : null;
+      if (!several) return el("div", { class: "choice" }, ...body, calls, finish);
       const radio = el("input", {
         type: "radio", name: `choice-${turn.id}`, id: `choice-${turn.id}-${i}`, checked: i === turn.selected,
-        onchange: () => { turn.selected = i; this.ui.changed(); },
+        onchange: () => {  // the chosen choice's calls are the ones to answer: redraw, keeping the focus
+          turn.selected = i;
+          this.replace(turn).querySelector(`#choice-${turn.id}-${i}`).focus();
+          this.ui.changed();
+        },
       });
       return el("div", { class: "choice" },
-        el("div", { class: "choice-head" }, radio, el("label", { for: radio.id }, `Choice ${i} — continue with this one`)), body, finish);
+        el("div", { class: "choice-head" }, radio, el("label", { for: radio.id }, `Choice ${i} — continue with this one`)), ...body, calls, finish);
     });
     if (!turn.choices.length) parts.push(el("div", { class: "bubble muted" }, turn.state === "streaming" ? "…" : "(no answer)"));
     if (turn.state !== "streaming" && turn.choices.some((c) => c.tokens)) {

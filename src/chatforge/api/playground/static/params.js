@@ -1,9 +1,11 @@
 // The parameter panel, drawn from dialects.json: one input per wire field, grouped, each showing
 // its bounds and default. An empty input is not sent (the server's default applies); a value is
 // sent even outside its bounds, so that the server's own error can be read. A new kind of field
-// (tools, a JSON schema) is one more entry in KINDS and one more line per dialect in dialects.json.
+// is one more entry in KINDS and one more line per dialect in dialects.json (tools.js adds the
+// tools and output-format kinds).
 
 import { el } from "./common.js";
+import { TOOL_KINDS } from "./tools.js";
 
 const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
@@ -73,6 +75,7 @@ export const KINDS = {
       }
     },
   },
+  ...TOOL_KINDS,
 };
 
 function bounds(f) {
@@ -172,11 +175,12 @@ function fieldRow(f, rows, id) {
     f.help || ""].filter(Boolean).join(" · ");
   const hintId = `${id}-hint`;
   control.setAttribute("aria-describedby", `${hintId} ${id}-note`);
+  if (KINDS[f.kind].group) control.setAttribute("aria-labelledby", `${id}-label`);  // a group: no <label for>
   const note = el("span", { class: "field-note", id: `${id}-note`, "aria-live": "polite" });
   const row = f.kind === "boolean"
     ? el("div", { class: "field field-check" }, control, el("label", { for: id }, el("code", {}, label)),
       el("span", { class: "hint", id: hintId }, hints), note)
-    : el("div", { class: "field" }, el("label", { for: id }, el("code", {}, label)), control,
+    : el("div", { class: "field" }, el("label", { for: id, id: `${id}-label` }, el("code", {}, label)), control,
       el("span", { class: "hint", id: hintId }, hints), note);
   row.dataset.field = f.name;
   rows.push({ field: f, control, note, row, got: {} });

@@ -143,7 +143,8 @@ function scope() {
 export function buildRequest(prompt) {
   const d = state.dialect;
   const where = scope();
-  const conversation = { system: $("system").value.trim(), turns: chat.history(), prompt };
+  const continuing = !prompt.trim() && chat.continues();  // after tool results: no new user message
+  const conversation = { system: $("system").value.trim(), turns: chat.history(), prompt: continuing ? null : prompt };
   const body = chat.wire(d.wire).conversation(conversation, where);
   const { values, errors } = state.panels[d.wire].panel.read();
   for (const [path, value] of values) setPath(body, path, value);

@@ -1,0 +1,48 @@
+/* The model plan's inner state, shared by plan.c (life cycle, validation, workspace) and
+   forward.c (the step). Not part of the library's interface (model.h is). */
+#ifndef CHATFORGE_PLAN_H
+#define CHATFORGE_PLAN_H
+
+#include <stdint.h>
+
+#include "model.h"
+#include "pool.h"
+
+#define QUERY_RUN 16        /* queries of one sequence per attention task */
+#define ROW_MATMUL_BLOCK 32 /* rows per matmul task when the step has more */
+#define INLINE_ROW_WORK 65536 /* per-row ops of less work than this run on the caller alone */
+
+typedef struct {
+    int64_t cap;              /* tokens the buffers hold */
+    float *x, *h, *qkv, *q, *attn, *gu, *act, *rope; /* activations */
+    float *rope_local;        /* the sliding-window layers' cos / sin when their base differs */
+    int8_t *q8;               /* 8-bit copy of the current matmul input */
+    float *q8_d, *q8_s;
+    int32_t *tok_seq, *tok_pos;
+    int32_t *tasks;           /* attention tasks: (seq, first token, count) */
+} workspace;
+
+/* Where a step's time goes (cf_model_profile): the calling thread's CPU time per kind of op. */
+enum { P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_O, P_GATE_UP, P_SWIGLU, P_DOWN, P_HEAD, P_COUNT };
+
+struct cf_model {
+    cf_model_desc d;
+    int profiling;
+    int64_t profile_ns[P_COUNT];
+    int64_t mark;
+    cf_layer *layers;
+    cf_pool *pool;
+    float *scratch;           /* per thread: attention scratch */
+    int64_t scratch_floats;
+    workspace ws;
+    char error[256];
+    const cf_step *step;      /* the step being run */
+    int64_t last_tokens;      /* tokens of the last step run (its final hidden states are kept) */
+};
+
+/* Grows the step's buffers to hold T tokens (kept afterwards). 0, or -1 out of memory. */
+int cf_reserve(cf_model *m, int64_t T);
+/* The activation forms (CF_ACT_*) a linear's parts read. */
+int cf_linear_acts(const cf_linear *lin);
+
+#endif
