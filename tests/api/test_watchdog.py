@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import httpx
+import pytest
 
 from chatforge.api.app import create_app
 from chatforge.api.watchdog import EngineWatchdog
@@ -21,7 +22,8 @@ from .conftest import LiveServer, metric
 LIMIT_S = 0.02  # a 150-token prefill takes far longer on any CPU
 
 
-def test_a_long_step_marks_the_engine_unhealthy_until_it_ends(api_settings, catalog, tmp_path):
+@pytest.mark.parametrize("beside_a_stream", [True, False], ids=["beside-a-stream", "from-idle"])
+def test_a_long_step_marks_the_engine_unhealthy_until_it_ends(api_settings, catalog, tmp_path, beside_a_stream):
     settings = api_settings.model_copy(update={
         "database_url": f"sqlite:///{tmp_path / 'c.db'}",
         "server": api_settings.server.model_copy(update={"engine_step_timeout_s": LIMIT_S}),
@@ -30,13 +32,18 @@ def test_a_long_step_marks_the_engine_unhealthy_until_it_ends(api_settings, cata
     with LiveServer(create_app(settings, catalog)) as live, httpx.Client(base_url=live.url, timeout=120) as http:
         async def load():
             async with httpx.AsyncClient(base_url=live.url, timeout=120) as client:
-                running = asyncio.create_task(client.post("/v1/chat/completions", json={
-                    "model": model, "max_tokens": 24, "ignore_eos": True,
-                    "messages": [{"role": "user", "content": "Count."}]}))
-                await asyncio.sleep(0.3)  # decoding: the engine holds work
+                answers = []
+                if beside_a_stream:
+                    answers.append(asyncio.create_task(client.post("/v1/chat/completions", json={
+                        "model": model, "max_tokens": 24, "ignore_eos": True,
+                        "messages": [{"role": "user", "content": "Count."}]})))
+                    await asyncio.sleep(0.1)  # decoding: the engine holds work
+                # From an idle engine, the step's only snapshot before it is the one taken when
+                # the request was added: it must show the work. (Each case its own prompt: no
+                # prefix-cache hit may shorten the step.)
                 prefill = await client.post("/v1/chat/completions", json={
-                    "model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "word " * 150}]})
-                return await running, prefill
+                    "model": model, "max_tokens": 1, "messages": [{"role": "user", "content": ("word " if beside_a_stream else "term ") * 150}]})
+                return [await a for a in answers] + [prefill]
 
         seen = []
         poller_done = False
@@ -53,7 +60,7 @@ def test_a_long_step_marks_the_engine_unhealthy_until_it_ends(api_settings, cata
         finally:
             poller_done = True
             poller.join()
-        assert [a.status_code for a in answers] == [200, 200]
+        assert [a.status_code for a in answers] == [200] * (2 if beside_a_stream else 1)
         unhealthy = [r.json() for r in seen if r.status_code == 503]
         assert unhealthy and unhealthy[0]["status"] == "unhealthy"
         assert unhealthy[0]["stalled_engines"] == [catalog.default.model_id]

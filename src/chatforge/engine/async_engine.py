@@ -205,6 +205,9 @@ class AsyncEngine:
             self._send(command.stream, e)
             return
         self._streams[command.request_id] = command.stream
+        # A fresh snapshot that shows the work: the watchdog takes a snapshot holding work that
+        # outlives its limit for a stuck step, also the first step after an idle engine.
+        self._stats = self.engine.stats()
 
     def _end(self, command: _End) -> None:
         if command.reason is FinishReason.ABORT:
