@@ -172,7 +172,7 @@ def test_a_model_too_big_is_refused_at_start_with_the_numbers(tmp_path):
 def test_model_flags_apply_to_one_model(tmp_path):
     done = serve(tmp_path, "--model", "a.gguf", "--model", "b.gguf", "--served-model-name", "x")
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("error: --chat-template and --served-model-name apply to one model")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --chat-template, --served-model-name and --upstream apply to one model")
     done = serve(tmp_path, "--chat-template", "vicuna")
     assert done.returncode == 1
     assert "'vicuna' is neither a named template" in done.stderr.strip().splitlines()[-1]
