@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from chatforge.engine.grammar import accept_token, grammar_error
@@ -15,6 +16,7 @@ from chatforge.engine.outputs import FinishReason
 from chatforge.engine.sampler import Sampler
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.engine.sequence import Sequence
+from chatforge.models import native
 
 V = 300  # not a multiple of 32: the last mask word is partly padding
 EOS = 2
@@ -76,14 +78,20 @@ def seq(params, prompt=(1, 5, 9)):
     return Sequence("r", list(prompt), params)
 
 
-def test_the_lookup_table_mask_is_exact_and_touches_only_constrained_rows():
+@pytest.fixture(params=["torch", "native"])
+def kernels(request):
+    """The masks' two implementations: torch's lookup table, chatforge's C loop."""
+    return native.library() if request.param == "native" else None
+
+
+def test_the_mask_is_exact_and_touches_only_constrained_rows(kernels):
     filler = SetFiller()
     allowed = [{0, 31, 32, 33, 255, 299}, set(range(100, 140))]
     seqs = [seq(SamplingParams(grammar=ScriptedGrammar([allowed[0]], filler))), seq(SamplingParams()),
             seq(SamplingParams(grammar=ScriptedGrammar([allowed[1]], filler)))]
     logits = logits_for(3)
     masked = logits.clone()
-    GrammarMasks(V, CPU).fill(seqs).apply(masked)
+    GrammarMasks(V, CPU, kernels).fill(seqs).apply(masked)
     assert filler.calls == 1  # both constrained rows in one call
     assert torch.equal(masked[1], logits[1])
     for row, ok in ((0, allowed[0]), (2, allowed[1])):
@@ -156,3 +164,25 @@ def test_each_completion_of_a_request_starts_its_own_matcher():
     assert child.matcher is not parent.matcher
     parent.matcher.accept(5)
     assert child.matcher.taken == []
+
+
+def test_both_masks_agree_on_a_real_vocabulary_with_an_infinite_bias(kernels):
+    """49,152 tokens, words all allowed, all forbidden and mixed, rows out of order, and a
+    constrained row whose bias is +inf on a forbidden token: the grammar wins."""
+    vocab, words = 49_155, (49_155 + 31) // 32
+    rng = np.random.default_rng(3)
+    bitmask = rng.integers(-2**31, 2**31, size=(3, words), dtype=np.int64).astype(np.int32)
+    bitmask[0, ::3], bitmask[1, ::5] = -1, 0  # all 32 allowed / all forbidden
+    logits = torch.randn(5, vocab, generator=torch.Generator().manual_seed(1))
+    logits[4, 7] = float("inf")
+    bitmask[2, 0] &= ~(1 << 7)
+    from chatforge.engine.grammar_mask import StepMasks, _lookup_table
+
+    rows = torch.tensor([3, 0, 4])
+    reference, masked = logits.clone(), logits.clone()
+    StepMasks(rows, torch.from_numpy(bitmask), _lookup_table(torch.float32, CPU), True).apply(reference)
+    StepMasks(rows, torch.from_numpy(bitmask), _lookup_table(torch.float32, CPU), True, kernels).apply(masked)
+    assert torch.equal(masked, reference)
+    assert masked[4, 7] == float("-inf") and torch.equal(masked[[1, 2]], logits[[1, 2]])
+    allowed = np.unpackbits(bitmask[1].view(np.uint8), bitorder="little")[:vocab].astype(bool)
+    assert torch.equal(torch.isinf(masked[0]), torch.from_numpy(~allowed))

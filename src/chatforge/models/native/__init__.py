@@ -64,6 +64,7 @@ _SIGNATURES = {
     "cf_rms_norm": ([_p, _p, _i64, _f32, _p], None),
     "cf_swiglu": ([_p, _i64, _p], None),
     "cf_geglu": ([_p, _i64, _p], None),
+    "cf_apply_token_bitmask": ([_p, _i64, _p, _i64, _p, _i64, _i64], None),
     "cf_rotate_head": ([_p, _p, _p, _i64, _p], None),
     "cf_attend_scratch_floats": ([_i64, _i64, _i64], _i64),
     "cf_attend": ([_p, _i64, _i64, _i64, _i64, _p], None),
@@ -142,6 +143,12 @@ def library(cache_dir: str | Path | None = None, compiler: str = "cc") -> ctypes
             function.argtypes, function.restype = argtypes, restype
         _library = lib
         return lib
+
+
+def loaded() -> ctypes.CDLL | None:
+    """The kernels if something has loaded them already (the native backend), else None: for
+    helpers that use them when present and must not cause a build."""
+    return _library
 
 
 def available() -> bool:

@@ -81,3 +81,22 @@ void cf_to_f16(const float *src, int64_t n, uint16_t *dst) {
     for (int64_t i = 0; i < n; i += 8)
         _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
 }
+
+/* Grammar masks (engine/grammar_mask.py): logits row rows[r] keeps token t when bit t % 32 of
+   bitmask[r * words + t / 32] is set and becomes -inf otherwise; words whose 32 bits are all set
+   (the common case inside a JSON string) cost one compare. Setting -inf rather than adding it
+   makes the grammar win over an infinite logit_bias too. */
+void cf_apply_token_bitmask(float *logits, int64_t row_stride, const int64_t *rows, int64_t n_rows,
+                            const uint32_t *bitmask, int64_t words, int64_t vocab) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        float *row = logits + rows[r] * row_stride;
+        const uint32_t *bits = bitmask + r * words;
+        for (int64_t w = 0; w < words; w++) {
+            uint32_t keep = bits[w];
+            if (keep == 0xFFFFFFFFu) continue;
+            int64_t base = w * 32, end = base + 32 < vocab ? base + 32 : vocab;
+            for (int64_t t = base; t < end; t++)
+                if (!((keep >> (t - base)) & 1u)) row[t] = -INFINITY;
+        }
+    }
+}

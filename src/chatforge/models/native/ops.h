@@ -12,6 +12,9 @@ void cf_swiglu(const float *gate_up, int64_t F, float *out);
 void cf_geglu(const float *gate_up, int64_t F, float *out);
 /* RoPE (rotate-half) of one head: dst = src * cos + rotate_half(src) * sin; cos, sin [D / 2] */
 void cf_rotate_head(const float *src, const float *cos, const float *sin, int64_t D, float *dst);
+/* Grammar masks: token t of logits row rows[r] becomes -inf unless bit t of bitmask row r is set. */
+void cf_apply_token_bitmask(float *logits, int64_t row_stride, const int64_t *rows, int64_t n_rows,
+                            const uint32_t *bitmask, int64_t words, int64_t vocab);
 /* float32 -> float16, n % 8 == 0 */
 void cf_to_f16(const float *src, int64_t n, uint16_t *dst);
 
