@@ -91,6 +91,20 @@ def test_5000_messages_are_400_before_any_tokenizing(http, route):
     assert "maximum length 2048" in response.text
 
 
+@pytest.mark.parametrize("route", [*ROUTES, "completions", "tokenize"])
+def test_a_lone_surrogate_in_the_text_is_400(http, route):
+    """JSON may carry "\\ud800" alone; Python keeps it, no tokenizer takes it: the caller's error."""
+    if route == "tokenize":
+        path, body, headers = "/tokenize", {"model": "smollm2", "prompt": "\ud800 hi"}, {}
+    else:
+        call = chat_call(route, None, scope=ROUTES.get(route), prompt="\ud800 hi")
+        path, body, headers = call.path, call.body, call.headers
+    response = http.post(path, content=json.dumps(body).encode(), headers={**headers, "content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "is not valid Unicode: a lone surrogate" in str(response.json())
+    _error(route if route in ROUTES else "openai", response)  # the route's own envelope
+
+
 def test_the_server_is_healthy_after_the_refusals(http):
     assert http.get("/health").status_code == 200
     call = chat_call("openai", None)

@@ -22,6 +22,7 @@ from chatforge.service.protocol import ChatMessage, ChatRequest, ModelScope, Sam
 from chatforge.text.chat_template import ChatTemplate, ChatTemplateError
 from chatforge.text.errors import TokenizerError
 from chatforge.text.named_templates import NAMED_TEMPLATES
+from chatforge.text.tokenizer import Tokenizer
 from chatforge.text.tool_format import ToolCallFormat
 
 # Set by the service itself; a caller's template kwargs may not override them.
@@ -113,12 +114,26 @@ def chat_template(model: ServedModel, req: ChatRequest) -> ChatTemplate:
     return model.template
 
 
+def encode_text(tokenizer: Tokenizer, text: str, param: str, add_special_tokens: bool = False) -> list[int]:
+    """A request's text as token ids; text that is not valid Unicode (a lone UTF-16 surrogate such
+    as JSON's "\\ud800", which Python keeps but no tokenizer takes) is the caller's 400."""
+    try:
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    except TypeError:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequestError(f"{param} is not valid Unicode: a lone surrogate {text[e.start]!a} at "
+                                      f"character {e.start}", param=param) from None
+        raise
+
+
 def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Prompt:
     template = chat_template(model, req)
     messages = list(req.messages)
     while True:
         text, tool_format = render(model, template, messages, req)
-        ids = model.tokenizer.encode(text)
+        ids = encode_text(model.tokenizer, text, "messages")
         if not ids:
             raise InvalidRequestError("the conversation renders to an empty prompt", param="messages")
         if req.truncate_prompt_tokens is not None:
@@ -133,7 +148,7 @@ def _chat_prompt(model: ServedModel, req: ChatRequest, wanted: int | None) -> Pr
 def _raw_prompt(model: ServedModel, prompt: str | list[int], req: ChatRequest, wanted: int | None) -> Prompt:
     tokenizer = model.tokenizer
     if isinstance(prompt, str):
-        text, ids = prompt, tokenizer.encode(prompt, add_special_tokens=True)
+        text, ids = prompt, encode_text(tokenizer, prompt, "prompt", add_special_tokens=True)
     else:
         try:
             text, ids = tokenizer.decode(prompt, skip_special_tokens=False), list(prompt)

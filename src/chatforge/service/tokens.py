@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from chatforge.service.catalog import ModelCatalog, ServedModel
 from chatforge.service.errors import InvalidRequestError
-from chatforge.service.prepare import chat_template, render
+from chatforge.service.prepare import chat_template, encode_text, render
 from chatforge.service.protocol import ChatMessage, ChatRequest
 from chatforge.text.errors import TokenizerError
 
@@ -22,7 +22,7 @@ class Tokenized:
 
 def tokenize_text(catalog: ModelCatalog, model: str | None, text: str, add_special_tokens: bool) -> Tokenized:
     served = catalog.get(model)
-    return _tokenized(served, served.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+    return _tokenized(served, encode_text(served.tokenizer, text, "prompt", add_special_tokens))
 
 
 def tokenize_chat(catalog: ModelCatalog, model: str | None, messages: list[ChatMessage], *,
@@ -33,7 +33,7 @@ def tokenize_chat(catalog: ModelCatalog, model: str | None, messages: list[ChatM
     req = ChatRequest("tokenize", model, messages, add_generation_prompt=add_generation_prompt,
                       chat_template_kwargs=chat_template_kwargs)
     text, _ = render(served, chat_template(served, req), messages, req)
-    return _tokenized(served, served.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+    return _tokenized(served, encode_text(served.tokenizer, text, "messages", add_special_tokens))
 
 
 def detokenize(catalog: ModelCatalog, model: str | None, token_ids: list[int]) -> tuple[ServedModel, str]:
