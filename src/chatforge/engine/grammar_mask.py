@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -90,9 +90,9 @@ class GrammarMasks:
         self._buffer = np.zeros((0, self._words), dtype=np.int32)
         self._table = _lookup_table(torch.float32, self.device)
 
-    def fill(self, seqs: list[Sequence], rows: list[int] | None = None) -> StepMasks | None:
-        """Masks for `rows` of `seqs` (default: every row whose sequence carries a matcher); None
-        when there is none."""
+    def fill(self, seqs: list[Sequence], rows: list[int] | None = None, at: list[int] | None = None) -> StepMasks | None:
+        """Masks for `rows` of `seqs` (default: every row whose sequence carries a matcher), to
+        apply to the logits rows `at` (default: the same rows); None when there is none."""
         if rows is None:
             rows = constrained_rows(seqs)
         if not rows:
@@ -108,7 +108,7 @@ class GrammarMasks:
             filler.fill(items, bitmask)
         infinite_bias = any(math.isinf(v) for i in rows for v in seqs[i].params.logit_bias.values())
         return StepMasks(
-            torch.tensor(rows, dtype=torch.long, device=self.device),
+            torch.tensor(rows if at is None else at, dtype=torch.long, device=self.device),
             torch.from_numpy(bitmask).to(self.device),
             self._table,
             infinite_bias,
@@ -122,9 +122,8 @@ class GrammarMasks:
         refused = [i for i in rows if not seqs[i].matcher.allows(token_ids[i])]
         if not refused:
             return {}
-        masks = self.fill(seqs, refused)
-        again = processed[masks.rows]  # a copy: the mask's rows become 0..k-1
-        replace(masks, rows=torch.arange(len(refused), device=self.device)).apply(again)
+        again = processed[torch.tensor(refused, device=processed.device)]  # a copy, rows 0..k-1
+        self.fill(seqs, refused, at=list(range(len(refused)))).apply(again)
         return dict(zip(refused, again.argmax(dim=-1).tolist()))
 
 

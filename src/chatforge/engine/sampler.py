@@ -4,9 +4,9 @@ transformers' logits processors and TGI, so either can serve as a reference:
 
 1. raw log-softmax of the logits, kept for `logprobs` / `top_logprobs`;
 2. `logit_bias` is added; a constrained row's grammar mask sets the tokens its grammar forbids
-   to -inf (engine/grammar_mask.py; so a bias cannot revive them; a greedy row's mask is only
-   computed when the grammar refuses its unmasked argmax, which gives the same token); until `min_tokens` are
-   generated, EOS (unless `ignore_eos`) and `stop_token_ids` are banned;
+   to -inf (engine/grammar_mask.py; so a bias cannot revive them. A greedy row's mask is only
+   computed when the grammar refuses its unmasked argmax: the same token, for less work); until
+   `min_tokens` are generated, EOS (unless `ignore_eos`) and `stop_token_ids` are banned;
 3. `repetition_penalty` over prompt + generated tokens (a positive logit is divided by it, a
    negative one multiplied);
 4. `frequency_penalty` x count and `presence_penalty` x [count > 0] are subtracted, counting
