@@ -329,7 +329,7 @@ def test_greedy_rows_skip_their_masks_and_give_the_tokens_of_masking_every_step(
     engine = make_engine()
     masks, filled = engine.runner.sampler.grammar_masks, []
     fill = masks.fill
-    monkeypatch.setattr(masks, "fill", lambda seqs, rows=None: filled.append(len(rows)) or fill(seqs, rows))
+    monkeypatch.setattr(masks, "fill", lambda seqs, rows=None, at=None: filled.append(len(rows)) or fill(seqs, rows, at))
     skipping = generate(engine, requests)
     monkeypatch.setattr(LLGuidanceMatcher, "allows", lambda self, token_id: False)
     every_step = generate(make_engine(), requests)
