@@ -223,6 +223,74 @@ static void residual_linear(cf_model *m, const cf_linear *lin, const cf_acts *in
     for_rows(m, add_normed_row, (void *)post_norm, in->M, m->d.hidden);
 }
 
+/* ---- Mixtral's experts (model.h; the routing is moe.c) ------------------------------------ */
+
+/* gathered row r = the normalised input of the row routed there */
+static void gather_row(cf_model *m, void *p, int64_t r) {
+    (void)p;
+    int64_t dim = m->d.hidden;
+    memcpy(m->ws.moe_x + r * dim, m->ws.h + (int64_t)m->ws.row_of[r] * dim, sizeof(float) * (size_t)dim);
+}
+
+/* x[t] += its experts' outputs, weighted, summed in the order of the experts' indices */
+static void combine_row(cf_model *m, void *p, int64_t t) {
+    int64_t k = ((const cf_layer *)p)->top_k, dim = m->d.hidden;
+    const workspace *w = &m->ws;
+    float *x = w->x + t * dim, *acc = w->h + t * dim; /* h: the row's input, gathered already */
+    const float *y = w->moe_y + (int64_t)w->slot_of[t * k] * dim;
+    float weight = w->route_weight[t * k];
+    for (int64_t i = 0; i < dim; i++) acc[i] = weight * y[i];
+    for (int64_t s = 1; s < k; s++) {
+        y = w->moe_y + (int64_t)w->slot_of[t * k + s] * dim, weight = w->route_weight[t * k + s];
+        for (int64_t i = 0; i < dim; i++) acc[i] = acc[i] + weight * y[i];
+    }
+    for (int64_t i = 0; i < dim; i++) x[i] = x[i] + acc[i];
+}
+
+/* rows r0 .. r0 + n - 1 of a, as activations of their own */
+static cf_acts acts_rows(const cf_acts *a, int64_t r0, int64_t n) {
+    cf_acts s = *a;
+    s.M = n, s.f32 = a->f32 + r0 * a->K;
+    if (a->q8) s.q8 = a->q8 + r0 * a->K, s.q8_d = a->q8_d + r0 * (a->K / QK), s.q8_s = a->q8_s + r0 * (a->K / QK);
+    return s;
+}
+
+/* y rows of each expert's group = that expert's `lins` on its gathered rows of `in` */
+static void experts_linear(cf_model *m, const cf_layer *L, const cf_linear *lins, const cf_acts *in, float *y, int64_t ldy) {
+    const int32_t *off = m->ws.expert_offsets;
+    for (int64_t e = 0; e < L->n_experts; e++) {
+        if (off[e + 1] == off[e]) continue;
+        cf_acts part = acts_rows(in, off[e], off[e + 1] - off[e]);
+        linear(m, &lins[e], &part, y + off[e] * ldy, ldy, 0);
+    }
+}
+
+static int experts_acts(const cf_linear *lins, int64_t n) {
+    int acts = 0;
+    for (int64_t e = 0; e < n; e++) acts |= cf_linear_acts(&lins[e]);
+    return acts;
+}
+
+/* the sparse MoE block in place of the MLP: route, gather, each expert's SwiGLU, weighted sum */
+static void experts(cf_model *m, const cf_layer *L, int64_t T) {
+    workspace *w = &m->ws;
+    int64_t dim = m->d.hidden, F = m->d.ffn, E = L->n_experts, R = T * L->top_k;
+    cf_acts in = prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, cf_linear_acts(&L->router));
+    mark(m, P_NORM);
+    linear(m, &L->router, &in, w->router, E, 0);
+    cf_route(w->router, T, E, L->top_k, w->route_expert, w->route_weight, w->expert_offsets, w->slot_of, w->row_of);
+    for_rows(m, gather_row, NULL, R, dim);
+    in = prepare_input(m, w->moe_x, NULL, NULL, R, dim, experts_acts(L->expert_gate_up, E));
+    experts_linear(m, L, L->expert_gate_up, &in, w->gu, 2 * F);
+    mark(m, P_GATE_UP);
+    for_rows(m, swiglu_row, NULL, R, 2 * F);
+    mark(m, P_SWIGLU);
+    in = prepare_input(m, w->act, NULL, NULL, R, F, experts_acts(L->expert_down, E));
+    experts_linear(m, L, L->expert_down, &in, w->moe_y, dim);
+    for_rows(m, combine_row, (void *)L, T, L->top_k * dim);
+    mark(m, P_DOWN);
+}
+
 /* cos [D / 2], then sin [D / 2], of one position */
 static void rope_table(const float *inv, int64_t pos, int64_t D, float *cos) {
     float *sin = cos + D / 2;
@@ -264,6 +332,10 @@ static void layer(cf_model *m, int64_t l, int64_t T, int64_t n_attn_tasks) {
     residual_linear(m, &L->o, &in, L->post_attn_norm);
     mark(m, P_O);
 
+    if (L->n_experts) {
+        experts(m, L, T);
+        return;
+    }
     in = prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, cf_linear_acts(&L->gate_up));
     mark(m, P_NORM);
     linear(m, &L->gate_up, &in, w->gu, 2 * d->ffn, 0);

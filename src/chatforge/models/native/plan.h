@@ -20,6 +20,9 @@ typedef struct {
     float *q8_d, *q8_s;
     int32_t *tok_seq, *tok_pos;
     int32_t *tasks;           /* attention tasks: (seq, first token, count) */
+    /* Mixtral: gu, act and the 8-bit input hold T top_k gathered rows (moe.c says how they are laid out) */
+    float *router, *moe_x, *moe_y, *route_weight; /* [T, E], [T k, hidden] x 2, [T, k] */
+    int32_t *route_expert, *slot_of, *row_of, *expert_offsets; /* [T, k], [T k] x 2, [E + 1] */
 } workspace;
 
 /* Where a step's time goes (cf_model_profile): the calling thread's CPU time per kind of op. */
@@ -38,6 +41,7 @@ struct cf_model {
     char error[256];
     const cf_step *step;      /* the step being run */
     int64_t last_tokens;      /* tokens of the last step run (its final hidden states are kept) */
+    int64_t max_experts, max_top_k; /* over the layers (0 and 1 without experts) */
 };
 
 /* Grows the step's buffers to hold T tokens (kept afterwards). 0, or -1 out of memory. */
