@@ -1,4 +1,5 @@
-/* The step of the model plan (model.h): one call runs the whole forward pass.
+/* The step of the model plan (model.h): one call runs the whole forward pass (a Mixtral
+   layer's experts: moe.c).
 
    Work is handed to the thread pool (pool.h) op by op: a matmul as tasks of (rows, column
    groups), the attention as tasks of (sequence, kv head, run of queries), the per-row operations
@@ -15,11 +16,9 @@
 
 /* ---- per-row operations ---------------------------------------------------------------- */
 
-typedef void (*row_fn)(cf_model *m, void *ctx, int64_t row);
-
 typedef struct {
     cf_model *m;
-    row_fn fn;
+    cf_row_op fn;
     void *ctx;
     int64_t rows, per_task;
 } rows_job;
@@ -32,7 +31,7 @@ static void rows_task(void *p, int64_t task, int thread) {
 }
 
 /* fn on every row; `work` is a row's size in floats (small steps stay on this thread) */
-static void for_rows(cf_model *m, row_fn fn, void *ctx, int64_t rows, int64_t work) {
+void cf_for_rows(cf_model *m, cf_row_op fn, void *ctx, int64_t rows, int64_t work) {
     if (rows * work < INLINE_ROW_WORK || cf_pool_threads(m->pool) == 1) {
         for (int64_t r = 0; r < rows; r++) fn(m, ctx, r);
         return;
@@ -69,10 +68,10 @@ static void norm_row(cf_model *m, void *p, int64_t r) {
                        m->ws.q8_s + r * (c->K / QK));
 }
 
-static cf_acts prepare_input(cf_model *m, const float *src, const float *weight, float *dst, int64_t M, int64_t K,
+cf_acts cf_prepare_input(cf_model *m, const float *src, const float *weight, float *dst, int64_t M, int64_t K,
                              int acts) {
     norm_ctx c = {src, weight, weight ? dst : (float *)src, K, acts};
-    if (weight || (acts & CF_ACT_Q8)) for_rows(m, norm_row, &c, M, K);
+    if (weight || (acts & CF_ACT_Q8)) cf_for_rows(m, norm_row, &c, M, K);
     return make_acts(m, c.dst, M, K, acts);
 }
 
@@ -106,7 +105,7 @@ static void matmul_task(void *p, int64_t task, int thread) {
 }
 
 /* y[M, N] (= or +=) x . lin^T */
-static void linear(cf_model *m, const cf_linear *lin, const cf_acts *x, float *y, int64_t ldy, int accumulate) {
+void cf_run_linear(cf_model *m, const cf_linear *lin, const cf_acts *x, float *y, int64_t ldy, int accumulate) {
     int64_t groups = 0;
     for (int64_t p = 0; p < lin->n_parts; p++) groups += (lin->parts[p].N + 7) / 8;
     int64_t threads = cf_pool_threads(m->pool);
@@ -153,7 +152,7 @@ static int64_t thread_ns(void) {
 }
 
 /* charges the time since the last mark to `what` */
-static inline void mark(cf_model *m, int what) {
+void cf_mark(cf_model *m, int what) {
     if (!m->profiling) return;
     int64_t now = thread_ns();
     m->profile_ns[what] += now - m->mark;
@@ -195,7 +194,7 @@ static void rope_row(cf_model *m, void *p, int64_t t) {
     }
 }
 
-static void swiglu_row(cf_model *m, void *p, int64_t t) {
+void cf_ffn_act_row(cf_model *m, void *p, int64_t t) {
     (void)p;
     int64_t F = m->d.ffn;
     if (m->d.activation == CF_ACT_FN_GELU_TANH)
@@ -216,79 +215,11 @@ static void add_normed_row(cf_model *m, void *p, int64_t t) {
 /* y = x . lin^T, added into the residual x: directly, or through a post-norm (into h first) */
 static void residual_linear(cf_model *m, const cf_linear *lin, const cf_acts *in, const float *post_norm) {
     if (!post_norm) {
-        linear(m, lin, in, m->ws.x, m->d.hidden, 1);
+        cf_run_linear(m, lin, in, m->ws.x, m->d.hidden, 1);
         return;
     }
-    linear(m, lin, in, m->ws.h, m->d.hidden, 0);
-    for_rows(m, add_normed_row, (void *)post_norm, in->M, m->d.hidden);
-}
-
-/* ---- Mixtral's experts (model.h; the routing is moe.c) ------------------------------------ */
-
-/* gathered row r = the normalised input of the row routed there */
-static void gather_row(cf_model *m, void *p, int64_t r) {
-    (void)p;
-    int64_t dim = m->d.hidden;
-    memcpy(m->ws.moe_x + r * dim, m->ws.h + (int64_t)m->ws.row_of[r] * dim, sizeof(float) * (size_t)dim);
-}
-
-/* x[t] += its experts' outputs, weighted, summed in the order of the experts' indices */
-static void combine_row(cf_model *m, void *p, int64_t t) {
-    int64_t k = ((const cf_layer *)p)->top_k, dim = m->d.hidden;
-    const workspace *w = &m->ws;
-    float *x = w->x + t * dim, *acc = w->h + t * dim; /* h: the row's input, gathered already */
-    const float *y = w->moe_y + (int64_t)w->slot_of[t * k] * dim;
-    float weight = w->route_weight[t * k];
-    for (int64_t i = 0; i < dim; i++) acc[i] = weight * y[i];
-    for (int64_t s = 1; s < k; s++) {
-        y = w->moe_y + (int64_t)w->slot_of[t * k + s] * dim, weight = w->route_weight[t * k + s];
-        for (int64_t i = 0; i < dim; i++) acc[i] = acc[i] + weight * y[i];
-    }
-    for (int64_t i = 0; i < dim; i++) x[i] = x[i] + acc[i];
-}
-
-/* rows r0 .. r0 + n - 1 of a, as activations of their own */
-static cf_acts acts_rows(const cf_acts *a, int64_t r0, int64_t n) {
-    cf_acts s = *a;
-    s.M = n, s.f32 = a->f32 + r0 * a->K;
-    if (a->q8) s.q8 = a->q8 + r0 * a->K, s.q8_d = a->q8_d + r0 * (a->K / QK), s.q8_s = a->q8_s + r0 * (a->K / QK);
-    return s;
-}
-
-/* y rows of each expert's group = that expert's `lins` on its gathered rows of `in` */
-static void experts_linear(cf_model *m, const cf_layer *L, const cf_linear *lins, const cf_acts *in, float *y, int64_t ldy) {
-    const int32_t *off = m->ws.expert_offsets;
-    for (int64_t e = 0; e < L->n_experts; e++) {
-        if (off[e + 1] == off[e]) continue;
-        cf_acts part = acts_rows(in, off[e], off[e + 1] - off[e]);
-        linear(m, &lins[e], &part, y + off[e] * ldy, ldy, 0);
-    }
-}
-
-static int experts_acts(const cf_linear *lins, int64_t n) {
-    int acts = 0;
-    for (int64_t e = 0; e < n; e++) acts |= cf_linear_acts(&lins[e]);
-    return acts;
-}
-
-/* the sparse MoE block in place of the MLP: route, gather, each expert's SwiGLU, weighted sum */
-static void experts(cf_model *m, const cf_layer *L, int64_t T) {
-    workspace *w = &m->ws;
-    int64_t dim = m->d.hidden, F = m->d.ffn, E = L->n_experts, R = T * L->top_k;
-    cf_acts in = prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, cf_linear_acts(&L->router));
-    mark(m, P_NORM);
-    linear(m, &L->router, &in, w->router, E, 0);
-    cf_route(w->router, T, E, L->top_k, w->route_expert, w->route_weight, w->expert_offsets, w->slot_of, w->row_of);
-    for_rows(m, gather_row, NULL, R, dim);
-    in = prepare_input(m, w->moe_x, NULL, NULL, R, dim, experts_acts(L->expert_gate_up, E));
-    experts_linear(m, L, L->expert_gate_up, &in, w->gu, 2 * F);
-    mark(m, P_GATE_UP);
-    for_rows(m, swiglu_row, NULL, R, 2 * F);
-    mark(m, P_SWIGLU);
-    in = prepare_input(m, w->act, NULL, NULL, R, F, experts_acts(L->expert_down, E));
-    experts_linear(m, L, L->expert_down, &in, w->moe_y, dim);
-    for_rows(m, combine_row, (void *)L, T, L->top_k * dim);
-    mark(m, P_DOWN);
+    cf_run_linear(m, lin, in, m->ws.h, m->d.hidden, 0);
+    cf_for_rows(m, add_normed_row, (void *)post_norm, in->M, m->d.hidden);
 }
 
 /* cos [D / 2], then sin [D / 2], of one position */
@@ -318,34 +249,34 @@ static void layer(cf_model *m, int64_t l, int64_t T, int64_t n_attn_tasks) {
     int64_t H = d->n_heads, Hkv = d->n_kv_heads, D = d->head_dim, dim = d->hidden;
     layer_ctx lc = {l};
 
-    cf_acts in = prepare_input(m, w->x, L->attn_norm, w->h, T, dim, cf_linear_acts(&L->qkv));
-    mark(m, P_NORM);
-    linear(m, &L->qkv, &in, w->qkv, (H + 2 * Hkv) * D, 0);
-    mark(m, P_QKV);
-    for_rows(m, rope_row, &lc, T, (H + 2 * Hkv) * D);
-    mark(m, P_ROPE);
+    cf_acts in = cf_prepare_input(m, w->x, L->attn_norm, w->h, T, dim, cf_linear_acts(&L->qkv));
+    cf_mark(m, P_NORM);
+    cf_run_linear(m, &L->qkv, &in, w->qkv, (H + 2 * Hkv) * D, 0);
+    cf_mark(m, P_QKV);
+    cf_for_rows(m, rope_row, &lc, T, (H + 2 * Hkv) * D);
+    cf_mark(m, P_ROPE);
     attn_ctx ac = {m, l};
     cf_pool_run(m->pool, attn_task, &ac, n_attn_tasks);
-    mark(m, P_ATTN);
-    in = prepare_input(m, w->attn, NULL, NULL, T, H * D, cf_linear_acts(&L->o));
-    mark(m, P_NORM);
+    cf_mark(m, P_ATTN);
+    in = cf_prepare_input(m, w->attn, NULL, NULL, T, H * D, cf_linear_acts(&L->o));
+    cf_mark(m, P_NORM);
     residual_linear(m, &L->o, &in, L->post_attn_norm);
-    mark(m, P_O);
+    cf_mark(m, P_O);
 
     if (L->n_experts) {
-        experts(m, L, T);
+        cf_experts(m, L, T);
         return;
     }
-    in = prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, cf_linear_acts(&L->gate_up));
-    mark(m, P_NORM);
-    linear(m, &L->gate_up, &in, w->gu, 2 * d->ffn, 0);
-    mark(m, P_GATE_UP);
-    for_rows(m, swiglu_row, NULL, T, 2 * d->ffn);
-    mark(m, P_SWIGLU);
-    in = prepare_input(m, w->act, NULL, NULL, T, d->ffn, cf_linear_acts(&L->down));
-    mark(m, P_NORM);
+    in = cf_prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, cf_linear_acts(&L->gate_up));
+    cf_mark(m, P_NORM);
+    cf_run_linear(m, &L->gate_up, &in, w->gu, 2 * d->ffn, 0);
+    cf_mark(m, P_GATE_UP);
+    cf_for_rows(m, cf_ffn_act_row, NULL, T, 2 * d->ffn);
+    cf_mark(m, P_SWIGLU);
+    in = cf_prepare_input(m, w->act, NULL, NULL, T, d->ffn, cf_linear_acts(&L->down));
+    cf_mark(m, P_NORM);
     residual_linear(m, &L->down, &in, L->post_ffn_norm);
-    mark(m, P_DOWN);
+    cf_mark(m, P_DOWN);
 }
 
 /* ---- the step --------------------------------------------------------------------------- */
@@ -358,8 +289,8 @@ static void head(cf_model *m, const int32_t *rows, int64_t n, float *logits) {
     int64_t dim = d->hidden;
     for (int64_t i = 0; i < n; i++) memcpy(w->h + i * dim, w->x + (int64_t)rows[i] * dim, sizeof(float) * (size_t)dim);
     cf_linear lm_head = {1, {d->lm_head}, NULL};
-    cf_acts in = prepare_input(m, w->h, d->final_norm, w->h, n, dim, cf_formats[d->lm_head.format]->act);
-    linear(m, &lm_head, &in, logits, d->vocab, 0);
+    cf_acts in = cf_prepare_input(m, w->h, d->final_norm, w->h, n, dim, cf_formats[d->lm_head.format]->act);
+    cf_run_linear(m, &lm_head, &in, logits, d->vocab, 0);
     if (d->logit_softcap > 0.f)
         for (int64_t i = 0; i < n * d->vocab; i++) logits[i] = d->logit_softcap * tanhf(logits[i] / d->logit_softcap);
 }
@@ -413,13 +344,13 @@ int cf_model_step(cf_model *m, const cf_step *s) {
     if (n_tasks < 0) return (int)n_tasks;
     int64_t T = s->n_tokens;
     if (m->profiling) m->mark = thread_ns();
-    for_rows(m, embed_row, NULL, T, d->hidden);
-    mark(m, P_EMBED);
+    cf_for_rows(m, embed_row, NULL, T, d->hidden);
+    cf_mark(m, P_EMBED);
     for (int64_t l = 0; l < d->n_layers; l++) layer(m, l, T, n_tasks * d->n_kv_heads);
     m->last_tokens = T;
     if (s->n_sample == 0) return 0;
     head(m, s->sample_rows, s->n_sample, s->logits);
-    mark(m, P_HEAD);
+    cf_mark(m, P_HEAD);
     return 0;
 }
 

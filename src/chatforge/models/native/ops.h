@@ -15,12 +15,6 @@ void cf_rotate_head(const float *src, const float *cos, const float *sin, int64_
 /* Grammar masks: token t of logits row rows[r] becomes -inf unless bit t of bitmask row r is set. */
 void cf_apply_token_bitmask(float *logits, int64_t row_stride, const int64_t *rows, int64_t n_rows,
                             const uint32_t *bitmask, int64_t words, int64_t vocab);
-/* Mixtral's routing of T rows (moe.c): from the router's logits [T, E], each row's k experts
-   (expert, weight [T, k]: ascending expert index, weights summing to 1), and the T k (row, slot)
-   pairs grouped by expert: expert e's pairs are gathered rows offsets[e] .. offsets[e + 1] - 1
-   (offsets [E + 1]), pair (t, s) is gathered row slot_of[t k + s], gathered row r is row_of[r]. */
-void cf_route(const float *logits, int64_t T, int64_t E, int64_t k, int32_t *expert, float *weight,
-              int32_t *offsets, int32_t *slot_of, int32_t *row_of);
 /* float32 -> float16, n % 8 == 0 */
 void cf_to_f16(const float *src, int64_t n, uint16_t *dst);
 

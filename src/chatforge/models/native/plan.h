@@ -44,6 +44,21 @@ struct cf_model {
     int64_t max_experts, max_top_k; /* over the layers (0 and 1 without experts) */
 };
 
+/* The step's building blocks (forward.c), shared with moe.c. */
+typedef void (*cf_row_op)(cf_model *m, void *ctx, int64_t row);
+/* fn on every row; `work` is a row's size in floats (small steps stay on this thread) */
+void cf_for_rows(cf_model *m, cf_row_op fn, void *ctx, int64_t rows, int64_t work);
+/* dst = norm(src) per row (src as is when weight is NULL), and its 8-bit form when `acts` wants it */
+cf_acts cf_prepare_input(cf_model *m, const float *src, const float *weight, float *dst, int64_t M, int64_t K, int acts);
+/* y[M, N] (= or +=) x . lin^T, on the pool */
+void cf_run_linear(cf_model *m, const cf_linear *lin, const cf_acts *x, float *y, int64_t ldy, int accumulate);
+/* the FFN's activation of gated row t: ws.act[t] = act(ws.gu[t] gate) * ws.gu[t] up */
+void cf_ffn_act_row(cf_model *m, void *p, int64_t t);
+/* charges the calling thread's CPU time since the last mark to op `what` (when profiling) */
+void cf_mark(cf_model *m, int what);
+/* Mixtral: a layer's mixture of experts (moe.c): x += experts(norm(x)) for the step's T rows */
+void cf_experts(cf_model *m, const cf_layer *L, int64_t T);
+
 /* Grows the step's buffers to hold T tokens (kept afterwards). 0, or -1 out of memory. */
 int cf_reserve(cf_model *m, int64_t T);
 /* The activation forms (CF_ACT_*) a linear's parts read. */
