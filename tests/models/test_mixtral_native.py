@@ -15,7 +15,8 @@ from gguf import GGMLQuantizationType as Q
 
 from chatforge.models.backend import choose_backend, load_native
 from chatforge.models.generate import greedy_generate
-from chatforge.models.loader import load_model, read_config
+from chatforge.models.errors import WeightsMismatchError
+from chatforge.models.loader import load_model, read_config, read_hf_folder
 from chatforge.models.native_formats import Q4_1, Q8_0
 from chatforge.models.native_model import NativeModel, _Linear, native_weights_bytes
 from chatforge.models.source import ModelSource, resolve_model
@@ -118,3 +119,15 @@ def test_a_row_gets_the_same_bits_alone_or_among_other_sequences(tmp_path, hf):
     step = StepInputs(other + ids + third, [len(other), len(ids), len(third)], [len(other), len(ids), len(third)],
                       [[3, 4, 5], [10, 0, 7, 9, 12, 15], [20]], list(range(len(other) + len(ids) + len(third))))
     assert torch.equal(three.execute(step, cache)[len(other) : len(other) + len(ids)], whole)
+
+
+def test_a_missing_or_extra_expert_is_named(tmp_path, hf):
+    folder = tmp_path / "tiny-mixtral"
+    hf.save_pretrained(folder)
+    config, state = read_hf_folder(folder)
+    missing = {k: v for k, v in state.items() if k != "model.layers.1.block_sparse_moe.experts.2.w3.weight"}
+    with pytest.raises(WeightsMismatchError, match=r"layer 1 up_proj: 3 experts found, \[2\] missing"):
+        NativeModel(config, missing, threads=1)
+    extra = {**state, "model.layers.0.block_sparse_moe.experts.4.w1.weight": state["model.layers.0.block_sparse_moe.experts.0.w1.weight"]}
+    with pytest.raises(WeightsMismatchError, match=r"unexpected tensors: \['model.layers.0.block_sparse_moe.experts.4.w1.weight'\]"):
+        NativeModel(config, extra, threads=1)
