@@ -114,6 +114,8 @@ def test_allows_only_what_the_mask_allows_and_leaves_the_matcher_as_it_was(smol,
             assert matcher.accept(token)
     assert matcher.is_finished() or 2 in says_yes  # the walk ended where the output is complete
     assert exact_states >= 3
+    failed = grammar.matcher()
+    assert not failed.accept(1) and not any(failed.allows(t) for t in range(grammar.vocab_size))  # <|im_start|>
 
 
 def test_control_tokens_never_appear_inside_json_and_eos_only_when_complete(smol, structured):

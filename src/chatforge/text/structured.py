@@ -156,7 +156,7 @@ class LLGuidanceMatcher:
         # (a shorter token of the same bytes would validate): no answer there, the mask decides.
         # NOTE: validate_tokens does not count an EOS id (measured: 0 where the mask allows it); the
         # mask allows EOS exactly where the grammar accepts. Checked against the mask in tests.
-        if self.ll.compute_ff_bytes():
+        if self.ll.is_error() or self.ll.compute_ff_bytes():  # (a failed matcher claims to accept EOS)
             return False
         if self.ll.validate_tokens([token_id]) == 1:
             return True
