@@ -158,11 +158,13 @@ class TimedMasks:
     def report(self) -> dict:
         steps = [s for s in self.steps if s["constrained"]]
         filled = sum(s["rows"] for s in steps)
-        return {"rows_max": max(s["constrained"] for s in steps), "rows_filled_share": round(filled / sum(s["constrained"] for s in steps), 3),
+        rows = sum(s["constrained"] for s in steps)
+        return {"rows_max": max(s["constrained"] for s in steps), "rows_filled_share": round(filled / rows, 3),
                 "fill": percentiles([s["fill_ms"] for s in steps]), "apply": percentiles([s["apply_ms"] for s in steps])}
 
 
-def decode_round(engine, prompts: list[list[int]], params: SamplingParams, tag: str, masks: TimedMasks | None = None) -> dict:
+def decode_round(engine, prompts: list[list[int]], params: SamplingParams, tag: str,
+                 masks: TimedMasks | None = None) -> dict:
     for i, prompt in enumerate(prompts):
         engine.add_request(f"{tag}{i}", prompt, params)
     if masks is not None:

@@ -321,9 +321,11 @@ def test_greedy_rows_skip_their_masks_and_give_the_tokens_of_masking_every_step(
     must give the same tokens; and most rows must have skipped their masks."""
     from chatforge.text.structured import LLGuidanceMatcher
 
-    requests = {name: (chat_prompt(tokenizer, template, question), SamplingParams(temperature=0, max_tokens=120,
-                                                                                   grammar=structured.compile(JsonSchema(schema))))
-                for name, (schema, question) in SCHEMAS.items()}
+    requests = {
+        name: (chat_prompt(tokenizer, template, question),
+               SamplingParams(temperature=0, max_tokens=120, grammar=structured.compile(JsonSchema(schema))))
+        for name, (schema, question) in SCHEMAS.items()
+    }
     requests["tool"], _ = tool_request(tokenizer, template, structured, "What's the weather in Bern?", ToolChoice("auto"),
                                        temperature=0, max_tokens=80)
     engine = make_engine()

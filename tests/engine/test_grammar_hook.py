@@ -5,6 +5,7 @@ leaves untouched, and how a grammar ends a sequence."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def test_greedy_rows_are_masked_only_where_the_grammar_refuses_their_argmax_with
         SamplingParams(temperature=0, logit_bias={top[4]: math.inf}),  # +inf on a forbidden token: the grammar wins
         SamplingParams(temperature=0, min_tokens=3),  # EOS banned though the grammar allows it
     ]
-    seqs = [seq(replace_grammar(p, ScriptedGrammar([ok], filler)), prompt=(1, 17, 17, 9)) for p, ok in zip(params, allowed)]
+    seqs = [seq(replace(p, grammar=ScriptedGrammar([ok], filler)), prompt=(1, 17, 17, 9)) for p, ok in zip(params, allowed)]
     sampler = Sampler(V, frozenset({EOS}), CPU, seed=0)
     sampler.grammar_masks = GrammarMasks(V, CPU, kernels)
     out = sampler(logits, seqs)
@@ -235,15 +236,10 @@ def test_greedy_rows_are_masked_only_where_the_grammar_refuses_their_argmax_with
         assert out.logprobs[row].logprob == logits[row].log_softmax(-1)[out.token_ids[row]].item()
 
 
-def replace_grammar(params, grammar):
-    from dataclasses import replace
-
-    return replace(params, grammar=grammar)
-
-
 def test_no_mask_is_filled_when_every_greedy_argmax_is_allowed():
     logits = logits_for(4, seed=2)
     filler = SetFiller()
-    seqs = [seq(SamplingParams(temperature=0, grammar=ScriptedGrammar([{t, 0}], filler))) for t in logits.argmax(dim=-1).tolist()]
+    top = logits.argmax(dim=-1).tolist()
+    seqs = [seq(SamplingParams(temperature=0, grammar=ScriptedGrammar([{t, 0}], filler))) for t in top]
     out = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits, seqs)
-    assert out.token_ids == logits.argmax(dim=-1).tolist() and filler.calls == 0
+    assert out.token_ids == top and filler.calls == 0

@@ -85,10 +85,11 @@ def test_a_finished_json_document_ends_the_grammar_and_a_wrong_token_is_an_error
     [
         (JsonSchema({"type": "array", "items": {"type": "string", "maxLength": 5}, "minItems": 2}), '["abcde", "x"]'),
         (JsonSchema({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 20},
-                                                      "e": {"enum": ["red", "green"]}}, "required": ["n", "e"]}), '{"n": 12, "e": "red"}'),
+                                                      "e": {"enum": ["red", "green"]}}, "required": ["n", "e"]}),
+         '{"n": 12, "e": "red"}'),
         (Regex(r"[0-9]{3}-[a-z]{2}"), "123-ab"),
         (LarkGrammar('start: "A" NUM ("." NUM)?\nNUM: /[0-9]+/'), "A42.7"),
-        (tool_call_grammar(SMOLLM2, [FunctionTool("now"), FunctionTool("f", {"type": "object", "properties": {"x": {"type": "integer"}}})],
+        (tool_call_grammar(SMOLLM2, [FunctionTool("now"), FunctionTool("f", {"type": "object", "properties": {"x": {}}})],
                            ToolChoice("auto")), 'Ok.<tool_call>[{"name": "f", "arguments": {"x": 7}}]</tool_call>'),
     ],
 )

@@ -116,7 +116,9 @@ class GrammarMasks:
             self.kernels,
         )
 
-    def redo_refused(self, processed: torch.Tensor, seqs: list[Sequence], rows: list[int], token_ids: list[int]) -> dict[int, int]:
+    def redo_refused(
+        self, processed: torch.Tensor, seqs: list[Sequence], rows: list[int], token_ids: list[int]
+    ) -> dict[int, int]:
         """For greedy constrained `rows` whose unmasked argmax `token_ids[i]` the grammar refuses:
         the argmax of the masked row, {row: token}. `processed` [N, V]: the rows' logits after
         steps 2-4 without any mask (left untouched)."""
