@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from chatforge.bench.client import open_response
 from results_md import render_results  # a sibling module (this file runs as a script)
 
 HERE = Path(__file__).resolve().parent
@@ -145,16 +146,16 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, messages:
                       stream: bool) -> dict:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "min_tokens": max_tokens, "stream": stream}
+    request = client.build_request("POST", f"{url}/v1/chat/completions", json=body)
     start = time.perf_counter()
-    if not stream:
-        r = await client.post(f"{url}/v1/chat/completions", json=body)
-        r.raise_for_status()
-        usage = r.json()["usage"]
-        return {"tokens": usage["completion_tokens"], "prompt_tokens": usage["prompt_tokens"],
-                "e2e": time.perf_counter() - start, "ttft": None}
     first, chunks = None, 0
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+    r = await open_response(client, request)  # llama-server closes the connection after each stream
+    try:
         r.raise_for_status()
+        if not stream:
+            usage = json.loads(await r.aread())["usage"]
+            return {"tokens": usage["completion_tokens"], "prompt_tokens": usage["prompt_tokens"],
+                    "e2e": time.perf_counter() - start, "ttft": None}
         async for line in r.aiter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -162,6 +163,8 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, messages:
             if (choices[0].get("delta") or {}).get("content"):
                 chunks += 1
                 first = first or time.perf_counter()
+    finally:
+        await r.aclose()
     return {"tokens": chunks, "prompt_tokens": None, "e2e": time.perf_counter() - start,
             "ttft": None if first is None else first - start}
 
