@@ -35,7 +35,7 @@ from chatforge.api.drain import Drain, DrainingError
 from chatforge.api.errors import stream_failure
 from chatforge.api.limits import QueueTimeoutError, RequestLimits, prompt_chars
 from chatforge.api.metrics import Metrics
-from chatforge.api.sse import sse_data, sse_response
+from chatforge.api.sse import sse_response
 from chatforge.errors import ChatforgeError
 from chatforge.logs import rename_request
 from chatforge.platform.errors import RateLimitedError
@@ -59,8 +59,8 @@ class Codec(Protocol):
     def response(self, result: ChatResult) -> dict[str, Any]:
         """The whole answer, for a request that does not stream."""
 
-    def stream_objects(self, event: ChatEvent) -> Iterable[Any]:
-        """The SSE `data:` payloads for one event (JSON-able objects)."""
+    def stream_frames(self, event: ChatEvent) -> Iterable[bytes]:
+        """The SSE frames for one event (`data:` lines of the dialect's stream objects)."""
 
     def end_frames(self, error: ChatforgeError | None) -> list[bytes]:
         """The stream's last frames: after success (error None), or after a failure once the
@@ -340,8 +340,8 @@ async def sse_frames(events: AsyncIterator[ChatEvent], codec: Codec) -> AsyncIte
     try:
         async with aclosing(events):
             async for event in events:
-                for obj in codec.stream_objects(event):
-                    yield sse_data(obj)
+                for frame in codec.stream_frames(event):
+                    yield frame
     except Exception as exc:  # noqa: BLE001 - every failure must reach the client
         for frame in codec.end_frames(stream_failure(exc)):
             yield frame
