@@ -40,19 +40,19 @@ STORY = ("Once upon a time, in a small village by the sea, there lived an old fi
 
 
 class ScriptedEngine:
-    """Yields `ids` one token per output, as AsyncEngine.generate does (one queue hop each)."""
+    """Yields `ids` one token per output, as AsyncEngine.generate does, the consumer's task
+    suspended before each (a real stream waits for the engine thread's next step)."""
 
     def __init__(self, ids: list[int]):
         self.ids = ids
 
     async def generate(self, request_id, prompt_ids, params):
-        queue: asyncio.Queue = asyncio.Queue()
         n = len(self.ids)
         for i, token in enumerate(self.ids):
             done = i == n - 1
-            queue.put_nowait(RequestOutput(request_id, len(prompt_ids), 0, [CompletionOutput(
-                0, [token], None, i + 1, FinishReason.LENGTH if done else None)], done))
-            yield await queue.get()
+            await asyncio.sleep(0)
+            yield RequestOutput(request_id, len(prompt_ids), 0, [CompletionOutput(
+                0, [token], None, i + 1, FinishReason.LENGTH if done else None)], done)
 
     def finish(self, request_id, reason=FinishReason.STOP_SEQUENCE):
         pass

@@ -256,9 +256,9 @@ class Serving:
     async def _open_stream(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
         """Starts the stream and waits for its first event (so overload or any early error is
         an ordinary error response), then returns an iterator over all events."""
-        events = self._events(ticket)
+        events = self.service.stream(ticket.prep)
         try:
-            first = await anext(events)
+            first = await self._first(ticket, events)
         except BaseException as e:
             try:
                 await events.aclose()
@@ -267,32 +267,44 @@ class Serving:
             raise
         return self._rest(ticket, first, events)
 
+    async def _first(self, ticket: Ticket, events: AsyncIterator[ChatEvent]) -> ChatEvent | None:
+        """The request's first event (None: its events ended without one); none within the
+        queue timeout withdraws it (QueueTimeoutError)."""
+        queue = asyncio.timeout(self.timeouts.queue_s)
+        try:
+            async with queue:
+                first = await anext(events)
+        except TimeoutError:
+            if not queue.expired():
+                raise
+            ticket.cut_by = "timeout"
+            raise QueueTimeoutError(self.timeouts.queue_s) from None
+        except StopAsyncIteration:
+            return None
+        ticket.see(first)
+        return first
+
     async def _events(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
-        """The request's events; none within the queue timeout withdraws it (QueueTimeoutError)."""
+        """The request's events, each seen by its ticket."""
         async with aclosing(self.service.stream(ticket.prep)) as events:
-            queue = asyncio.timeout(self.timeouts.queue_s)
-            try:
-                async with queue:
-                    first = await anext(events)
-            except TimeoutError:
-                if not queue.expired():
-                    raise
-                ticket.cut_by = "timeout"
-                raise QueueTimeoutError(self.timeouts.queue_s) from None
-            except StopAsyncIteration:
+            first = await self._first(ticket, events)
+            if first is None:
                 return
-            ticket.see(first)
             yield first
             async for event in events:
                 ticket.see(event)
                 yield event
 
-    async def _rest(self, ticket: Ticket, first: ChatEvent, events: AsyncIterator[ChatEvent]):
+    async def _rest(self, ticket: Ticket, first: ChatEvent | None, events: AsyncIterator[ChatEvent]):
+        """A stream's events from its first on; ends the request however the stream ends.
+        NOTE: it reads the service's events itself (not through `_events`): one layer less per token."""
         error: BaseException | None = None
         try:
-            yield first
-            async for event in events:
-                yield event
+            if first is not None:
+                yield first
+                async for event in events:
+                    ticket.see(event)
+                    yield event
         except BaseException as e:
             error = e
             raise
