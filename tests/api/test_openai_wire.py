@@ -183,6 +183,16 @@ def test_a_step_failing_mid_stream_ends_the_stream_with_an_error_object(http, ca
     ("GET", "/v4/models/d/chat-completions", 405, "egp"),
     ("POST", "/1/llm/profiles", 405, "infomaniak"),
     ("POST", "/1/ai", 405, "infomaniak"),
+    ("DELETE", "/v1/models", 405, "openai"),
+    # a dialect's prefix alone, or a path under it that no route serves
+    ("GET", "/v1", 404, "openai"),
+    ("GET", "/v1/", 404, "openai"),
+    ("GET", "/v1/nope", 404, "openai"),
+    ("GET", "/1", 404, "infomaniak"),
+    ("GET", "/1/nothing", 404, "infomaniak"),
+    ("POST", "/1/ai/10775/openai/nope", 404, "openai"),
+    ("GET", "/v4", 404, "egp"),
+    ("GET", "/v4/nope", 404, "egp"),
 ])
 def test_a_path_or_method_no_route_serves_answers_in_the_dialects_envelope(http, method, path, status, envelope):
     r = http.request(method, path, json={})
@@ -199,3 +209,8 @@ def test_a_path_or_method_no_route_serves_answers_in_the_dialects_envelope(http,
         assert body["result"] == "error" and body["error"]["code"] == code
     if status == 405:
         assert r.headers["allow"]
+
+
+def test_a_path_outside_every_dialect_keeps_the_plain_404(http):
+    r = http.get("/nowhere")
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
