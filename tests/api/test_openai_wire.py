@@ -119,6 +119,42 @@ def test_metrics_and_health(http):
     assert http.get("/health").json()["status"] == "ok"
 
 
+def counted(http, dialect: str, model: str, status: str) -> float:
+    """chatforge_requests_total's sample for these labels (0 before the first)."""
+    sample = f'chatforge_requests_total{{dialect="{dialect}",model="{model}",status="{status}"}} '
+    lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith(sample)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_every_answer_is_counted_with_its_status(http, monkeypatch):
+    """Validation 400s (answered before the route runs), a 401, and 500s from a bug before or
+    inside the serving template are counted, as admitted requests are."""
+    before = {labels: counted(http, *labels) for labels in (
+        ("openai", "", "400"), ("infomaniak_openai", "", "400"), ("egp", "", "400"), ("openai", "", "500"),
+        ("openai", MODEL, "500"), ("openai", "", "200"))}
+    assert post(http, {"model": MODEL, "messages": MSG, "n": 0}).status_code == 400
+    assert post(http, {"model": MODEL, "messages": MSG, "n": 0}, "/1/ai/10775/openai/chat/completions").status_code == 400
+    assert post(http, {"chat_history": "no"}, "/v4/models/d/chat-completions").status_code == 400
+    assert http.get("/v1/models").status_code == 200
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    from chatforge.api.openai import translate
+    from chatforge.service.chat import ChatService
+
+    monkeypatch.setattr(translate, "to_internal", bug)  # in the route, before the serving template
+    assert post(http, {"model": MODEL, "messages": MSG, "max_tokens": 1}).status_code == 500
+    monkeypatch.undo()
+    monkeypatch.setattr(ChatService, "prepare", bug)  # in the serving template, before admission
+    assert post(http, {"model": MODEL, "messages": MSG, "max_tokens": 1}).status_code == 500
+    monkeypatch.undo()
+    after = {labels: counted(http, *labels) for labels in before}
+    assert {labels: after[labels] - before[labels] for labels in before} == {
+        ("openai", "", "400"): 1, ("infomaniak_openai", "", "400"): 1, ("egp", "", "400"): 1,
+        ("openai", "", "500"): 1, ("openai", MODEL, "500"): 1, ("openai", "", "200"): 1}
+
+
 def test_a_failing_engine_step_is_a_500_and_the_server_goes_on(http, catalog):
     """A bug in a model step ends the requests of that step with 500 internal_error, frees
     their KV blocks, and leaves the server serving (engine/llm_engine.py, LLMEngine.step)."""

@@ -28,7 +28,7 @@ def render_error(err: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
-class LegacyRoute(dialect_route_class(render_error)):
+class LegacyRoute(dialect_route_class(render_error, DIALECT)):
     """Every answer of the deprecated route, errors included, points at its successor."""
 
     def matches(self, scope):
@@ -73,7 +73,7 @@ async def legacy_chat(request: Request, product_id: int, body: LegacyRequest, ca
 def build_router() -> APIRouter:
     router = APIRouter(tags=["infomaniak"])
     legacy = APIRouter(route_class=LegacyRoute)
-    envelope = APIRouter(route_class=dialect_route_class(render_error))
+    envelope = APIRouter(route_class=dialect_route_class(render_error, DIALECT))
 
     legacy.add_api_route("/1/llm/{product_id}", legacy_chat, methods=["POST"], deprecated=True,
                          responses=LEGACY_RESPONSES, response_model=None, summary="Query model LLM (deprecated)")
