@@ -49,6 +49,33 @@ def test_bad_input_gets_a_400_in_openai_envelope(http, body, param):
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
 
 
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("messages, param", [
+    ([{"role": "user", "content": None}], "messages[0].content"),
+    ([{"role": "system"}, {"role": "user", "content": "hi"}], "messages[0].content"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "and?"}],
+     "messages[1].content"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+      {"role": "tool", "tool_call_id": "call_1", "content": None}], "messages[2].content"),
+])
+def test_null_content_is_a_400_naming_the_message(http, path, messages, param):
+    """As OpenAI: only an assistant message with tool_calls may have null (or no) content."""
+    r = post(http, {"model": MODEL, "messages": messages, "max_tokens": 1}, path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and "content" in err["message"]
+
+
+def test_an_assistant_turn_of_tool_calls_may_have_null_content(http):
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
+    r = post(http, {"model": MODEL, "messages": messages, "max_tokens": 1})
+    assert r.status_code == 200, r.text
+
+
 def test_invalid_json_is_a_400(http):
     r = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
