@@ -49,6 +49,33 @@ def test_bad_input_gets_a_400_in_openai_envelope(http, body, param):
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
 
 
+def _json_schema(spec):
+    return {"model": MODEL, "messages": MSG, "max_tokens": 1, "response_format": {"type": "json_schema", **spec}}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("spec, param", [
+    ({"json_schema": {"name": "x"}}, "response_format.json_schema.schema"),
+    ({"json_schema": {"name": "x", "schema": None}}, "response_format.json_schema.schema"),
+    ({"json_schema": {"name": "x", "strict": True}}, "response_format.json_schema.schema"),
+    ({"json_schema": {"schema": {"type": "object"}}}, "response_format.json_schema.name"),
+    ({"json_schema": {"name": "x", "schema": {}, "strict": "yes"}}, "response_format.json_schema.strict"),
+    ({"json_schema": {"name": "x", "schema": {}, "nope": 1}}, "response_format.json_schema.nope"),
+    ({}, "response_format.json_schema"),
+])
+def test_a_json_schema_format_s_errors_name_the_field_as_sent(http, path, spec, param):
+    """Not the union member pydantic tried (`response_format.json_schema.json_schema.name`)."""
+    r = post(http, _json_schema(spec), path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"].startswith(("Unrecognized", param)), err
+
+
+def test_a_json_schema_format_of_true_allows_any_json(http):
+    r = post(http, _json_schema({"json_schema": {"name": "x", "schema": True}}))
+    assert r.status_code == 200, r.text
+
+
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 

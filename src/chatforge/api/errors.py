@@ -49,10 +49,31 @@ def _is_type_tag(part: str) -> bool:
     return part in _TYPE_TAGS or "[" in part or part.startswith(("function-", "constrained-", "json-or-python"))
 
 
+def _param(loc: tuple, body) -> str | None:
+    """The dotted name of the field an error is about. Pydantic's location also names the
+    members of unions it tried: a type ("str", "list[...]") or, for a union told apart by a
+    field, that field's value (`response_format.json_schema.json_schema.name`: the second
+    `json_schema` is the `type`). A step that does not lead into the request body is such a
+    member and is left out, unless it is the last (a field that is missing)."""
+    if loc[:1] != ("body",):
+        return ".".join(str(p) for p in loc if not _is_type_tag(str(p))) or None
+    names, at = [], body
+    steps = loc[1:]
+    for i, step in enumerate(steps):
+        if isinstance(at, dict) and step in at:
+            at = at[step]
+        elif isinstance(at, list) and isinstance(step, int) and 0 <= step < len(at):
+            at = at[step]
+        elif i < len(steps) - 1:
+            continue  # a union member's tag
+        if not _is_type_tag(str(step)):
+            names.append(str(step))
+    return ".".join(names) or None
+
+
 def from_validation(exc: RequestValidationError) -> ApiError:
     err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _is_type_tag(str(p))]
-    param = ".".join(loc) or None
+    param = _param(tuple(err.get("loc", ())), exc.body)
     if err.get("type") == "json_invalid":
         return ApiError(400, "invalid_request_error", "the request body is not valid JSON")
     if err.get("type") == "extra_forbidden":
