@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
@@ -68,7 +69,9 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
                 for m in app.state.catalog.models:
                     await asyncio.to_thread(m.engine.shutdown, 0.0)
 
-    app = FastAPI(title="chatforge", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc from the assets fastapi-offline ships, not from a CDN: a self-hosted machine
+    # may have no way out, and FastAPI's pages are blank without their scripts.
+    app = FastAPIOffline(title="chatforge", version="0.1.0", lifespan=lifespan, static_url="/docs-assets")
     app.state.settings = settings
     app.state.drain = Drain()
     app.state.limits = RequestLimits.of(settings.limits)
