@@ -234,9 +234,9 @@ BAD = [
     ({"messages": Q, "n": 2}, "n"),
     ({"messages": []}, "messages"),
     ({}, "messages"),
-    ({"messages": [{"role": "system", "content": "x"}, *Q]}, "messages.0.role"),
-    ({"messages": [*Q, *Q]}, "messages.1.role"),
-    ({"messages": [{"role": "assistant", "content": "Hi"}, *Q]}, "messages.0.role"),
+    ({"messages": [{"role": "system", "content": "x"}, *Q]}, "messages[0].role"),
+    ({"messages": [*Q, *Q]}, "messages[1].role"),
+    ({"messages": [{"role": "assistant", "content": "Hi"}, *Q]}, "messages[0].role"),
     ({"messages": [*Q, {"role": "assistant", "content": "Paris."}]}, "last message"),
 ]
 

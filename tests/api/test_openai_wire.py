@@ -34,9 +34,9 @@ def post(http, body, path="/v1/chat/completions"):
         ({"model": MODEL, "messages": MSG, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}}, "response_format"),
         ({"model": MODEL, "messages": []}, "messages"),
         ({"messages": MSG}, "model"),
-        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         # union fields: the member pydantic tried ("str", "list[...]") is no part of the name
-        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"model": MODEL, "messages": MSG, "stop": 5}, "stop"),
         ({"model": MODEL, "messages": MSG, "chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
     ],
@@ -94,6 +94,35 @@ def test_null_content_is_a_400_naming_the_message(http, path, messages, param):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error" and "content" in err["message"]
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def _with_call(arguments):
+    call = {**CALL, "function": {"name": "f", "arguments": arguments}}
+    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("change, param", [
+    # refused by the request schema
+    ({"messages": _with_call(5)}, "messages[1].tool_calls[0].function.arguments"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "wizard", "content": "x"}]}, "messages[1].role"),
+    ({"tools": [{**TOOL, "function": {"name": "f", "parameters": 5}}]}, "tools[0].function.parameters"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema.schema"),
+    # refused by chatforge's own checks
+    ({"messages": _with_call("not json")}, "messages[1].tool_calls[0].function.arguments"),
+    ({"tools": [{**TOOL, "function": {"name": "f", "parameters": {"type": "array"}}}]}, "tools[0].function.parameters"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}, "messages[1].content"),
+])
+def test_a_nested_param_is_named_as_openai_names_it(http, path, change, param):
+    """Keys joined by dots, list positions in brackets, whichever check refused the field."""
+    r = post(http, {"model": MODEL, "messages": MSG, "max_tokens": 1, **change}, path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error", err
 
 
 def test_an_assistant_turn_of_tool_calls_may_have_null_content(http):

@@ -50,15 +50,17 @@ def _is_type_tag(part: str) -> bool:
 
 
 def _param(loc: tuple, body) -> str | None:
-    """The dotted name of the field an error is about. Pydantic's location also names the
-    members of unions it tried: a type ("str", "list[...]") or, for a union told apart by a
-    field, that field's value (`response_format.json_schema.json_schema.name`: the second
-    `json_schema` is the `type`). A step that does not lead into the request body is such a
-    member and is left out, unless it is the last (a field that is missing)."""
+    """The name of the field an error is about, as OpenAI's API writes it: keys joined by dots,
+    list positions in brackets (`messages[1].tool_calls[0].function.arguments`), one format for
+    every check, pydantic's and chatforge's own; a path or query parameter by its name alone.
+    Pydantic's location also names the members of unions it tried: a type ("str", "list[...]")
+    or, for a union told apart by a field, that field's value
+    (`response_format.json_schema.json_schema.name`: the second `json_schema` is the `type`). A
+    step that does not lead into the request body is such a member and is left out, unless it is
+    the last (a field that is missing)."""
     if loc[:1] != ("body",):
-        return ".".join(str(p) for p in loc if not _is_type_tag(str(p))) or None
-    names, at = [], body
-    steps = loc[1:]
+        return param_name([p for p in loc[1:] if not _is_type_tag(str(p))])
+    steps, at, kept = loc[1:], body, []
     for i, step in enumerate(steps):
         if isinstance(at, dict) and step in at:
             at = at[step]
@@ -67,8 +69,16 @@ def _param(loc: tuple, body) -> str | None:
         elif i < len(steps) - 1:
             continue  # a union member's tag
         if not _is_type_tag(str(step)):
-            names.append(str(step))
-    return ".".join(names) or None
+            kept.append(step)
+    return param_name(kept)
+
+
+def param_name(steps) -> str | None:
+    """`["messages", 0, "role"]` as `messages[0].role`."""
+    name = ""
+    for step in steps:
+        name += f"[{step}]" if isinstance(step, int) else f".{step}" if name else str(step)
+    return name or None
 
 
 def from_validation(exc: RequestValidationError) -> ApiError:
