@@ -276,6 +276,12 @@ def test_bad_input_is_a_400_naming_the_field(http, body, param):
     assert ".str" not in out["param"] and "list[" not in out["param"]  # no union member pydantic tried
 
 
+def test_a_missing_field_keeps_egps_code(http):
+    """OpenAI's missing_required_parameter is the OpenAI dialect's; EGP's codes name it invalid_request_error."""
+    out = egp(http, {"chat_history": [{"content": "hi"}]}, status=400)
+    assert out == {"detail": "Missing required parameter: 'prompt'.", "code": "invalid_request_error", "param": "prompt"}
+
+
 def test_a_bad_query_parameter_is_named_alone(http):
     """Not `query.limit`: where it was sent is no part of its name."""
     r = http.get("/v4/model-deployments", params={"limit": 0}, headers={"x-api-key": "unused"})

@@ -68,7 +68,7 @@ def test_a_json_schema_format_s_errors_name_the_field_as_sent(http, path, spec, 
     r = post(http, _json_schema(spec), path)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
-    assert err["param"] == param and err["message"].startswith(("Unrecognized", param)), err
+    assert err["param"] == param and err["message"].startswith(("Unrecognized", "Missing", param)), err
 
 
 def test_a_json_schema_format_of_true_allows_any_json(http):
@@ -130,6 +130,30 @@ def test_an_assistant_turn_of_tool_calls_may_have_null_content(http):
                 {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
     r = post(http, {"model": MODEL, "messages": messages, "max_tokens": 1})
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("body, param", [
+    ({"model": MODEL}, "messages"),
+    ({"model": MODEL, "messages": [{"content": "hi"}]}, "messages[0].role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f"}}]}]}, "messages[1].tool_calls[0].function.arguments"),
+    ({"model": MODEL, "messages": MSG, "tools": [{"type": "function", "function": {"parameters": {}}}]},
+     "tools[0].function.name"),
+    (_json_schema({"json_schema": {"name": "x"}}), "response_format.json_schema.schema"),
+])
+def test_a_missing_field_is_missing_required_parameter(http, path, body, param):
+    """OpenAI's code and message for a required field not sent."""
+    r = post(http, body, path)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {"message": f"Missing required parameter: '{param}'.", "type": "invalid_request_error",
+                                 "param": param, "code": "missing_required_parameter"}
+
+
+def test_a_missing_prompt_is_missing_required_parameter_on_completions(http):
+    r = post(http, {"model": MODEL}, "/v1/completions")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_required_parameter", r.text
+    assert r.json()["error"]["param"] == "prompt"
 
 
 def test_invalid_json_is_a_400(http):

@@ -81,6 +81,9 @@ def param_name(steps) -> str | None:
     return name or None
 
 
+MISSING_PARAMETER = "missing_required_parameter"
+
+
 def from_validation(exc: RequestValidationError) -> ApiError:
     err = exc.errors()[0]
     param = _param(tuple(err.get("loc", ())), exc.body)
@@ -88,6 +91,8 @@ def from_validation(exc: RequestValidationError) -> ApiError:
         return ApiError(400, "invalid_request_error", "the request body is not valid JSON")
     if err.get("type") == "extra_forbidden":
         return ApiError(400, "invalid_request_error", f"Unrecognized request argument supplied: {param}", param)
+    if err.get("type") == "missing":  # OpenAI's code and words; a dialect without the code renders its own
+        return ApiError(400, MISSING_PARAMETER, f"Missing required parameter: '{param}'.", param)
     msg = err.get("msg", "invalid value")
     return ApiError(400, "invalid_request_error", f"{param}: {msg}" if param else msg, param)
 
