@@ -354,6 +354,22 @@ def test_a_path_or_method_no_route_serves_answers_in_the_dialects_envelope(http,
         assert r.headers["allow"]
 
 
+def test_a_path_or_method_no_route_serves_is_counted_under_its_dialect(http):
+    """Under the dialect's label with no model, never by the path asked for: any path may be."""
+    asked = [("POST", "/v1/nowhere-3f1c", "openai", "404"), ("GET", "/tokenize", "openai", "405"),
+             ("GET", "/1/ai/10775/openai/nowhere-3f1c", "infomaniak_openai", "404"),
+             ("GET", "/1/nowhere-3f1c", "infomaniak", "404"), ("POST", "/1/llm/profiles", "infomaniak", "405"),
+             ("GET", "/v4/nowhere-3f1c", "egp", "404"), ("GET", "/v4/models/d/chat-completions", "egp", "405")]
+    labels = {(dialect, "", status) for _, _, dialect, status in asked}
+    before = {label: counted(http, *label) for label in labels}
+    for method, path, _, status in asked:
+        assert http.request(method, path).status_code == int(status)
+    assert http.get("/nowhere-3f1c").status_code == 404  # outside every dialect: not counted
+    wanted = {label: sum(1 for _, _, d, s in asked if (d, "", s) == label) for label in labels}
+    assert {label: counted(http, *label) - before[label] for label in labels} == wanted
+    assert "nowhere" not in http.get("/metrics").text
+
+
 def test_a_path_outside_every_dialect_keeps_the_plain_404(http):
     r = http.get("/nowhere")
     assert r.status_code == 404 and r.json() == {"detail": "Not Found"}

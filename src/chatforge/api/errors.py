@@ -9,7 +9,7 @@ envelope. No 500 for bad input, and no error text matched by pattern.
 Every answer such a route gives is counted in `chatforge_requests_total` once: a request handed
 to the serving template is counted there (with its model, when it ends); any other answer, a
 validation 400, a 401, an unexpected 500 or a model list, is counted here under `dialect`, with
-no model.
+no model; a 404 or 405 under a dialect's paths, which no route of it answered, by api/app.py.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def dialect_route_class(render: Callable[[ApiError], Response], dialect: str) ->
 
             async def route(request: Request) -> Response:
                 response = await answer(request)
-                _count(request, dialect, response.status_code)
+                count_answer(request, dialect, response.status_code)
                 return response
 
             async def answer(request: Request) -> Response:
@@ -151,8 +151,9 @@ def dialect_route_class(render: Callable[[ApiError], Response], dialect: str) ->
     return DialectRoute
 
 
-def _count(request: Request, dialect: str, status: int) -> None:
-    """Count an answer the serving template did not count (api/serving.py marks those it does)."""
+def count_answer(request: Request, dialect: str, status: int) -> None:
+    """Count an answer the serving template did not count (api/serving.py marks those it does),
+    under `dialect` with no model."""
     if getattr(request.state, COUNTED_BY_SERVING, False):
         return
     metrics = getattr(request.app.state, "metrics", None)
