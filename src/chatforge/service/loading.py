@@ -12,6 +12,7 @@ import time
 from chatforge.engine.async_engine import AsyncEngine
 from chatforge.engine.config import MiB, EngineConfig
 from chatforge.engine.llm_engine import LLMEngine
+from chatforge.heap import return_free_heap
 from chatforge.models.backend import choose_backend
 from chatforge.models.config_files import read_config
 from chatforge.models.memory import check_fits, kv_pool_shares
@@ -41,6 +42,7 @@ def load_served_model(entry: ModelEntry | str | None, cfg: EngineConfig, price: 
     structured = StructuredOutput(tokenizer, llm.vocab_size, eos_token_ids=stop_ids, mask_threads=cfg.threads)
     engine = AsyncEngine(llm)
     engine.start()
+    return_free_heap()  # what building the tokenizer freed (chatforge/heap.py)
     model_id, aliases = served_names(entry, source)
     log.info("loaded %s from %s in %.2f s", model_id, source.path, time.perf_counter() - t0)
     return ServedModel(
