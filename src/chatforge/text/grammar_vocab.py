@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 import llguidance
 
-from chatforge.heap import return_free_heap
+from chatforge.heap import resident_bytes, return_free_heap
 from chatforge.text.tokenizer import Tokenizer
 
 log = logging.getLogger("chatforge.structured")
@@ -53,14 +54,22 @@ class LazyGrammarVocabulary:
             return built
         with self._lock:
             if self._built is None and self._error is None:
-                try:
-                    self._built = build_ll_tokenizer(*self._args)
-                except Exception as e:  # noqa: BLE001 - whatever llguidance raises, it is this model's failure
-                    self._error = f"constrained decoding is unavailable for this model: {type(e).__name__}: {e}"
-                    log.error("building the grammar engine's vocabulary failed: %s", e)
+                self._build()
             if self._error is not None:
                 raise GrammarVocabularyError(self._error)
             return self._built
+
+    def _build(self) -> None:
+        t0, rss0 = time.perf_counter(), resident_bytes()
+        try:
+            self._built = build_ll_tokenizer(*self._args)
+        except Exception as e:  # noqa: BLE001 - whatever llguidance raises, it is this model's failure
+            self._error = f"constrained decoding is unavailable for this model: {type(e).__name__}: {e}"
+            log.error("building the grammar engine's vocabulary failed: %s", e)
+            return
+        rss1 = resident_bytes()
+        grown = "" if rss0 is None or rss1 is None else f", +{(rss1 - rss0) / 2**20:.0f} MiB resident"
+        log.info("built the grammar engine's vocabulary (%d tokens) in %.2f s%s", self._args[1], time.perf_counter() - t0, grown)
 
 
 def build_ll_tokenizer(tokenizer: Tokenizer, vocab_size: int, eos_token_ids: Sequence[int]) -> llguidance.LLTokenizer:
