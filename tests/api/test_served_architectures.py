@@ -1,5 +1,5 @@
 """New architectures behind a live server: a tiny random Mixtral, from a Hugging Face folder and
-from a GGUF file written here, answers in all three dialects (the Infomaniak legacy route
+from a GGUF file written here (both on the native backend), answers in all three dialects (the Infomaniak legacy route
 included) under the names users already send; a base model without a chat template is refused
 chat with a 400 in each dialect's envelope; and a model too big for the memory is refused at
 start with the numbers."""
@@ -17,6 +17,7 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from chatforge.api.app import create_app
+from chatforge.models.native_model import NativeModel
 from chatforge.service.loading import load_catalog
 from chatforge.settings import load_settings
 from models.conftest import make_tiny_hf
@@ -101,6 +102,8 @@ def test_both_files_of_one_mixtral_answer_alike(served):
     greedy tokens, whichever of their names the request uses."""
     http, catalog = served
     assert catalog.get("mixtral").tokenizer.encode("Say hi.") == catalog.get(TURBO).tokenizer.encode("Say hi.")
+    for name in ("mixtral", TURBO):  # both on the default backend, the native kernels
+        assert isinstance(catalog.get(name).engine.engine.runner.backend, NativeModel)
     folder, gguf = chat(http, "mixtral"), chat(http, TURBO)
     assert folder["model"] == "mixtral" and gguf["model"] == TURBO  # the name the caller sent
     assert folder["choices"][0]["message"]["content"] == gguf["choices"][0]["message"]["content"]
