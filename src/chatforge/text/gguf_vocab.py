@@ -118,7 +118,8 @@ def _sentencepiece_bpe(metadata: dict[str, Any], tokens: list[str], types: list[
     vocab = {token: i for i, token in enumerate(tokens)}
     unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if unk_id is not None else None
-    backend = Tokenizer(_bpe(vocab, merges_from_scores(tokens, scores), unk_token=unk, fuse_unk=True, byte_fallback=True))
+    merges = merges_from_scores(tokens, scores, vocab)
+    backend = Tokenizer(_bpe(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
     add_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement="▁", prepend_scheme="first" if add_prefix else "never", split=False
@@ -137,7 +138,7 @@ def _bpe(vocab: dict[str, int], merges: list[tuple[str, str]], **options: Any) -
         raise TokenizerError(f"the GGUF vocabulary is inconsistent: {exc}") from exc
 
 
-def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+def merges_from_scores(tokens: list[str], scores: list[float], vocab: dict[str, int] | None = None) -> list[tuple[str, str]]:
     """SentencePiece scores as a BPE merge list: every way to cut a token into two vocabulary
     entries is a merge, ranked by the score of the token it forms (higher merges first).
 
@@ -148,7 +149,7 @@ def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str
     vocabulary's own strings: for Gemma 3's 262,144 tokens (514,847 merges) a tuple of five per
     merge peaked at ~150 MiB of Python objects, and left much of it fragmented after freeing.
     """
-    vocab = {token: i for i, token in enumerate(tokens)}
+    vocab = vocab if vocab is not None else {token: i for i, token in enumerate(tokens)}  # token -> id
     merged, lefts, rights, left_lengths = array("q"), array("q"), array("q"), array("q")
     # NOTE: bound methods: this loop runs ~2 million times for a 262,144-token vocabulary.
     lookup, add_merged, add_left, add_right, add_length = (
