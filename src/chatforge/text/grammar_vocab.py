@@ -2,7 +2,7 @@
 request needs it rather than at load.
 
 Why lazily: the copy costs time and memory in proportion to the vocabulary (for Gemma 3's
-262,144 tokens ~1 s and ~90 MiB), and many servers never see a constrained request. The first
+262,144 tokens 1-2 s and ~95 MiB), and many servers never see a constrained request. The first
 one waits for the build, on whatever thread compiles it (the service compiles off the event
 loop); requests that come meanwhile wait for the same build. A build that fails is remembered:
 every constrained request then gets `GrammarVocabularyError` with the reason (the service's 503),

@@ -2,7 +2,7 @@
 
 One `StructuredOutput` per model (made at load time, in microseconds) holds llguidance's view of
 the model's vocabulary, built when the first constraint is compiled (text/grammar_vocab.py:
-~0.3 s for a 49k vocabulary, ~1 s for 262k), and a parallel mask executor. For each request the
+~0.2 s for a 49k vocabulary, 1-2 s for 262k), and a parallel mask executor. For each request the
 service compiles the request's constraint before admission:
 
     grammar = structured.compile(JsonSchema(schema, strict=True))   # 1-8 ms, or StructuredOutputError

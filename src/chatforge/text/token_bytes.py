@@ -62,13 +62,14 @@ class TokenBytes:
         return cached
 
     def table(self, size: int) -> list[bytes]:
-        """The bytes of tokens 0..size-1, in id order: `self(i)` for each, without the per-token
-        Python loop over characters (1 s -> 0.2 s for a 262,144-token vocabulary)."""
+        """The bytes of tokens 0..size-1, in id order: `self(i)` for each, byte-level tokens
+        translated whole rather than character by character (SmolLM2's 49,152: 0.10 -> 0.04 s;
+        Gemma 3's 262,144 SentencePiece tokens: 0.23 s)."""
         to_token = self._backend.id_to_token
         out = []
         for token_id in range(size):
             token = to_token(token_id)
-            if token_id in self._added or token is None:
+            if token_id in self._added:
                 out.append(self._compute(token_id))
             elif self._scheme == "byte_level" and not self._outside.search(token):
                 out.append(token.translate(self._to_latin1).encode("latin-1"))
