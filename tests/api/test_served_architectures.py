@@ -230,6 +230,12 @@ def test_serve_gemma_gguf_with_a_named_template(tmp_path, gemma_gguf):
         choice = r.json()["choices"][0]
         assert choice["finish_reason"] == "stop", choice
         assert set(json.loads(choice["message"]["content"])) == {"city"}
+        proc.terminate()
+        log = proc.communicate(timeout=30)[1]
+        # the load's phases and memory are logged, and the grammar vocabulary came after it
+        loaded = log.index("loaded gemma-3-270m from")
+        assert "resident memory" in log[loaded:] and "MiB tokenizer" in log[loaded:]
+        assert log.index("built the grammar engine's vocabulary (262144 tokens)") > loaded
     finally:
         proc.terminate()
         proc.wait(30)
