@@ -47,7 +47,7 @@ RESPONSES = {
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(route_class=dialect_route_class(render_error), tags=["egp"])
+    router = APIRouter(route_class=dialect_route_class(render_error, DIALECT), tags=["egp"])
 
     @router.post("/v4/models/{model_deployment_id}/chat-completions", responses=RESPONSES, response_model=None)
     async def chat_completions(model_deployment_id: str, body: EgpChatRequest, request: Request,
