@@ -365,7 +365,10 @@ QUICK_PREPARE_CHARS = 2000
 
 
 def _quick_to_prepare(req: ChatRequest) -> bool:
-    return (not req.tools and req.output_format is None and req.chat_template is None
+    """No grammar to compile (a history with tool calls gets one, and a model's first grammar
+    builds llguidance's vocabulary: seconds) and little text."""
+    history_with_tools = req.prompts is None and any(m.tool_calls or m.role == "tool" for m in req.messages)
+    return (not req.tools and req.output_format is None and req.chat_template is None and not history_with_tools
             and prompt_chars(req) <= QUICK_PREPARE_CHARS)
 
 
