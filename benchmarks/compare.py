@@ -40,7 +40,8 @@ from pathlib import Path
 
 import httpx
 from chatforge.bench.client import open_response
-from results_md import render_results  # a sibling module (this file runs as a script)
+from results_md import render_results  # sibling modules (this file runs as a script)
+from servers import peak_rss_mib, running
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -79,46 +80,6 @@ def server_commands(threads: int, port: int, work: Path) -> dict[str, list[str] 
         "llama-server (128 slots)": llama_cmd + ["-np", "128"] if Path(llama).is_file() else None,
         "llama-cpp-python": [str(PEER_SCRIPT), "serve", str(port)] if PEER_PY.exists() else None,
     }
-
-
-@contextmanager
-def running(name: str, cmd: list[str], url: str, log: Path, timeout_s: float = 600):
-    """The server of `cmd` until the block ends (yields its pid, or its python child's for a script)."""
-    print(f"starting {name}: {shlex.join(cmd)}", flush=True)
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        deadline = time.time() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"{name} exited with {proc.returncode}; see {log}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit(f"{name} not ready after {timeout_s:.0f} s; see {log}")
-            time.sleep(1)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def peak_rss_mib(pid: int) -> float | None:
-    """VmHWM of the process (the script's exec replaces the shell, so the pid is the server's)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """New architectures behind a live server: a tiny random Mixtral, from a Hugging Face folder and
-from a GGUF file written here, answers in all three dialects (the Infomaniak legacy route
+from a GGUF file written here (both on the native backend), answers in all three dialects (the Infomaniak legacy route
 included) under the names users already send; a base model without a chat template is refused
 chat with a 400 in each dialect's envelope; and a model too big for the memory is refused at
 start with the numbers."""
@@ -17,6 +17,7 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from chatforge.api.app import create_app
+from chatforge.models.native_model import NativeModel
 from chatforge.service.loading import load_catalog
 from chatforge.settings import load_settings
 from models.conftest import make_tiny_hf
@@ -101,6 +102,8 @@ def test_both_files_of_one_mixtral_answer_alike(served):
     greedy tokens, whichever of their names the request uses."""
     http, catalog = served
     assert catalog.get("mixtral").tokenizer.encode("Say hi.") == catalog.get(TURBO).tokenizer.encode("Say hi.")
+    for name in ("mixtral", TURBO):  # both on the default backend, the native kernels
+        assert isinstance(catalog.get(name).engine.engine.runner.backend, NativeModel)
     folder, gguf = chat(http, "mixtral"), chat(http, TURBO)
     assert folder["model"] == "mixtral" and gguf["model"] == TURBO  # the name the caller sent
     assert folder["choices"][0]["message"]["content"] == gguf["choices"][0]["message"]["content"]
@@ -215,6 +218,24 @@ def test_serve_gemma_gguf_with_a_named_template(tmp_path, gemma_gguf):
         # <bos> <start_of_turn> user \n What ▁is ▁the ▁capital ▁of ▁France ? <end_of_turn> \n <start_of_turn> model \n
         assert body["model"] == "gemma" and body["usage"]["prompt_tokens"] == 16
         assert body["choices"][0]["message"]["content"].strip() and body["usage"]["completion_tokens"] > 0
+        # The first constrained request builds llguidance's copy of the 262,144-token vocabulary
+        # (not done at start); the answer follows the schema.
+        schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"],
+                  "additionalProperties": False}
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "gemma", "max_tokens": 48, "temperature": 0,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]})
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "stop", choice
+        assert set(json.loads(choice["message"]["content"])) == {"city"}
+        proc.terminate()
+        log = proc.communicate(timeout=30)[1]
+        # the load's phases and memory are logged, and the grammar vocabulary came after it
+        loaded = log.index("loaded gemma-3-270m from")
+        assert "resident memory" in log[loaded:] and "MiB tokenizer" in log[loaded:]
+        assert log.index("built the grammar engine's vocabulary (262144 tokens)") > loaded
     finally:
         proc.terminate()
         proc.wait(30)

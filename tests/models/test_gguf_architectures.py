@@ -61,8 +61,11 @@ def gguf_tensors(hf, arch: str, per_expert: bool = False) -> dict[str, np.ndarra
     return out
 
 
-def write(path, hf, arch: str, per_expert: bool = False, vocabulary=None) -> None:
-    """hf as a GGUF file at `path`; `vocabulary(writer)` adds tokenizer metadata if given."""
+def write(path, hf, arch: str, per_expert: bool = False, vocabulary=None, qtype=None, raw=None) -> None:
+    """hf as a GGUF file at `path`; `vocabulary(writer)` adds tokenizer metadata if given; with
+    `qtype` (a gguf.GGMLQuantizationType) every matrix in that type but the router, which
+    llama.cpp's quantizer leaves in float; `raw`: tensors written instead of hf's, by GGUF name,
+    as (bytes in the type's layout, type)."""
     c = hf.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     w = gguf.GGUFWriter(path, arch)
@@ -89,7 +92,12 @@ def write(path, hf, arch: str, per_expert: bool = False, vocabulary=None) -> Non
     if vocabulary is not None:
         vocabulary(w)
     for name, data in gguf_tensors(hf, arch, per_expert).items():
-        w.add_tensor(name, data)
+        if raw and name in raw:
+            w.add_tensor(name, raw[name][0], raw_dtype=raw[name][1])
+        elif qtype is not None and data.ndim >= 2 and ".ffn_gate_inp." not in name:
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

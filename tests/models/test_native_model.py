@@ -12,25 +12,25 @@ import sys
 import pytest
 import torch
 
-from chatforge.models import gemma3, llama
+from chatforge.models import gemma3, llama, mixtral
 from chatforge.models.attention import AttentionMetadata
 from chatforge.models.backend import load_native
 from chatforge.models.generate import greedy_generate
 from chatforge.models.gguf_weights import QuantizedTensor
 from chatforge.models.loader import load_model, read_hf_folder
 from chatforge.models.native_formats import quantize_q4_1, quantize_q8_0
-from chatforge.models.errors import ModelError
-from chatforge.models.native_model import NativeModel, native_support
+from chatforge.models.native_model import NativeModel
 from chatforge.models.source import resolve_model
 from chatforge.models.step import StepInputs
 
 from .test_bundled_model import CHATS, NEW_TOKENS
 
 
-def torch_logits(model, ids: list[int], as_native: str | None = None, monkeypatch=None) -> torch.Tensor:
+def torch_logits(model, ids: list[int], as_native: str | None = None, monkeypatch=None, float_router: bool = False) -> torch.Tensor:
     """Every position's logits from one plain forward pass of the torch model. With `as_native`
     (a weight format), rounded where the native backend rounds: keys and values to float16 (its
-    cache), and for the block formats every matmul input to 8 bits per block."""
+    cache), and for the block formats every matmul input to 8 bits per block (but a Mixtral
+    router's with `float_router`: a float32 router reads float32 inputs)."""
     meta = AttentionMetadata.build([len(ids)], [len(ids)], None, 16)
     hooks = []
     if as_native:
@@ -40,7 +40,9 @@ def torch_logits(model, ids: list[int], as_native: str | None = None, monkeypatc
     eight_bits = as_native in ("q4_1", "q8_0")
     if eight_bits:
         hooks = [m.register_forward_pre_hook(lambda _, args: (eight_bit(args[0]),))
-                 for m in model.modules() if isinstance(m, torch.nn.Linear)]
+                 for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                 and not (float_router and name.endswith("mlp.gate"))]
+        monkeypatch.setattr(mixtral.Experts, "run", eight_bit_expert)
     try:
         with torch.inference_mode():
             hidden = model(torch.tensor(ids), meta.positions, meta, None)
@@ -48,6 +50,13 @@ def torch_logits(model, ids: list[int], as_native: str | None = None, monkeypatc
     finally:
         for h in hooks:
             h.remove()
+
+
+def eight_bit_expert(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+    """mixtral.Experts.run with both matmuls' inputs rounded to 8 bits, as the native kernels read them."""
+    x = eight_bit(x)
+    h = torch.nn.functional.silu(x @ self.gate_proj[expert].T) * (x @ self.up_proj[expert].T)
+    return eight_bit(h) @ self.down_proj[expert].T
 
 
 def eight_bit(x: torch.Tensor) -> torch.Tensor:
@@ -84,15 +93,12 @@ def dequantized(state: dict) -> dict[str, torch.Tensor]:
 def test_every_tiny_variant_matches_the_torch_model(tiny_hf_folder, tiny_variant, fmt, monkeypatch):
     folder, _ = tiny_hf_folder(tiny_variant)
     config, state = read_hf_folder(folder)
-    if native_support(config) is not None:  # Mixtral: on the torch backend for now
-        with pytest.raises(ModelError, match="native plan"):
-            NativeModel(config, dict(state), threads=1)
-        return
     if fmt != "f32":
         state = quantized_state(state, fmt)
     native = NativeModel(config, dict(state), threads=1)
     reference, _ = load_model(resolve_model(str(folder)))
-    reference.load_state_dict(dequantized(state), strict=False)  # the weights the kernels multiply by
+    # the weights the kernels multiply by (Mixtral's experts stacked as the torch model holds them)
+    reference.load_state_dict(mixtral.stack_expert_weights(dequantized(state), config.num_experts), strict=False)
     ids = torch.randint(0, config.vocab_size, (40,), generator=torch.Generator().manual_seed(3)).tolist()
     ours, theirs = native_logits(native, ids), torch_logits(reference, ids, fmt, monkeypatch)
     # What remains is float32 summation order: at most a few 1e-4 of the logits' scale (measured

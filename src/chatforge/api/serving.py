@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 
 from chatforge.api.disconnect import ClientDisconnected, until_disconnect
 from chatforge.api.drain import Drain, DrainingError
-from chatforge.api.errors import stream_failure
+from chatforge.api.errors import COUNTED_BY_SERVING, stream_failure
 from chatforge.api.limits import QueueTimeoutError, RequestLimits, prompt_chars
 from chatforge.api.metrics import Metrics
 from chatforge.api.sse import sse_response
@@ -137,13 +137,20 @@ class Serving:
         """The whole template: check the bounds, admit, then answer with `codec(prep)` as JSON
         or as a stream."""
         rename_request(req.request_id)
+        setattr(request.state, COUNTED_BY_SERVING, True)  # however it ends, it is counted below
         try:
             self.drain.refuse_new()
             self.limits.check(req)
         except ChatforgeError as e:
             self.metrics.observe_refused(dialect, req.model or "", str(e.status))
             raise
-        ticket = await self.admit(dialect, req, caller)
+        try:
+            ticket = await self.admit(dialect, req, caller)
+        except ChatforgeError:
+            raise  # counted by admit
+        except Exception:
+            self.metrics.observe_refused(dialect, req.model or "", "500")  # a bug: answered 500 by the route
+            raise
         try:
             answer = codec(ticket.prep)
         except BaseException as e:
@@ -198,7 +205,9 @@ class Serving:
             raise
         if self.drain.draining:  # the drain began while this request waited for its admission
             await admission.settle(0)
-            raise DrainingError()
+            refusal = DrainingError()
+            self._refused(dialect, prep.model.model_id, caller, req, refusal)
+            raise refusal
         ticket = Ticket(dialect, caller, prep, admission, started)
         ticket.deadline = asyncio.get_running_loop().call_later(self.timeouts.request_s, self._cut, ticket, "timeout")
         self.drain.enter(req.request_id, lambda: self._cut(ticket, "drain"))
@@ -368,7 +377,10 @@ QUICK_PREPARE_CHARS = 2000
 
 
 def _quick_to_prepare(req: ChatRequest) -> bool:
-    return (not req.tools and req.output_format is None and req.chat_template is None
+    """No grammar to compile (a history with tool calls gets one, and a model's first grammar
+    builds llguidance's vocabulary: seconds) and little text."""
+    history_with_tools = req.prompts is None and any(m.tool_calls or m.role == "tool" for m in req.messages)
+    return (not req.tools and req.output_format is None and req.chat_template is None and not history_with_tools
             and prompt_chars(req) <= QUICK_PREPARE_CHARS)
 
 

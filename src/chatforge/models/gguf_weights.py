@@ -95,11 +95,17 @@ def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
 @dataclass
 class QuantizedTensor:
     """A GGUF matrix kept in its file's block-quantized form: `blocks` [N, bytes per row], rows
-    in the Hugging Face order (q/k rows already un-permuted), for a kernel that reads the format."""
+    in the Hugging Face order (q/k rows already un-permuted), for a kernel that reads the format.
+    Mixtral's stacked experts are one of shape [E, N, K], their rows expert after expert."""
 
     ggml_type: int
-    shape: tuple[int, int]  # [N, K]
-    blocks: np.ndarray  # uint8
+    shape: tuple[int, ...]  # [N, K], or [E, N, K]
+    blocks: np.ndarray  # uint8 [rows, bytes per row]
+
+    def experts(self) -> list[QuantizedTensor]:
+        """A stacked [E, N, K] tensor's matrices, one per expert (views of its blocks)."""
+        E, N, K = self.shape
+        return [QuantizedTensor(self.ggml_type, (N, K), self.blocks[e * N : (e + 1) * N]) for e in range(E)]
 
     def dequantize(self) -> np.ndarray:
         """float32 [N, K], the values transformers would load."""
@@ -117,7 +123,8 @@ class QuantizedTensor:
 
 def read_gguf(path: str | Path, keep_quantized: bool = False) -> tuple[ModelConfig, dict[str, torch.Tensor | QuantizedTensor]]:
     """(config, state dict with HF names) from a GGUF file: float32 tensors, or with
-    `keep_quantized` the block-quantized matrices as QuantizedTensor (no float copy made)."""
+    `keep_quantized` the block-quantized matrices (stacked experts too) as QuantizedTensor (no
+    float copy made)."""
     gguf = GGUFFile(path)
     try:
         config = ModelConfig.from_gguf_metadata(gguf.metadata, gguf.tensors.keys())
@@ -134,8 +141,8 @@ def read_gguf(path: str | Path, keep_quantized: bool = False) -> tuple[ModelConf
             info = gguf.tensors[name]
             m = _BLOCK_RE.fullmatch(name)
             rows_permuted = permuted and m and m.group(2) in heads
-            if keep_quantized and info.ggml_type not in FLOAT_TYPES and len(info.shape) == 2:
-                blocks = gguf.raw(name).reshape(info.shape[0], -1)
+            if keep_quantized and info.ggml_type not in FLOAT_TYPES and len(info.shape) in (2, 3):
+                blocks = gguf.raw(name).reshape(int(np.prod(info.shape[:-1])), -1)
                 blocks = unpermute_rotary(blocks, heads[m.group(2)]) if rows_permuted else blocks.copy()
                 state[target] = QuantizedTensor(info.ggml_type, info.shape, blocks)
                 continue

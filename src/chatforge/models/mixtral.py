@@ -13,7 +13,9 @@ The experts' weights are stored stacked, [E, out, in] per projection, under
 `mlp.experts.{gate,up,down}_proj`; the router is `mlp.gate`. `stack_expert_weights` turns the
 other layouts into that one: Hugging Face files (`block_sparse_moe.experts.N.w1/w3/w2`, what
 transformers still saves), transformers 5's fused `gate_up_proj`, and old GGUF files with one
-tensor per expert (mapped to the Hugging Face names by gguf_weights.py).
+tensor per expert (mapped to the Hugging Face names by gguf_weights.py). The native backend
+keeps a GGUF's experts quantized, one matrix per expert: `take_layer_experts` reads any of these
+layouts that way, stacked QuantizedTensors (gguf_weights.py) included.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 from chatforge.models.config import ModelConfig
 from chatforge.models.errors import WeightsMismatchError
+from chatforge.models.gguf_weights import QuantizedTensor
 
 
 class Experts(nn.Module):
@@ -101,3 +104,39 @@ def stack_expert_weights(state: dict[str, torch.Tensor], num_experts: int) -> di
             )
         out[f"model.layers.{layer}.mlp.experts.{proj}"] = torch.stack([experts[i] for i in range(num_experts)])
     return out
+
+
+_PROJECTIONS = (("gate_proj", "w1"), ("up_proj", "w3"), ("down_proj", "w2"))
+
+
+def take_layer_experts(state: dict, layer: int, num_experts: int) -> tuple[object, list[tuple[object, object, object]]]:
+    """Layer `layer`'s router and its experts' (gate, up, down) matrices, each [out, in], popped
+    from `state` whatever its layout (module docstring): torch tensors or QuantizedTensors, never
+    dequantized or copied."""
+    p = f"model.layers.{layer}."
+    router = _pop_any(state, p + "mlp.gate.weight", p + "block_sparse_moe.gate.weight")
+    if router is None:
+        raise WeightsMismatchError(f"layer {layer}: no router (mlp.gate.weight)")
+    stacked = {proj: state.pop(f"{p}mlp.experts.{proj}", None) for proj, _ in _PROJECTIONS}
+    if (fused := state.pop(f"{p}mlp.experts.gate_up_proj", None)) is not None:
+        stacked["gate_proj"], stacked["up_proj"] = fused.chunk(2, dim=1)
+    columns = []
+    for proj, w in _PROJECTIONS:
+        if stacked[proj] is not None:
+            matrices = stacked[proj].experts() if isinstance(stacked[proj], QuantizedTensor) else list(stacked[proj].unbind(0))
+        else:
+            matrices = [state.pop(f"{p}block_sparse_moe.experts.{e}.{w}.weight", None) for e in range(num_experts)]
+        missing = [e for e, m in enumerate(matrices) if m is None]
+        if missing or len(matrices) != num_experts:
+            raise WeightsMismatchError(
+                f"layer {layer} {proj}: {len(matrices) - len(missing)} experts found, {missing} missing (the model has {num_experts})"
+            )
+        columns.append(matrices)
+    return router, list(zip(*columns))
+
+
+def _pop_any(state: dict, *names: str):
+    for name in names:
+        if name in state:
+            return state.pop(name)
+    return None

@@ -7,8 +7,9 @@ goes: no weight is held twice, no float copy of a quantized one is made. It hand
 (native/model.h: the plan's contract, batch invariance included). `execute` marshals the step's
 token ids, lengths and block tables into arrays and makes one call; the KV cache is float16, per
 layer [n_blocks, kv_heads, block_size, head_dim] for K and for V. `native_support` says which
-configs the plan computes (the Llama family, Qwen3 and Gemma 3 today); the others run on
-the torch backend (models/backend.py).
+configs the plan computes (the Llama family, Qwen3, Gemma 3 and Mixtral today); the others
+run on the torch backend (models/backend.py). Mixtral's experts are one matrix each, in their
+file's format (a GGUF's stacked experts without a float copy: mixtral.take_layer_experts).
 
 Threads: the plan owns a pool of `threads` threads (the caller included; default: the CPUs this
 process may use). One step runs at a time per plan (engines sharing a plan take turns).
@@ -25,6 +26,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ from chatforge.models import native
 from chatforge.models.config import ModelConfig
 from chatforge.models.errors import ModelError, WeightsMismatchError
 from chatforge.models.gguf_weights import QuantizedTensor
+from chatforge.models.mixtral import take_layer_experts
 from chatforge.models.native_formats import (
     F32, native_format, native_format_of_type, pack, packed_matrix_nbytes, packed_nbytes, row_slices,
 )
@@ -41,6 +44,7 @@ from chatforge.models.step import StepInputs
 
 _i64, _f32, _p = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 MAX_PARTS = 3
+MAX_EXPERTS = 256  # native/model.h's CF_MAX_EXPERTS
 
 
 class _Matrix(ctypes.Structure):
@@ -56,6 +60,7 @@ class _Layer(ctypes.Structure):
         ("attn_norm", _p), ("ffn_norm", _p), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear),
         ("down", _Linear), ("sliding_window", _i64),
         ("q_norm", _p), ("k_norm", _p), ("post_attn_norm", _p), ("post_ffn_norm", _p),
+        ("n_experts", _i64), ("top_k", _i64), ("router", _Linear), ("expert_gate_up", _p), ("expert_down", _p),
     ]
 
 
@@ -81,7 +86,8 @@ _STRUCTS = [_Matrix, _Linear, _Layer, _Desc, _Step]  # cf_sizeof(0..4)
 
 
 # The architectures the plan computes today (native/model.h says how others are added).
-NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM")
+NATIVE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM",
+                        "MixtralForCausalLM")
 GEMMA3 = "Gemma3ForCausalLM"
 _ACTIVATIONS = {"silu": 0, "gelu_pytorch_tanh": 1}  # native/model.h's CF_ACT_FN_*
 
@@ -90,11 +96,10 @@ def native_support(c: ModelConfig) -> str | None:
     """None when the native plan computes a model of this config, else why not."""
     if c.architecture not in NATIVE_ARCHITECTURES:
         return f"{c.architecture} is not in the native plan yet"
-    missing = [name for name, absent in (
-        ("experts", not c.num_experts), (f"activation {c.hidden_act}", c.hidden_act in _ACTIVATIONS),
-    ) if not absent]
-    if missing:
-        return f"the native plan has no {', '.join(missing)} yet"
+    if c.hidden_act not in _ACTIVATIONS:
+        return f"the native plan has no activation {c.hidden_act} yet"
+    if c.num_experts > MAX_EXPERTS:
+        return f"the native plan takes at most {MAX_EXPERTS} experts per layer, not {c.num_experts}"
     if c.head_dim % 8 or c.head_dim > 512 or c.hidden_size % 8:
         return f"the native kernels need head_dim and hidden_size multiples of 8 (head_dim <= 512), not {c.head_dim} and {c.hidden_size}"
     return None
@@ -113,8 +118,8 @@ def native_weights_bytes(source) -> int:
         total = 0
         for t in gguf.tensors.values():
             fmt = native_format_of_type(t.ggml_type)
-            if fmt != F32 and len(t.shape) == 2:
-                total += packed_matrix_nbytes(fmt, *t.shape)
+            if fmt != F32 and len(t.shape) in (2, 3):  # a matrix, or Mixtral's stacked experts
+                total += int(np.prod(t.shape[:-2])) * packed_matrix_nbytes(fmt, *t.shape[-2:])
             else:
                 total += 4 * int(np.prod(t.shape))
         return total
@@ -172,8 +177,10 @@ class NativeModel:
         if why_not is not None:
             raise ModelError(why_not)
         self._keep: list[object] = []  # every array the C plan points into
+        experts = [take_layer_experts(state, i, config.num_experts) for i in range(config.num_hidden_layers)] \
+            if config.num_experts else None
         _check_names(config, state)
-        desc = self._describe(config, state)
+        desc = self._describe(config, state, experts)
         error = ctypes.create_string_buffer(512)
         handle = ctypes.c_void_p()
         if lib.cf_model_new(ctypes.byref(desc), self.threads, ctypes.byref(handle), error, len(error)):
@@ -195,14 +202,7 @@ class NativeModel:
         """Several projections side by side: one matrix where consecutive ones share a format,
         else parts (their weights, in order); and the concatenated bias (address), if any."""
         weights = [state.pop(f"{n}.weight") for n in names]
-        groups: list[list] = []
-        for w in weights:
-            if groups and native_format(groups[-1][0]) == native_format(w):
-                groups[-1].append(w)
-            else:
-                groups.append([w])
-        if len(groups) > MAX_PARTS:
-            raise ModelError(f"{names}: more than {MAX_PARTS} formats in one projection")
+        groups = _format_groups(weights, names)
         biases = [state.pop(f"{n}.bias", None) for n in names]
         bias = None
         if any(b is not None for b in biases):
@@ -210,14 +210,14 @@ class NativeModel:
             bias = self._array(torch.cat([b.float() if b is not None else torch.zeros(n) for b, n in zip(biases, sizes)]))
         return groups, bias
 
-    def _describe(self, c: ModelConfig, state: dict) -> _Desc:
+    def _describe(self, c: ModelConfig, state: dict, experts: list | None) -> _Desc:
         """The plan's description. Each weight is popped from `state`, packed and copied into one
         mapping of (huge) pages (sized beforehand), then dropped: no weight is held twice for
-        longer than its own packing."""
+        longer than its own packing. `experts`: per layer, Mixtral's (router, experts' matrices)."""
         projections = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
                        "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
         layers = (_Layer * c.num_hidden_layers)()
-        linears = []  # (layer, field, groups of weights, bias)
+        linears = []  # (where the linear goes: a function of it, groups of weights, bias)
         gemma = c.architecture == GEMMA3
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
@@ -226,11 +226,15 @@ class NativeModel:
                 setattr(layers[i], field, self._array(state.pop(p + name) + (1.0 if gemma else 0.0)))
             layers[i].sliding_window = c.layer_sliding_window(i) or 0
             for field, names in projections.items():
-                linears.append([i, field, *self._linear_groups(state, [p + n for n in names])])
+                if experts and field in ("gate_up", "down"):
+                    continue
+                linears.append([partial(setattr, layers[i], field), *self._linear_groups(state, [p + n for n in names])])
+            if experts:
+                linears += self._experts(layers[i], c, *experts[i])
         embed = [state.pop("model.embed_tokens.weight")]
         head = None if c.tie_word_embeddings else [state.pop("lm_head.weight")]
         state.pop("lm_head.weight", None)
-        every = [embed] + ([head] if head else []) + [g for _, _, groups, _ in linears for g in groups]
+        every = [embed] + ([head] if head else []) + [g for _, groups, _ in linears for g in groups]
         sizes = [-(-packed_nbytes(g) // 64) * 64 for g in every]
         self._weights = Pages(self._lib, sum(sizes))
         self.weight_bytes = sum(sizes)
@@ -250,11 +254,11 @@ class NativeModel:
 
         embed_matrix = place(embed)
         head_matrix = place(head) if head else embed_matrix
-        for i, field, groups, bias in linears:
+        for put, groups, bias in linears:
             lin = _Linear(n_parts=len(groups), bias=bias)
             for k, group in enumerate(groups):
                 lin.parts[k] = place(group)
-            setattr(layers[i], field, lin)
+            put(lin)
         self._keep.append(layers)
         local = c.rope_local_theta
         return _Desc(
@@ -267,6 +271,20 @@ class NativeModel:
             logit_softcap=c.final_logit_softcapping or 0.0,
             inv_freq_local=self._array(inverse_frequencies(replace(c, rope_theta=local, rope_scaling=None))) if local else None,
         )
+
+    def _experts(self, layer: _Layer, c: ModelConfig, router, matrices: list[tuple]) -> list[list]:
+        """A Mixtral layer's router and experts: its fields set, the linears to pack (as in
+        `_describe`): the router, then per expert gate and up side by side, and down."""
+        E = c.num_experts
+        gate_up, down = (_Linear * E)(), (_Linear * E)()
+        self._keep += [gate_up, down]
+        layer.n_experts, layer.top_k = E, c.num_experts_per_tok
+        layer.expert_gate_up, layer.expert_down = ctypes.addressof(gate_up), ctypes.addressof(down)
+        out = [[partial(setattr, layer, "router"), _format_groups([router], ["router"]), None]]
+        for e, (gate, up, dn) in enumerate(matrices):
+            out.append([partial(gate_up.__setitem__, e), _format_groups([gate, up], [f"expert {e} gate", "up"]), None])
+            out.append([partial(down.__setitem__, e), [[dn]], None])
+        return out
 
     # -- the backend ---------------------------------------------------------------------------
 
@@ -347,6 +365,19 @@ class NativeModel:
             self._handle = None
 
 
+def _format_groups(weights: list, names: list[str]) -> list[list]:
+    """Consecutive weights that share a format as one group (one matrix), in order."""
+    groups: list[list] = []
+    for w in weights:
+        if groups and native_format(groups[-1][0]) == native_format(w):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    if len(groups) > MAX_PARTS:
+        raise ModelError(f"{names}: more than {MAX_PARTS} formats in one projection")
+    return groups
+
+
 def _norm_names(c: ModelConfig) -> dict[str, str]:
     """native/model.h's per-layer norm fields -> the checkpoint's names (under model.layers.N.)."""
     if c.architecture == GEMMA3:
@@ -370,7 +401,8 @@ def _check_names(c: ModelConfig, state: dict) -> None:
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             expected.add(f"{p}self_attn.{proj}.weight")
         for proj in ("gate_proj", "up_proj", "down_proj"):
-            expected.add(f"{p}mlp.{proj}.weight")
+            if not c.num_experts:  # Mixtral's were taken already (take_layer_experts)
+                expected.add(f"{p}mlp.{proj}.weight")
         if c.attention_bias:
             expected |= {f"{p}self_attn.{x}_proj.bias" for x in "qkv"}
         if c.o_proj_bias:

@@ -84,6 +84,10 @@ def message(m: Message, i: int) -> ChatMessage:
         raise InvalidRequestError("only assistant messages carry tool_calls", param=f"messages[{i}].tool_calls")
     if m.role == "tool" and m.tool_call_id is None:
         raise InvalidRequestError("a tool message needs the tool_call_id of the call it answers", param=f"messages[{i}].tool_call_id")
+    if m.content is None and not (m.role == "assistant" and m.tool_calls):
+        # OpenAI's rule: content may be null (or absent) only on an assistant turn that made calls
+        raise InvalidRequestError(f"a {m.role} message needs content; only an assistant message with tool_calls "
+                                  "may have none", param=f"messages[{i}].content")
     if isinstance(m.content, list):
         if any(isinstance(p, ImagePart) for p in m.content):
             raise InvalidRequestError("this model accepts text only", param=f"messages[{i}].content")

@@ -2,7 +2,7 @@
 compiler on first use into one shared library and loaded with ctypes.
 
 - model.h, plan.c / plan.h, forward.c: the model plan (life cycle, then its one call per engine
-  step; models/native_model.py);
+  step; models/native_model.py); moe.c: Mixtral's mixture of experts within that step;
 - pool.c: the thread pool that runs a step's work (a task counter, waits that yield);
 - formats.h, formats.c, fmt_*.c: the weight formats and their matmul kernels;
 - attention.c, layer_ops.c: paged attention over the float16 KV cache, the per-row operations;

@@ -1,4 +1,5 @@
-/* The step of the model plan (model.h): one call runs the whole forward pass.
+/* The step of the model plan (model.h): one call runs the whole forward pass (a Mixtral
+   layer's experts: moe.c).
 
    Work is handed to the thread pool (pool.h) op by op: a matmul as tasks of (rows, column
    groups), the attention as tasks of (sequence, kv head, run of queries), the per-row operations
@@ -15,11 +16,9 @@
 
 /* ---- per-row operations ---------------------------------------------------------------- */
 
-typedef void (*row_fn)(cf_model *m, void *ctx, int64_t row);
-
 typedef struct {
     cf_model *m;
-    row_fn fn;
+    cf_row_op fn;
     void *ctx;
     int64_t rows, per_task;
 } rows_job;
@@ -32,7 +31,7 @@ static void rows_task(void *p, int64_t task, int thread) {
 }
 
 /* fn on every row; `work` is a row's size in floats (small steps stay on this thread) */
-static void for_rows(cf_model *m, row_fn fn, void *ctx, int64_t rows, int64_t work) {
+void cf_for_rows(cf_model *m, cf_row_op fn, void *ctx, int64_t rows, int64_t work) {
     if (rows * work < INLINE_ROW_WORK || cf_pool_threads(m->pool) == 1) {
         for (int64_t r = 0; r < rows; r++) fn(m, ctx, r);
         return;
@@ -69,10 +68,10 @@ static void norm_row(cf_model *m, void *p, int64_t r) {
                        m->ws.q8_s + r * (c->K / QK));
 }
 
-static cf_acts prepare_input(cf_model *m, const float *src, const float *weight, float *dst, int64_t M, int64_t K,
+cf_acts cf_prepare_input(cf_model *m, const float *src, const float *weight, float *dst, int64_t M, int64_t K,
                              int acts) {
     norm_ctx c = {src, weight, weight ? dst : (float *)src, K, acts};
-    if (weight || (acts & CF_ACT_Q8)) for_rows(m, norm_row, &c, M, K);
+    if (weight || (acts & CF_ACT_Q8)) cf_for_rows(m, norm_row, &c, M, K);
     return make_acts(m, c.dst, M, K, acts);
 }
 
@@ -106,7 +105,7 @@ static void matmul_task(void *p, int64_t task, int thread) {
 }
 
 /* y[M, N] (= or +=) x . lin^T */
-static void linear(cf_model *m, const cf_linear *lin, const cf_acts *x, float *y, int64_t ldy, int accumulate) {
+void cf_run_linear(cf_model *m, const cf_linear *lin, const cf_acts *x, float *y, int64_t ldy, int accumulate) {
     int64_t groups = 0;
     for (int64_t p = 0; p < lin->n_parts; p++) groups += (lin->parts[p].N + 7) / 8;
     int64_t threads = cf_pool_threads(m->pool);
@@ -153,7 +152,7 @@ static int64_t thread_ns(void) {
 }
 
 /* charges the time since the last mark to `what` */
-static inline void mark(cf_model *m, int what) {
+void cf_mark(cf_model *m, int what) {
     if (!m->profiling) return;
     int64_t now = thread_ns();
     m->profile_ns[what] += now - m->mark;
@@ -195,7 +194,7 @@ static void rope_row(cf_model *m, void *p, int64_t t) {
     }
 }
 
-static void swiglu_row(cf_model *m, void *p, int64_t t) {
+void cf_ffn_act_row(cf_model *m, void *p, int64_t t) {
     (void)p;
     int64_t F = m->d.ffn;
     if (m->d.activation == CF_ACT_FN_GELU_TANH)
@@ -216,11 +215,11 @@ static void add_normed_row(cf_model *m, void *p, int64_t t) {
 /* y = x . lin^T, added into the residual x: directly, or through a post-norm (into h first) */
 static void residual_linear(cf_model *m, const cf_linear *lin, const cf_acts *in, const float *post_norm) {
     if (!post_norm) {
-        linear(m, lin, in, m->ws.x, m->d.hidden, 1);
+        cf_run_linear(m, lin, in, m->ws.x, m->d.hidden, 1);
         return;
     }
-    linear(m, lin, in, m->ws.h, m->d.hidden, 0);
-    for_rows(m, add_normed_row, (void *)post_norm, in->M, m->d.hidden);
+    cf_run_linear(m, lin, in, m->ws.h, m->d.hidden, 0);
+    cf_for_rows(m, add_normed_row, (void *)post_norm, in->M, m->d.hidden);
 }
 
 /* cos [D / 2], then sin [D / 2], of one position */
@@ -250,30 +249,34 @@ static void layer(cf_model *m, int64_t l, int64_t T, int64_t n_attn_tasks) {
     int64_t H = d->n_heads, Hkv = d->n_kv_heads, D = d->head_dim, dim = d->hidden;
     layer_ctx lc = {l};
 
-    cf_acts in = prepare_input(m, w->x, L->attn_norm, w->h, T, dim, cf_linear_acts(&L->qkv));
-    mark(m, P_NORM);
-    linear(m, &L->qkv, &in, w->qkv, (H + 2 * Hkv) * D, 0);
-    mark(m, P_QKV);
-    for_rows(m, rope_row, &lc, T, (H + 2 * Hkv) * D);
-    mark(m, P_ROPE);
+    cf_acts in = cf_prepare_input(m, w->x, L->attn_norm, w->h, T, dim, cf_linear_acts(&L->qkv));
+    cf_mark(m, P_NORM);
+    cf_run_linear(m, &L->qkv, &in, w->qkv, (H + 2 * Hkv) * D, 0);
+    cf_mark(m, P_QKV);
+    cf_for_rows(m, rope_row, &lc, T, (H + 2 * Hkv) * D);
+    cf_mark(m, P_ROPE);
     attn_ctx ac = {m, l};
     cf_pool_run(m->pool, attn_task, &ac, n_attn_tasks);
-    mark(m, P_ATTN);
-    in = prepare_input(m, w->attn, NULL, NULL, T, H * D, cf_linear_acts(&L->o));
-    mark(m, P_NORM);
+    cf_mark(m, P_ATTN);
+    in = cf_prepare_input(m, w->attn, NULL, NULL, T, H * D, cf_linear_acts(&L->o));
+    cf_mark(m, P_NORM);
     residual_linear(m, &L->o, &in, L->post_attn_norm);
-    mark(m, P_O);
+    cf_mark(m, P_O);
 
-    in = prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, cf_linear_acts(&L->gate_up));
-    mark(m, P_NORM);
-    linear(m, &L->gate_up, &in, w->gu, 2 * d->ffn, 0);
-    mark(m, P_GATE_UP);
-    for_rows(m, swiglu_row, NULL, T, 2 * d->ffn);
-    mark(m, P_SWIGLU);
-    in = prepare_input(m, w->act, NULL, NULL, T, d->ffn, cf_linear_acts(&L->down));
-    mark(m, P_NORM);
+    if (L->n_experts) {
+        cf_experts(m, L, T);
+        return;
+    }
+    in = cf_prepare_input(m, w->x, L->ffn_norm, w->h, T, dim, cf_linear_acts(&L->gate_up));
+    cf_mark(m, P_NORM);
+    cf_run_linear(m, &L->gate_up, &in, w->gu, 2 * d->ffn, 0);
+    cf_mark(m, P_GATE_UP);
+    cf_for_rows(m, cf_ffn_act_row, NULL, T, 2 * d->ffn);
+    cf_mark(m, P_SWIGLU);
+    in = cf_prepare_input(m, w->act, NULL, NULL, T, d->ffn, cf_linear_acts(&L->down));
+    cf_mark(m, P_NORM);
     residual_linear(m, &L->down, &in, L->post_ffn_norm);
-    mark(m, P_DOWN);
+    cf_mark(m, P_DOWN);
 }
 
 /* ---- the step --------------------------------------------------------------------------- */
@@ -286,8 +289,8 @@ static void head(cf_model *m, const int32_t *rows, int64_t n, float *logits) {
     int64_t dim = d->hidden;
     for (int64_t i = 0; i < n; i++) memcpy(w->h + i * dim, w->x + (int64_t)rows[i] * dim, sizeof(float) * (size_t)dim);
     cf_linear lm_head = {1, {d->lm_head}, NULL};
-    cf_acts in = prepare_input(m, w->h, d->final_norm, w->h, n, dim, cf_formats[d->lm_head.format]->act);
-    linear(m, &lm_head, &in, logits, d->vocab, 0);
+    cf_acts in = cf_prepare_input(m, w->h, d->final_norm, w->h, n, dim, cf_formats[d->lm_head.format]->act);
+    cf_run_linear(m, &lm_head, &in, logits, d->vocab, 0);
     if (d->logit_softcap > 0.f)
         for (int64_t i = 0; i < n * d->vocab; i++) logits[i] = d->logit_softcap * tanhf(logits[i] / d->logit_softcap);
 }
@@ -341,13 +344,13 @@ int cf_model_step(cf_model *m, const cf_step *s) {
     if (n_tasks < 0) return (int)n_tasks;
     int64_t T = s->n_tokens;
     if (m->profiling) m->mark = thread_ns();
-    for_rows(m, embed_row, NULL, T, d->hidden);
-    mark(m, P_EMBED);
+    cf_for_rows(m, embed_row, NULL, T, d->hidden);
+    cf_mark(m, P_EMBED);
     for (int64_t l = 0; l < d->n_layers; l++) layer(m, l, T, n_tasks * d->n_kv_heads);
     m->last_tokens = T;
     if (s->n_sample == 0) return 0;
     head(m, s->sample_rows, s->n_sample, s->logits);
-    mark(m, P_HEAD);
+    cf_mark(m, P_HEAD);
     return 0;
 }
 

@@ -31,7 +31,11 @@
    - Gemma 3: GeGLU (`activation`), norms of 1 + weight (the 1 folded in by native_model.py),
      embeddings times sqrt(d) (`embed_scale`), post-attention / post-MLP norms, and the
      sliding-window layers' own RoPE base (`inv_freq_local`);
-   - still to come: Mixtral: per-layer router [E, d] and experts (cf_linear gate_up / down per expert), top-k.
+   - Mixtral: a sparse mixture of SwiGLU experts in place of the MLP (`n_experts` > 0): the
+     router's logits, a softmax over all experts, the top_k most probable kept and renormalised
+     to sum to one; each expert multiplies the rows routed to it, gathered (moe.c), and a row's
+     output is its experts' outputs weighted, summed in the order of the experts' indices. A
+     row's routing and its experts' arithmetic are its own: the gathering never changes a bit.
    Formats are added in formats.h; the plan only names a matrix's format. */
 #ifndef CHATFORGE_MODEL_H
 #define CHATFORGE_MODEL_H
@@ -42,6 +46,7 @@
 
 #define CF_MAX_PARTS 3   /* matrices side by side in one linear (q, k, v) */
 #define CF_KEY_CHUNK 32  /* attention's key chunk, in positions */
+#define CF_MAX_EXPERTS 256
 
 /* y = x . [W_0; W_1; ...]^T (+ bias): the parts' outputs side by side, N = sum of their N. */
 typedef struct {
@@ -62,6 +67,11 @@ typedef struct {
     const float *q_norm, *k_norm;  /* [head_dim]: RMSNorm of each head's query and key before RoPE */
     const float *post_attn_norm;   /* [hidden]: the attention's output normalised before the residual add */
     const float *post_ffn_norm;    /* [hidden]: the MLP's likewise (Gemma's "sandwich" norms) */
+    /* Mixtral (n_experts = 0: the dense MLP above; else gate_up and down are unused) */
+    int64_t n_experts, top_k;      /* top_k <= n_experts <= CF_MAX_EXPERTS */
+    cf_linear router;              /* [n_experts, hidden] */
+    const cf_linear *expert_gate_up; /* [n_experts], each N = 2 ffn: gate rows, then up rows */
+    const cf_linear *expert_down;    /* [n_experts], each [hidden, ffn] */
 } cf_layer;
 
 typedef struct {

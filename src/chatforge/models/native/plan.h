@@ -20,6 +20,9 @@ typedef struct {
     float *q8_d, *q8_s;
     int32_t *tok_seq, *tok_pos;
     int32_t *tasks;           /* attention tasks: (seq, first token, count) */
+    /* Mixtral: gu, act and the 8-bit input hold T top_k gathered rows (moe.c says how they are laid out) */
+    float *router, *moe_x, *moe_y, *route_weight; /* [T, E], [T k, hidden] x 2, [T, k] */
+    int32_t *route_expert, *slot_of, *row_of, *expert_offsets; /* [T, k], [T k] x 2, [E + 1] */
 } workspace;
 
 /* Where a step's time goes (cf_model_profile): the calling thread's CPU time per kind of op. */
@@ -38,7 +41,23 @@ struct cf_model {
     char error[256];
     const cf_step *step;      /* the step being run */
     int64_t last_tokens;      /* tokens of the last step run (its final hidden states are kept) */
+    int64_t max_experts, max_top_k; /* over the layers (0 and 1 without experts) */
 };
+
+/* The step's building blocks (forward.c), shared with moe.c. */
+typedef void (*cf_row_op)(cf_model *m, void *ctx, int64_t row);
+/* fn on every row; `work` is a row's size in floats (small steps stay on this thread) */
+void cf_for_rows(cf_model *m, cf_row_op fn, void *ctx, int64_t rows, int64_t work);
+/* dst = norm(src) per row (src as is when weight is NULL), and its 8-bit form when `acts` wants it */
+cf_acts cf_prepare_input(cf_model *m, const float *src, const float *weight, float *dst, int64_t M, int64_t K, int acts);
+/* y[M, N] (= or +=) x . lin^T, on the pool */
+void cf_run_linear(cf_model *m, const cf_linear *lin, const cf_acts *x, float *y, int64_t ldy, int accumulate);
+/* the FFN's activation of gated row t: ws.act[t] = act(ws.gu[t] gate) * ws.gu[t] up */
+void cf_ffn_act_row(cf_model *m, void *p, int64_t t);
+/* charges the calling thread's CPU time since the last mark to op `what` (when profiling) */
+void cf_mark(cf_model *m, int what);
+/* Mixtral: a layer's mixture of experts (moe.c): x += experts(norm(x)) for the step's T rows */
+void cf_experts(cf_model *m, const cf_layer *L, int64_t T);
 
 /* Grows the step's buffers to hold T tokens (kept afterwards). 0, or -1 out of memory. */
 int cf_reserve(cf_model *m, int64_t T);
