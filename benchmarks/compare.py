@@ -107,9 +107,13 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, messages:
                       stream: bool) -> dict:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "min_tokens": max_tokens, "stream": stream}
+    if stream:
+        # Tokens from the usage chunk: a token with no text of its own (a special token once
+        # ignore_eos runs past the end of the turn) sends no content chunk.
+        body["stream_options"] = {"include_usage": True}
     request = client.build_request("POST", f"{url}/v1/chat/completions", json=body)
     start = time.perf_counter()
-    first, chunks = None, 0
+    first, chunks, usage = None, 0, None
     r = await open_response(client, request)  # llama-server closes the connection after each stream
     try:
         r.raise_for_status()
@@ -120,13 +124,16 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, messages:
         async for line in r.aiter_lines():
             if not line.startswith("data: {"):
                 continue
-            choices = json.loads(line[6:]).get("choices") or [{}]
+            chunk = json.loads(line[6:])
+            usage = chunk.get("usage") or usage
+            choices = chunk.get("choices") or [{}]
             if (choices[0].get("delta") or {}).get("content"):
                 chunks += 1
                 first = first or time.perf_counter()
     finally:
         await r.aclose()
-    return {"tokens": chunks, "prompt_tokens": None, "e2e": time.perf_counter() - start,
+    return {"tokens": usage["completion_tokens"] if usage else chunks,
+            "prompt_tokens": usage["prompt_tokens"] if usage else None, "e2e": time.perf_counter() - start,
             "ttft": None if first is None else first - start}
 
 
