@@ -34,9 +34,9 @@ def post(http, body, path="/v1/chat/completions"):
         ({"model": MODEL, "messages": MSG, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}}, "response_format"),
         ({"model": MODEL, "messages": []}, "messages"),
         ({"messages": MSG}, "model"),
-        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         # union fields: the member pydantic tried ("str", "list[...]") is no part of the name
-        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"model": MODEL, "messages": MSG, "stop": 5}, "stop"),
         ({"model": MODEL, "messages": MSG, "chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
     ],
@@ -68,7 +68,7 @@ def test_a_json_schema_format_s_errors_name_the_field_as_sent(http, path, spec, 
     r = post(http, _json_schema(spec), path)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
-    assert err["param"] == param and err["message"].startswith(("Unrecognized", param)), err
+    assert err["param"] == param and err["message"].startswith(("Unrecognized", "Missing", param)), err
 
 
 def test_a_json_schema_format_of_true_allows_any_json(http):
@@ -96,11 +96,64 @@ def test_null_content_is_a_400_naming_the_message(http, path, messages, param):
     assert err["param"] == param and err["type"] == "invalid_request_error" and "content" in err["message"]
 
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def _with_call(arguments):
+    call = {**CALL, "function": {"name": "f", "arguments": arguments}}
+    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("change, param", [
+    # refused by the request schema
+    ({"messages": _with_call(5)}, "messages[1].tool_calls[0].function.arguments"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "wizard", "content": "x"}]}, "messages[1].role"),
+    ({"tools": [{**TOOL, "function": {"name": "f", "parameters": 5}}]}, "tools[0].function.parameters"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema.schema"),
+    # refused by chatforge's own checks
+    ({"messages": _with_call("not json")}, "messages[1].tool_calls[0].function.arguments"),
+    ({"tools": [{**TOOL, "function": {"name": "f", "parameters": {"type": "array"}}}]}, "tools[0].function.parameters"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}, "messages[1].content"),
+])
+def test_a_nested_param_is_named_as_openai_names_it(http, path, change, param):
+    """Keys joined by dots, list positions in brackets, whichever check refused the field."""
+    r = post(http, {"model": MODEL, "messages": MSG, "max_tokens": 1, **change}, path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error", err
+
+
 def test_an_assistant_turn_of_tool_calls_may_have_null_content(http):
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
                 {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
     r = post(http, {"model": MODEL, "messages": messages, "max_tokens": 1})
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("body, param", [
+    ({"model": MODEL}, "messages"),
+    ({"model": MODEL, "messages": [{"content": "hi"}]}, "messages[0].role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f"}}]}]}, "messages[1].tool_calls[0].function.arguments"),
+    ({"model": MODEL, "messages": MSG, "tools": [{"type": "function", "function": {"parameters": {}}}]},
+     "tools[0].function.name"),
+    (_json_schema({"json_schema": {"name": "x"}}), "response_format.json_schema.schema"),
+])
+def test_a_missing_field_is_missing_required_parameter(http, path, body, param):
+    """OpenAI's code and message for a required field not sent."""
+    r = post(http, body, path)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {"message": f"Missing required parameter: '{param}'.", "type": "invalid_request_error",
+                                 "param": param, "code": "missing_required_parameter"}
+
+
+def test_a_missing_prompt_is_missing_required_parameter_on_completions(http):
+    r = post(http, {"model": MODEL}, "/v1/completions")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_required_parameter", r.text
+    assert r.json()["error"]["param"] == "prompt"
 
 
 def test_invalid_json_is_a_400(http):
@@ -299,6 +352,22 @@ def test_a_path_or_method_no_route_serves_answers_in_the_dialects_envelope(http,
         assert body["result"] == "error" and body["error"]["code"] == code
     if status == 405:
         assert r.headers["allow"]
+
+
+def test_a_path_or_method_no_route_serves_is_counted_under_its_dialect(http):
+    """Under the dialect's label with no model, never by the path asked for: any path may be."""
+    asked = [("POST", "/v1/nowhere-3f1c", "openai", "404"), ("GET", "/tokenize", "openai", "405"),
+             ("GET", "/1/ai/10775/openai/nowhere-3f1c", "infomaniak_openai", "404"),
+             ("GET", "/1/nowhere-3f1c", "infomaniak", "404"), ("POST", "/1/llm/profiles", "infomaniak", "405"),
+             ("GET", "/v4/nowhere-3f1c", "egp", "404"), ("GET", "/v4/models/d/chat-completions", "egp", "405")]
+    labels = {(dialect, "", status) for _, _, dialect, status in asked}
+    before = {label: counted(http, *label) for label in labels}
+    for method, path, _, status in asked:
+        assert http.request(method, path).status_code == int(status)
+    assert http.get("/nowhere-3f1c").status_code == 404  # outside every dialect: not counted
+    wanted = {label: sum(1 for _, _, d, s in asked if (d, "", s) == label) for label in labels}
+    assert {label: counted(http, *label) - before[label] for label in labels} == wanted
+    assert "nowhere" not in http.get("/metrics").text
 
 
 def test_a_path_outside_every_dialect_keeps_the_plain_404(http):

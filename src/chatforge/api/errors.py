@@ -9,7 +9,7 @@ envelope. No 500 for bad input, and no error text matched by pattern.
 Every answer such a route gives is counted in `chatforge_requests_total` once: a request handed
 to the serving template is counted there (with its model, when it ends); any other answer, a
 validation 400, a 401, an unexpected 500 or a model list, is counted here under `dialect`, with
-no model.
+no model; a 404 or 405 under a dialect's paths, which no route of it answered, by api/app.py.
 """
 
 from __future__ import annotations
@@ -50,15 +50,17 @@ def _is_type_tag(part: str) -> bool:
 
 
 def _param(loc: tuple, body) -> str | None:
-    """The dotted name of the field an error is about. Pydantic's location also names the
-    members of unions it tried: a type ("str", "list[...]") or, for a union told apart by a
-    field, that field's value (`response_format.json_schema.json_schema.name`: the second
-    `json_schema` is the `type`). A step that does not lead into the request body is such a
-    member and is left out, unless it is the last (a field that is missing)."""
+    """The name of the field an error is about, as OpenAI's API writes it: keys joined by dots,
+    list positions in brackets (`messages[1].tool_calls[0].function.arguments`), one format for
+    every check, pydantic's and chatforge's own; a path or query parameter by its name alone.
+    Pydantic's location also names the members of unions it tried: a type ("str", "list[...]")
+    or, for a union told apart by a field, that field's value
+    (`response_format.json_schema.json_schema.name`: the second `json_schema` is the `type`). A
+    step that does not lead into the request body is such a member and is left out, unless it is
+    the last (a field that is missing)."""
     if loc[:1] != ("body",):
-        return ".".join(str(p) for p in loc if not _is_type_tag(str(p))) or None
-    names, at = [], body
-    steps = loc[1:]
+        return param_name([p for p in loc[1:] if not _is_type_tag(str(p))])
+    steps, at, kept = loc[1:], body, []
     for i, step in enumerate(steps):
         if isinstance(at, dict) and step in at:
             at = at[step]
@@ -67,8 +69,19 @@ def _param(loc: tuple, body) -> str | None:
         elif i < len(steps) - 1:
             continue  # a union member's tag
         if not _is_type_tag(str(step)):
-            names.append(str(step))
-    return ".".join(names) or None
+            kept.append(step)
+    return param_name(kept)
+
+
+def param_name(steps) -> str | None:
+    """`["messages", 0, "role"]` as `messages[0].role`."""
+    name = ""
+    for step in steps:
+        name += f"[{step}]" if isinstance(step, int) else f".{step}" if name else str(step)
+    return name or None
+
+
+MISSING_PARAMETER = "missing_required_parameter"
 
 
 def from_validation(exc: RequestValidationError) -> ApiError:
@@ -78,6 +91,8 @@ def from_validation(exc: RequestValidationError) -> ApiError:
         return ApiError(400, "invalid_request_error", "the request body is not valid JSON")
     if err.get("type") == "extra_forbidden":
         return ApiError(400, "invalid_request_error", f"Unrecognized request argument supplied: {param}", param)
+    if err.get("type") == "missing":  # OpenAI's code and words; a dialect without the code renders its own
+        return ApiError(400, MISSING_PARAMETER, f"Missing required parameter: '{param}'.", param)
     msg = err.get("msg", "invalid value")
     return ApiError(400, "invalid_request_error", f"{param}: {msg}" if param else msg, param)
 
@@ -114,7 +129,7 @@ def dialect_route_class(render: Callable[[ApiError], Response], dialect: str) ->
 
             async def route(request: Request) -> Response:
                 response = await answer(request)
-                _count(request, dialect, response.status_code)
+                count_answer(request, dialect, response.status_code)
                 return response
 
             async def answer(request: Request) -> Response:
@@ -136,8 +151,9 @@ def dialect_route_class(render: Callable[[ApiError], Response], dialect: str) ->
     return DialectRoute
 
 
-def _count(request: Request, dialect: str, status: int) -> None:
-    """Count an answer the serving template did not count (api/serving.py marks those it does)."""
+def count_answer(request: Request, dialect: str, status: int) -> None:
+    """Count an answer the serving template did not count (api/serving.py marks those it does),
+    under `dialect` with no model."""
     if getattr(request.state, COUNTED_BY_SERVING, False):
         return
     metrics = getattr(request.app.state, "metrics", None)

@@ -69,8 +69,8 @@ def _check_turns(body: LegacyRequest) -> None:
         expected = "user" if i % 2 == 0 else "assistant"
         if m.role != expected:
             raise InvalidRequestError(
-                f"messages.{i}.role must be {expected!r}: roles alternate user/assistant, starting with user",
-                param=f"messages.{i}.role",
+                f"messages[{i}].role must be {expected!r}: roles alternate user/assistant, starting with user",
+                param=f"messages[{i}].role",
             )
     if body.messages[-1].role != "user":
         raise InvalidRequestError("the last message must have the user role", param="messages")
