@@ -7,8 +7,8 @@ exactly (the same values, never through float):
 - Q4_1 and Q8_0 as they are; Q4_0 as Q4_1 (m = -8 d, exact in float16), Q5_0 as Q8_0 (its 5-bit
   values q - 16 as bytes; 34 bytes per 32 weights instead of 22);
 - Q4_K and Q6_K as "q4_k" / "q6_k" superblocks of 256 inputs: the file's integer scales as bytes,
-  its float16 superscales as float32, the 4-bit values as nibbles and the 6-bit ones as bytes
-  (152 and 276 bytes per 256 weights, the file's 144 and 210; fmt_kquants.c);
+  its float16 superscales as float32, the 4-bit values as nibbles, the 6-bit ones as a nibble and
+  a bit pair (152 and 212 bytes per 256 weights, the file's 144 and 210; fmt_kquants.c);
 then eight columns interleave. "f32": float weights (F32, F16, BF16 checkpoints) and the block
 formats without a kernel (Q5_1, Q2_K, Q3_K, Q5_K, ...), dequantized.
 
@@ -59,7 +59,7 @@ def native_format_of_type(ggml_type: int) -> int:
 
 
 # per group of eight columns and block of 32 inputs (the k-quants' superblock of 256 over 8)
-_GROUP_BLOCK_BYTES = {Q4_1: 160, Q8_0: 272, Q4_K: 152, Q6_K: 276}
+_GROUP_BLOCK_BYTES = {Q4_1: 160, Q8_0: 272, Q4_K: 152, Q6_K: 212}
 
 
 def packed_nbytes(weights: list[torch.Tensor | QuantizedTensor]) -> int:
@@ -178,16 +178,23 @@ def _pack_q4_k(raw: np.ndarray) -> PackedMatrix:
 
 
 def _pack_q6_k(raw: np.ndarray) -> PackedMatrix:
-    """Rows of 276-byte superblock records (`_q6_k_blocks`) -> 2208-byte group superblocks: d[8]
-    (float32), scale[8 blocks][2 halves][8 columns] (int8), then eight blocks of 256 interleaved
-    value bytes."""
+    """Rows of 276-byte superblock records (`_q6_k_blocks`) -> 1696-byte group superblocks: d[8]
+    (float32), scale[8 blocks][2 halves][8 columns] (int8), then per block of 32 inputs 192 bytes:
+    128 bytes of nibbles (byte 32 c + 4 i + t: the low 4 bits of chunk c's value in its low half,
+    of chunk c + 4's in its high half, as Q4_1's), then 64 of bit pairs (byte 32 h + 4 i + t: the
+    high 2 bits of chunk 4 h + k's value at bits 2 k, 2 k + 1), chunk c's byte 4 i + t being
+    column i's input 4 c + t."""
     N = raw.shape[0]
     b = _blocks(raw, 276)  # [N8, nsb, 276]
     N8, nsb, _ = b.shape
-    values = _interleave(b[..., 20:].reshape(N8, nsb * 8, 32), 8).reshape(N8 // 8, nsb, 2048)
+    u = _interleave(b[..., 20:].reshape(N8, nsb * 8, 32), 8).reshape(N8 // 8, nsb, 8, 8, 32)  # [.., block, chunk, 32]
+    nibbles = (u[..., :4, :] & 0xF) | ((u[..., 4:, :] & 0xF) << 4)
+    pairs = (u >> 4).reshape(N8 // 8, nsb, 8, 2, 4, 32) << np.array([0, 2, 4, 6], np.uint8)[:, None]
+    pairs = np.bitwise_or.reduce(pairs, axis=4)
+    values = np.concatenate([nibbles.reshape(N8 // 8, nsb, 8, 128), pairs.reshape(N8 // 8, nsb, 8, 64)], axis=-1)
     d = np.ascontiguousarray(b[..., 0:4]).view(np.float32)[..., 0]
-    parts = [_group_scales(d), _group_bytes(b[..., 4:20]), values]
-    return PackedMatrix(Q6_K, N, nsb * 256, nsb * 2208, np.ascontiguousarray(np.concatenate(parts, axis=-1)).reshape(-1))
+    parts = [_group_scales(d), _group_bytes(b[..., 4:20]), values.reshape(N8 // 8, nsb, 1536)]
+    return PackedMatrix(Q6_K, N, nsb * 256, nsb * 1696, np.ascontiguousarray(np.concatenate(parts, axis=-1)).reshape(-1))
 
 
 def _group_bytes(s: np.ndarray) -> np.ndarray:
@@ -259,7 +266,7 @@ def _q4_k_blocks(raw: np.ndarray) -> np.ndarray:
 def _q6_k_blocks(raw: np.ndarray) -> np.ndarray:
     """Q6_K superblocks (128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, d f16;
     w = d scale (q - 32) per 16 inputs) -> 276-byte records: d (float32), the 16 scales, and the
-    values q - 32 as bytes."""
+    6-bit values q as bytes."""
     b = _split(raw, GGML_Q6_K)
     N, nsb, _ = b.shape
     ql = b[..., 0:128].reshape(N, nsb, 2, 2, 32)  # [half, l // 32, l % 32]
@@ -268,8 +275,7 @@ def _q6_k_blocks(raw: np.ndarray) -> np.ndarray:
     # the high ones; their high bit pairs are bits 0-1, 2-3, 4-5, 6-7 of qh[l]
     low = np.concatenate([ql & 0xF, ql >> 4], axis=3)  # [N, nsb, 2, 4, 32]
     shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 4, 1)
-    q = (low | (((qh >> shifts) & 3) << 4)).astype(np.int16) - 32
-    q = q.astype(np.int8).view(np.uint8).reshape(N, nsb, 256)
+    q = (low | (((qh >> shifts) & 3) << 4)).reshape(N, nsb, 256)
     d = _f16(b[..., 208:210]).astype(np.float32)
     return np.concatenate([_bytes(d), b[..., 192:208], q], axis=-1).reshape(N, -1)
 
