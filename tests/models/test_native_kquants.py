@@ -106,6 +106,67 @@ def test_a_row_gets_the_same_bits_whatever_rows_and_columns_are_computed_with_it
     assert (part[:2] == 0).all() and (part[:, 88:] == 0).all()
 
 
+def q8_activations(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernels' 8-bit activations of x: q int8 [M, K], d and s float32 [M, K / 32]."""
+    M, K = x.shape
+    q, d, s = np.empty((M, K), np.int8), np.empty((M, K // 32), np.float32), np.empty((M, K // 32), np.float32)
+    native.library().cf_quantize_q8(x.data_ptr(), M, K, q.ctypes.data, d.ctypes.data, s.ctypes.data)
+    return q, d, s
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 fma: a * b is exact in float64 (24 + 24 bits); the sum rounds to float64, then to
+    float32 (a double rounding, which differs from the hardware's single one with a chance of
+    about 2^-28 an operation: not for the fixed inputs below, checked)."""
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
+def kquant_reference(w: QuantizedTensor, x: torch.Tensor) -> np.ndarray:
+    """y [M, N] by fmt_kquants.c's arithmetic written out in numpy, block after block: Q4_K
+    acc = fma(dot, D dx, acc), acc = fma(M, sx, acc); Q6_K acc = fma(dot_lo, D_lo dx, acc),
+    acc = fma(dot_hi, D_hi dx, acc); D = d scale, M = -dmin min and the products with dx in float32."""
+    from chatforge.models.native_formats import _q4_k_blocks, _q6_k_blocks
+
+    N, K = w.shape
+    xq, dx, sx = q8_activations(x)
+    xq = xq.astype(np.int64)
+    acc = np.zeros((x.shape[0], N), np.float32)
+    if w.ggml_type == GGML_Q4_K:
+        r = _q4_k_blocks(w.blocks).reshape(N, K // 256, 152)
+        d, neg_dmin = r[..., 0:4].copy().view(np.float32), r[..., 4:8].copy().view(np.float32)  # [N, nsb, 1]
+        D = (d * r[..., 8:16].astype(np.float32)).reshape(N, -1)  # float32 products, exact
+        Mn = (neg_dmin * r[..., 16:24].astype(np.float32)).reshape(N, -1)
+        nib = r[..., 24:].reshape(N, -1, 16)
+        q = np.concatenate([nib & 0xF, nib >> 4], axis=-1).astype(np.int64)  # [N, nb, 32]
+        for b in range(K // 32):
+            dot = (xq[:, 32 * b : 32 * b + 32] @ q[:, b].T).astype(np.float32)
+            acc = fma32(dot, D[None, :, b] * dx[:, b : b + 1], acc)
+            acc = fma32(Mn[None, :, b], np.broadcast_to(sx[:, b : b + 1], acc.shape), acc)
+    else:
+        r = _q6_k_blocks(w.blocks).reshape(N, K // 256, 276)
+        d = r[..., 0:4].copy().view(np.float32)
+        D = (d * r[..., 4:20].copy().view(np.int8).astype(np.float32)).reshape(N, -1, 2)
+        q = r[..., 20:].reshape(N, -1, 32).astype(np.int64) - 32
+        for b in range(K // 32):
+            for h in range(2):
+                dot = (xq[:, 32 * b + 16 * h : 32 * b + 16 * h + 16] @ q[:, b, 16 * h : 16 * h + 16].T).astype(np.float32)
+                acc = fma32(dot, D[None, :, b, h] * dx[:, b : b + 1], acc)
+    return acc
+
+
+@pytest.mark.parametrize("ggml_type", [GGML_Q4_K, GGML_Q6_K])
+def test_kquant_kernels_compute_exactly_the_documented_arithmetic(ggml_type):
+    """Bit for bit: whatever the layout in memory, the operations of every output element stay
+    those of fmt_kquants.c's header (1, 4 and 9 rows: one tile, one full tile, tiles that reuse
+    the group's kept scales and values)."""
+    w = random_blocks(ggml_type, 21, 512, seed=11)
+    m = described([w])
+    for rows in (1, 4, 9):
+        x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows))
+        x[0, :32] = 0
+        assert np.array_equal(matmul(m, x).numpy(), kquant_reference(w, x)), rows
+
+
 def test_types_sharing_a_kernel_pack_side_by_side():
     """A projection whose parts are Q5_0 and Q8_0 (q, k in one, v in the other, as Q4_K_M files
     have) is one Q8_0 matrix."""
