@@ -170,9 +170,13 @@ def _pack_q5_0(raw: np.ndarray) -> PackedMatrix:
     N = raw.shape[0]
     b = _blocks(raw, 22)  # [N8, nb, 22]
     d = np.ascontiguousarray(b[..., 0:2]).view(np.float16)[..., 0]
-    high = np.ascontiguousarray(b[..., 2:6]).view("<u4")  # [N8, nb, 1]: bit j is value j's fifth bit
-    bits = ((high >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8).reshape(*b.shape[:2], 8, 4)  # [c, t]
-    fifth = np.bitwise_or.reduce(bits << np.arange(8, dtype=np.uint8)[:, None], axis=2)  # [N8, nb, 4]: bit c
+    high = np.ascontiguousarray(b[..., 2:6]).view("<u4")[..., 0]  # [N8, nb]: bit j is value j's fifth bit
+    fifth = np.empty((*high.shape, 4), np.uint8)  # bit c of byte t: value 4 c + t's (4 bytes a block at a time)
+    for t in range(4):
+        byte = np.zeros(high.shape, np.uint32)
+        for c in range(8):
+            byte |= ((high >> (4 * c + t)) & 1) << c
+        fifth[..., t] = byte
     packed = np.concatenate([_interleave(b[..., 6:], 4), _interleave(fifth, 1), _group_scales(d)], axis=-1)
     nb = b.shape[1]
     return PackedMatrix(Q5_0, N, nb * QK, nb * 176, np.ascontiguousarray(packed).reshape(-1))
