@@ -4,8 +4,8 @@ A matrix W [N, K] becomes ceil(N / 8) groups of eight output columns, each group
 contiguous; the layout inside a group is the format's own (native/fmt_blocks.c, fmt_kquants.c,
 fmt_f32.c). A GGUF block format is first turned into the per-column blocks its kernel reads,
 exactly (the same values, never through float):
-- Q4_1 and Q8_0 as they are; Q4_0 as Q4_1 (m = -8 d, exact in float16), Q5_0 as Q8_0 (its 5-bit
-  values q - 16 as bytes; 34 bytes per 32 weights instead of 22);
+- Q4_1, Q8_0 and Q5_0 as they are (Q5_0's fifth bits gathered per group: native/fmt_q5_0.c);
+  Q4_0 as Q4_1 (m = -8 d, exact in float16);
 - Q4_K and Q6_K as "q4_k" / "q6_k" superblocks of 256 inputs: the file's integer scales as bytes,
   its float16 superscales as float32, the 4-bit values as nibbles, the 6-bit ones as a nibble and
   a bit pair (152 and 212 bytes per 256 weights, the file's 144 and 210; fmt_kquants.c);
@@ -25,13 +25,13 @@ import torch
 from chatforge.models.gguf_weights import QuantizedTensor
 
 # native/formats.h's CF_FMT_* ids
-F32, Q4_1, Q8_0, Q4_K, Q6_K = 0, 1, 2, 3, 4
-FORMAT_NAMES = {F32: "f32", Q4_1: "q4_1", Q8_0: "q8_0", Q4_K: "q4_k", Q6_K: "q6_k"}
+F32, Q4_1, Q8_0, Q4_K, Q6_K, Q5_0 = 0, 1, 2, 3, 4, 5
+FORMAT_NAMES = {F32: "f32", Q4_1: "q4_1", Q8_0: "q8_0", Q4_K: "q4_k", Q6_K: "q6_k", Q5_0: "q5_0"}
 # GGML type ids and their block sizes (bytes, inputs) in a GGUF file
 GGML_Q4_0, GGML_Q4_1, GGML_Q5_0, GGML_Q8_0, GGML_Q4_K, GGML_Q6_K = 2, 3, 6, 8, 12, 14
 _GGML_BLOCKS = {GGML_Q4_0: (18, 32), GGML_Q4_1: (20, 32), GGML_Q5_0: (22, 32), GGML_Q8_0: (34, 32),
                 GGML_Q4_K: (144, 256), GGML_Q6_K: (210, 256)}
-_FORMAT_OF = {GGML_Q4_0: Q4_1, GGML_Q4_1: Q4_1, GGML_Q5_0: Q8_0, GGML_Q8_0: Q8_0, GGML_Q4_K: Q4_K, GGML_Q6_K: Q6_K}
+_FORMAT_OF = {GGML_Q4_0: Q4_1, GGML_Q4_1: Q4_1, GGML_Q5_0: Q5_0, GGML_Q8_0: Q8_0, GGML_Q4_K: Q4_K, GGML_Q6_K: Q6_K}
 QK = 32
 
 
@@ -59,7 +59,7 @@ def native_format_of_type(ggml_type: int) -> int:
 
 
 # per group of eight columns and block of 32 inputs (the k-quants' superblock of 256 over 8)
-_GROUP_BLOCK_BYTES = {Q4_1: 160, Q8_0: 272, Q4_K: 152, Q6_K: 212}
+_GROUP_BLOCK_BYTES = {Q4_1: 160, Q8_0: 272, Q4_K: 152, Q6_K: 212, Q5_0: 176}
 
 
 def packed_nbytes(weights: list[torch.Tensor | QuantizedTensor]) -> int:
@@ -163,6 +163,25 @@ def _pack_q8_0(raw: np.ndarray) -> PackedMatrix:
     return PackedMatrix(Q8_0, N, nb * QK, nb * 272, np.ascontiguousarray(packed).reshape(-1))
 
 
+def _pack_q5_0(raw: np.ndarray) -> PackedMatrix:
+    """GGUF Q5_0 rows (blocks of d f16, 32 fifth bits, 16 bytes of nibbles) -> 176-byte group
+    blocks: 128 bytes of interleaved nibbles (Q4_1's), 32 bytes of fifth bits (byte 4 i + t, bit
+    c: column i's value 4 c + t), d[8] (float16)."""
+    N = raw.shape[0]
+    b = _blocks(raw, 22)  # [N8, nb, 22]
+    d = np.ascontiguousarray(b[..., 0:2]).view(np.float16)[..., 0]
+    high = np.ascontiguousarray(b[..., 2:6]).view("<u4")[..., 0]  # [N8, nb]: bit j is value j's fifth bit
+    fifth = np.empty((*high.shape, 4), np.uint8)  # bit c of byte t: value 4 c + t's (4 bytes a block at a time)
+    for t in range(4):
+        byte = np.zeros(high.shape, np.uint32)
+        for c in range(8):
+            byte |= ((high >> (4 * c + t)) & 1) << c
+        fifth[..., t] = byte
+    packed = np.concatenate([_interleave(b[..., 6:], 4), _interleave(fifth, 1), _group_scales(d)], axis=-1)
+    nb = b.shape[1]
+    return PackedMatrix(Q5_0, N, nb * QK, nb * 176, np.ascontiguousarray(packed).reshape(-1))
+
+
 def _pack_q4_k(raw: np.ndarray) -> PackedMatrix:
     """Rows of 152-byte superblock records (`_q4_k_blocks`) -> 1216-byte group superblocks: d[8]
     and -dmin[8] (float32), scale[8 blocks][8 columns] and min[8][8] (uint8), then eight blocks of
@@ -205,7 +224,7 @@ def _group_bytes(s: np.ndarray) -> np.ndarray:
     return s.transpose(0, 2, 3, 4, 1).reshape(N8 // 8, nsb, per * 8)
 
 
-_PACKERS = {Q4_1: _pack_q4_1, Q8_0: _pack_q8_0, Q4_K: _pack_q4_k, Q6_K: _pack_q6_k}
+_PACKERS = {Q4_1: _pack_q4_1, Q8_0: _pack_q8_0, Q4_K: _pack_q4_k, Q6_K: _pack_q6_k, Q5_0: _pack_q5_0}
 
 
 # -- a GGUF type's rows -> the blocks of 32 its kernel's packer reads (exact conversions) --------
@@ -232,16 +251,6 @@ def _q4_0_blocks(raw: np.ndarray) -> np.ndarray:
     b = _split(raw, GGML_Q4_0)
     m = (-8 * _f16(b[..., 0:2])).astype(np.float16)  # times 8: exact in float16
     return np.concatenate([b[..., 0:2], _bytes(m), b[..., 2:]], axis=-1).reshape(raw.shape[0], -1)
-
-
-def _q5_0_blocks(raw: np.ndarray) -> np.ndarray:
-    """Q5_0 (d, 32 high bits, 16 nibble bytes; w = d (q - 16)) -> Q8_0 (d, q - 16 as bytes)."""
-    b = _split(raw, GGML_Q5_0)
-    high = np.ascontiguousarray(b[..., 2:6]).view("<u4")  # [N, nb, 1]: bit j is value j's fifth bit
-    bits = ((high >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)  # [N, nb, 32]
-    nibbles = np.concatenate([b[..., 6:] & 0xF, b[..., 6:] >> 4], axis=-1)
-    q = ((nibbles | (bits << 4)).astype(np.int16) - 16).astype(np.int8).view(np.uint8)
-    return np.concatenate([b[..., 0:2], q], axis=-1).reshape(raw.shape[0], -1)
 
 
 def _q4_k_blocks(raw: np.ndarray) -> np.ndarray:
@@ -281,7 +290,7 @@ def _q6_k_blocks(raw: np.ndarray) -> np.ndarray:
 
 
 _TO_BLOCKS = {
-    GGML_Q4_0: _q4_0_blocks, GGML_Q4_1: lambda raw: raw, GGML_Q5_0: _q5_0_blocks, GGML_Q8_0: lambda raw: raw,
+    GGML_Q4_0: _q4_0_blocks, GGML_Q4_1: lambda raw: raw, GGML_Q5_0: lambda raw: raw, GGML_Q8_0: lambda raw: raw,
     GGML_Q4_K: _q4_k_blocks, GGML_Q6_K: _q6_k_blocks,
 }
 
