@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import torch
+from servers import free_port  # a sibling module (this file runs as a script)
 
 LLAMA_SERVER = "/work/peer/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server"
 PROMPTS = [
@@ -35,12 +35,6 @@ PROMPTS = [
     "In 1969, the first humans",
     "Water boils at",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:

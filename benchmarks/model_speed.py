@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 import httpx
-from compare import CHATFORGE, OUTPUT_TOKENS, PEER_SCRIPT, ROOT, peak_rss_mib, running, words
+from compare import CHATFORGE, OUTPUT_TOKENS, PEER_SCRIPT, ROOT, words
+from servers import peak_rss_mib, running
 
 LEVELS = ((1, 8), (32, 64))
 

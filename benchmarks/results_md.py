@@ -195,7 +195,9 @@ def render_results(results: dict, date: str, quick: bool = False) -> str:
         "request sent to the last answer. A level of N streams sends 2N requests (8 at 1 stream), N at a "
         "time; one unmeasured request first.",
         "- `streamed`: the same requests streamed; TTFT = request sent to the first content chunk; tokens "
-        "counted as content chunks.",
+        "from the usage chunk (`stream_options.include_usage`; content chunks for a server that sends "
+        "none: a token without text of its own, such as a special token past the end of the turn, sends "
+        "no content).",
         "- TTFT of a 1,000-token prompt: a system prompt of 1,000 random words no cache holds (cold), then "
         "the same system prompt with another user turn (warm), one output token each (the time of the whole "
         "response), median of the pairs.",

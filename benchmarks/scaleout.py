@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import httpx
+from servers import free_port  # a sibling module (this file runs as a script)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -49,14 +50,6 @@ FAKE_NODE = ROOT / "tests" / "upstream" / "fake_node.py"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the gateways' tokenizer and template (no weights)
 SECTION = "## Scale-out: gateways in front of nodes"
 QUIET_LOAD = 1.0  # 1-minute load average below which the machine counts as quiet (2 cores)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Processes:

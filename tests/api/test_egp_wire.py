@@ -243,15 +243,15 @@ BAD = [
     ({"chat_history": [], "prompt": PROMPT, "top_k": 2.5}, "top_k"),
     ({"chat_history": [], "prompt": PROMPT, "max_tokens": 0}, "max_tokens"),
     ({"chat_history": [], "prompt": PROMPT, "stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences"),
-    ({"chat_history": [], "prompt": PROMPT, "stop_sequences": [""]}, "stop_sequences.0"),
+    ({"chat_history": [], "prompt": PROMPT, "stop_sequences": [""]}, "stop_sequences[0]"),
     ({"chat_history": [], "prompt": PROMPT, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),
     ({"chat_history": [], "prompt": PROMPT, "frequency_penalty": 3}, "frequency_penalty"),
     ({"chat_history": [], "prompt": PROMPT, "stream": "yes"}, "stream"),
     ({"chat_history": [], "prompt": PROMPT, "reasoning_effort": "high"}, "reasoning_effort"),
     ({"chat_history": [], "prompt": PROMPT, "frobnicate": 1}, "frobnicate"),
-    ({"chat_history": [{"role": "tool", "content": "x"}], "prompt": PROMPT}, "chat_history.0.role"),
+    ({"chat_history": [{"role": "tool", "content": "x"}], "prompt": PROMPT}, "chat_history[0].role"),
     ({"chat_history": [{"content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}], "prompt": PROMPT},
-     "chat_history.0.content"),  # text only: image parts are not part of the schema
+     "chat_history[0].content"),  # text only: image parts are not part of the schema
     ({"chat_history": [], "prompt": PROMPT, "model_request_parameters": {"bindings": {"model": "gpt-4"}}},
      "model_request_parameters.bindings.model"),
     ({"chat_history": [], "prompt": PROMPT, "model_request_parameters": {"bindings": {"temperature": True}}},
@@ -263,7 +263,7 @@ BAD = [
     ({"chat_history": [], "prompt": PROMPT, "model_request_parameters": {"bindings": {"top_k": 2.5}}},
      "model_request_parameters.bindings.top_k"),
     ({"chat_history": [], "prompt": PROMPT, "seed": 5}, "seed"),  # a binding, not a top-level field
-    ({"chat_history": [{"role": "user", "content": 5}], "prompt": PROMPT}, "chat_history.0.content"),
+    ({"chat_history": [{"role": "user", "content": 5}], "prompt": PROMPT}, "chat_history[0].content"),
     ({"chat_history": [], "prompt": PROMPT, "chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
 ]
 
@@ -273,7 +273,20 @@ def test_bad_input_is_a_400_naming_the_field(http, body, param):
     out = egp(http, body, status=400)
     assert set(out) == {"detail", "code", "param"}
     assert out["code"] == "invalid_request_error" and out["param"].startswith(param) and out["detail"]
-    assert ".str" not in out["param"] and "[" not in out["param"]
+    assert ".str" not in out["param"] and "list[" not in out["param"]  # no union member pydantic tried
+
+
+def test_a_missing_field_keeps_egps_code(http):
+    """OpenAI's missing_required_parameter is the OpenAI dialect's; EGP's codes name it invalid_request_error."""
+    out = egp(http, {"chat_history": [{"content": "hi"}]}, status=400)
+    assert out == {"detail": "Missing required parameter: 'prompt'.", "code": "invalid_request_error", "param": "prompt"}
+
+
+def test_a_bad_query_parameter_is_named_alone(http):
+    """Not `query.limit`: where it was sent is no part of its name."""
+    r = http.get("/v4/model-deployments", params={"limit": 0}, headers={"x-api-key": "unused"})
+    assert r.status_code == 400, r.text
+    assert r.json()["param"] == "limit" and r.json()["detail"].startswith("limit: ")
 
 
 def test_a_binding_overrides_the_top_level_field(http):

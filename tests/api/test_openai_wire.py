@@ -34,9 +34,9 @@ def post(http, body, path="/v1/chat/completions"):
         ({"model": MODEL, "messages": MSG, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}}, "response_format"),
         ({"model": MODEL, "messages": []}, "messages"),
         ({"messages": MSG}, "model"),
-        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         # union fields: the member pydantic tried ("str", "list[...]") is no part of the name
-        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"model": MODEL, "messages": MSG, "stop": 5}, "stop"),
         ({"model": MODEL, "messages": MSG, "chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
     ],
@@ -47,6 +47,113 @@ def test_bad_input_gets_a_400_in_openai_envelope(http, body, param):
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+
+
+def _json_schema(spec):
+    return {"model": MODEL, "messages": MSG, "max_tokens": 1, "response_format": {"type": "json_schema", **spec}}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("spec, param", [
+    ({"json_schema": {"name": "x"}}, "response_format.json_schema.schema"),
+    ({"json_schema": {"name": "x", "schema": None}}, "response_format.json_schema.schema"),
+    ({"json_schema": {"name": "x", "strict": True}}, "response_format.json_schema.schema"),
+    ({"json_schema": {"schema": {"type": "object"}}}, "response_format.json_schema.name"),
+    ({"json_schema": {"name": "x", "schema": {}, "strict": "yes"}}, "response_format.json_schema.strict"),
+    ({"json_schema": {"name": "x", "schema": {}, "nope": 1}}, "response_format.json_schema.nope"),
+    ({}, "response_format.json_schema"),
+])
+def test_a_json_schema_format_s_errors_name_the_field_as_sent(http, path, spec, param):
+    """Not the union member pydantic tried (`response_format.json_schema.json_schema.name`)."""
+    r = post(http, _json_schema(spec), path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"].startswith(("Unrecognized", "Missing", param)), err
+
+
+def test_a_json_schema_format_of_true_allows_any_json(http):
+    r = post(http, _json_schema({"json_schema": {"name": "x", "schema": True}}))
+    assert r.status_code == 200, r.text
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("messages, param", [
+    ([{"role": "user", "content": None}], "messages[0].content"),
+    ([{"role": "system"}, {"role": "user", "content": "hi"}], "messages[0].content"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "and?"}],
+     "messages[1].content"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+      {"role": "tool", "tool_call_id": "call_1", "content": None}], "messages[2].content"),
+])
+def test_null_content_is_a_400_naming_the_message(http, path, messages, param):
+    """As OpenAI: only an assistant message with tool_calls may have null (or no) content."""
+    r = post(http, {"model": MODEL, "messages": messages, "max_tokens": 1}, path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and "content" in err["message"]
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def _with_call(arguments):
+    call = {**CALL, "function": {"name": "f", "arguments": arguments}}
+    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("change, param", [
+    # refused by the request schema
+    ({"messages": _with_call(5)}, "messages[1].tool_calls[0].function.arguments"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "wizard", "content": "x"}]}, "messages[1].role"),
+    ({"tools": [{**TOOL, "function": {"name": "f", "parameters": 5}}]}, "tools[0].function.parameters"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema.schema"),
+    # refused by chatforge's own checks
+    ({"messages": _with_call("not json")}, "messages[1].tool_calls[0].function.arguments"),
+    ({"tools": [{**TOOL, "function": {"name": "f", "parameters": {"type": "array"}}}]}, "tools[0].function.parameters"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}, "messages[1].content"),
+])
+def test_a_nested_param_is_named_as_openai_names_it(http, path, change, param):
+    """Keys joined by dots, list positions in brackets, whichever check refused the field."""
+    r = post(http, {"model": MODEL, "messages": MSG, "max_tokens": 1, **change}, path)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error", err
+
+
+def test_an_assistant_turn_of_tool_calls_may_have_null_content(http):
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
+    r = post(http, {"model": MODEL, "messages": messages, "max_tokens": 1})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/1/ai/10775/openai/chat/completions"])
+@pytest.mark.parametrize("body, param", [
+    ({"model": MODEL}, "messages"),
+    ({"model": MODEL, "messages": [{"content": "hi"}]}, "messages[0].role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f"}}]}]}, "messages[1].tool_calls[0].function.arguments"),
+    ({"model": MODEL, "messages": MSG, "tools": [{"type": "function", "function": {"parameters": {}}}]},
+     "tools[0].function.name"),
+    (_json_schema({"json_schema": {"name": "x"}}), "response_format.json_schema.schema"),
+])
+def test_a_missing_field_is_missing_required_parameter(http, path, body, param):
+    """OpenAI's code and message for a required field not sent."""
+    r = post(http, body, path)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {"message": f"Missing required parameter: '{param}'.", "type": "invalid_request_error",
+                                 "param": param, "code": "missing_required_parameter"}
+
+
+def test_a_missing_prompt_is_missing_required_parameter_on_completions(http):
+    r = post(http, {"model": MODEL}, "/v1/completions")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_required_parameter", r.text
+    assert r.json()["error"]["param"] == "prompt"
 
 
 def test_invalid_json_is_a_400(http):
@@ -119,6 +226,42 @@ def test_metrics_and_health(http):
     assert http.get("/health").json()["status"] == "ok"
 
 
+def counted(http, dialect: str, model: str, status: str) -> float:
+    """chatforge_requests_total's sample for these labels (0 before the first)."""
+    sample = f'chatforge_requests_total{{dialect="{dialect}",model="{model}",status="{status}"}} '
+    lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith(sample)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_every_answer_is_counted_with_its_status(http, monkeypatch):
+    """Validation 400s (answered before the route runs), a 401, and 500s from a bug before or
+    inside the serving template are counted, as admitted requests are."""
+    before = {labels: counted(http, *labels) for labels in (
+        ("openai", "", "400"), ("infomaniak_openai", "", "400"), ("egp", "", "400"), ("openai", "", "500"),
+        ("openai", MODEL, "500"), ("openai", "", "200"))}
+    assert post(http, {"model": MODEL, "messages": MSG, "n": 0}).status_code == 400
+    assert post(http, {"model": MODEL, "messages": MSG, "n": 0}, "/1/ai/10775/openai/chat/completions").status_code == 400
+    assert post(http, {"chat_history": "no"}, "/v4/models/d/chat-completions").status_code == 400
+    assert http.get("/v1/models").status_code == 200
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    from chatforge.api.openai import translate
+    from chatforge.service.chat import ChatService
+
+    monkeypatch.setattr(translate, "to_internal", bug)  # in the route, before the serving template
+    assert post(http, {"model": MODEL, "messages": MSG, "max_tokens": 1}).status_code == 500
+    monkeypatch.undo()
+    monkeypatch.setattr(ChatService, "prepare", bug)  # in the serving template, before admission
+    assert post(http, {"model": MODEL, "messages": MSG, "max_tokens": 1}).status_code == 500
+    monkeypatch.undo()
+    after = {labels: counted(http, *labels) for labels in before}
+    assert {labels: after[labels] - before[labels] for labels in before} == {
+        ("openai", "", "400"): 1, ("infomaniak_openai", "", "400"): 1, ("egp", "", "400"): 1,
+        ("openai", "", "500"): 1, ("openai", MODEL, "500"): 1, ("openai", "", "200"): 1}
+
+
 def test_a_failing_engine_step_is_a_500_and_the_server_goes_on(http, catalog):
     """A bug in a model step ends the requests of that step with 500 internal_error, frees
     their KV blocks, and leaves the server serving (engine/llm_engine.py, LLMEngine.step)."""
@@ -183,6 +326,16 @@ def test_a_step_failing_mid_stream_ends_the_stream_with_an_error_object(http, ca
     ("GET", "/v4/models/d/chat-completions", 405, "egp"),
     ("POST", "/1/llm/profiles", 405, "infomaniak"),
     ("POST", "/1/ai", 405, "infomaniak"),
+    ("DELETE", "/v1/models", 405, "openai"),
+    # a dialect's prefix alone, or a path under it that no route serves
+    ("GET", "/v1", 404, "openai"),
+    ("GET", "/v1/", 404, "openai"),
+    ("GET", "/v1/nope", 404, "openai"),
+    ("GET", "/1", 404, "infomaniak"),
+    ("GET", "/1/nothing", 404, "infomaniak"),
+    ("POST", "/1/ai/10775/openai/nope", 404, "openai"),
+    ("GET", "/v4", 404, "egp"),
+    ("GET", "/v4/nope", 404, "egp"),
 ])
 def test_a_path_or_method_no_route_serves_answers_in_the_dialects_envelope(http, method, path, status, envelope):
     r = http.request(method, path, json={})
@@ -199,3 +352,24 @@ def test_a_path_or_method_no_route_serves_answers_in_the_dialects_envelope(http,
         assert body["result"] == "error" and body["error"]["code"] == code
     if status == 405:
         assert r.headers["allow"]
+
+
+def test_a_path_or_method_no_route_serves_is_counted_under_its_dialect(http):
+    """Under the dialect's label with no model, never by the path asked for: any path may be."""
+    asked = [("POST", "/v1/nowhere-3f1c", "openai", "404"), ("GET", "/tokenize", "openai", "405"),
+             ("GET", "/1/ai/10775/openai/nowhere-3f1c", "infomaniak_openai", "404"),
+             ("GET", "/1/nowhere-3f1c", "infomaniak", "404"), ("POST", "/1/llm/profiles", "infomaniak", "405"),
+             ("GET", "/v4/nowhere-3f1c", "egp", "404"), ("GET", "/v4/models/d/chat-completions", "egp", "405")]
+    labels = {(dialect, "", status) for _, _, dialect, status in asked}
+    before = {label: counted(http, *label) for label in labels}
+    for method, path, _, status in asked:
+        assert http.request(method, path).status_code == int(status)
+    assert http.get("/nowhere-3f1c").status_code == 404  # outside every dialect: not counted
+    wanted = {label: sum(1 for _, _, d, s in asked if (d, "", s) == label) for label in labels}
+    assert {label: counted(http, *label) - before[label] for label in labels} == wanted
+    assert "nowhere" not in http.get("/metrics").text
+
+
+def test_a_path_outside_every_dialect_keeps_the_plain_404(http):
+    r = http.get("/nowhere")
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}

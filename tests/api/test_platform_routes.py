@@ -239,6 +239,11 @@ async def test_model_lists_show_only_the_models_a_key_may_use(closed):
         # a model allowed by its id or an alias is listed under each name it answers to (product 1 offers smollm2)
         everything = [MODEL, "smollm2"] if path.startswith("/v1") else ["smollm2"]
         assert listed["by_alias"] == listed["by_id"] == listed["all"] == everything, path
+    # the product listing too: each product the key's accounts own, with the models the key may use
+    products = {who: closed.http.get("/1/ai", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+                for who, key in [("none", none), ("by_alias", by_alias), ("by_id", by_id)]}
+    assert products["none"] == [{"id": 1, "name": "bob's", "models": []}]
+    assert products["by_alias"] == products["by_id"] == [{"id": 1, "name": "bob's", "models": ["smollm2"]}]
 
 
 def test_token_counting_takes_a_key_too(closed):

@@ -218,6 +218,24 @@ def test_serve_gemma_gguf_with_a_named_template(tmp_path, gemma_gguf):
         # <bos> <start_of_turn> user \n What ▁is ▁the ▁capital ▁of ▁France ? <end_of_turn> \n <start_of_turn> model \n
         assert body["model"] == "gemma" and body["usage"]["prompt_tokens"] == 16
         assert body["choices"][0]["message"]["content"].strip() and body["usage"]["completion_tokens"] > 0
+        # The first constrained request builds llguidance's copy of the 262,144-token vocabulary
+        # (not done at start); the answer follows the schema.
+        schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"],
+                  "additionalProperties": False}
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "gemma", "max_tokens": 48, "temperature": 0,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]})
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "stop", choice
+        assert set(json.loads(choice["message"]["content"])) == {"city"}
+        proc.terminate()
+        log = proc.communicate(timeout=30)[1]
+        # the load's phases and memory are logged, and the grammar vocabulary came after it
+        loaded = log.index("loaded gemma-3-270m from")
+        assert "resident memory" in log[loaded:] and "MiB tokenizer" in log[loaded:]
+        assert log.index("built the grammar engine's vocabulary (262144 tokens)") > loaded
     finally:
         proc.terminate()
         proc.wait(30)

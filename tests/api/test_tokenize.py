@@ -55,9 +55,9 @@ def test_detokenize_gives_back_the_text(http, tokenizer):
     ("/tokenize", {"prompt": "a", "add_special_tokens": True, "add_special": False}, "add_special", 400),
     ("/tokenize", {"prompt": 5}, "prompt", 400),
     ("/tokenize", {"prompt": "a", "model": "gpt-5"}, "model", 404),
-    ("/tokenize", {"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role", 400),
+    ("/tokenize", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", 400),
     ("/detokenize", {"tokens": [10**7]}, "tokens", 400),
-    ("/detokenize", {"tokens": [-1]}, "tokens.0", 400),
+    ("/detokenize", {"tokens": [-1]}, "tokens[0]", 400),
     ("/detokenize", {"tokens": "abc"}, "tokens", 400),
 ])
 def test_bad_requests_are_400_in_openais_envelope(http, path, body, param, status):

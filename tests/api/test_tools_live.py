@@ -200,7 +200,7 @@ async def test_a_seeded_constrained_request_is_the_same_alone_and_amid_traffic(a
      "response_format", "iri"),
     ({"structured_outputs": {"regex": "(?=x)y"}}, "structured_outputs.regex", "look"),
     ({"tools": TOOLS, "tool_choice": named("delete_all")}, "tool_choice", "delete_all"),
-    ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools.0.type", "function"),
+    ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools[0].type", "function"),
     ({"tools": [function(f"f{i}", "", {}, []) for i in range(129)]}, "tools", "128"),
     ({"tools": [function("big", "", {f"p{i}": {"type": "string", "description": "x" * 100} for i in range(700)}, [])]},
      "tools[0].function.parameters", "65536 bytes"),

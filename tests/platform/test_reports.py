@@ -104,12 +104,6 @@ def test_windows_are_checked():
         Window.of(T0, T0 + timedelta(days=2), "minute")
 
 
-def test_percentiles_interpolate_between_ranks():
-    assert reports.percentile([1.0], 0.99) == 1.0
-    assert reports.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
-    assert reports.percentile([0.0, 10.0], 0.9) == 9.0
-
-
 async def test_a_requests_row_is_found_within_its_accounts(platform):
     alice, bob = await seed(platform)
     async with platform.engine.connect() as conn:

@@ -4,15 +4,18 @@ the whole answer alike), and every bad input refused by `prepare` with the field
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from chatforge.engine.outputs import FinishReason
 from chatforge.service.chat import ChatService
-from chatforge.service.errors import ConstraintFailedError, InvalidRequestError
+from chatforge.service.catalog import ModelCatalog
+from chatforge.service.errors import ConstraintFailedError, EngineUnavailableError, InvalidRequestError
 from chatforge.service.protocol import (
     ChatMessage, ChatRequest, FunctionTool, OutputFormat, SamplingParams, ToolCall, ToolCallStart, ToolChoice,
 )
-from chatforge.text.structured import JsonObject, JsonSchema, LarkGrammar, Regex
+from chatforge.text.structured import JsonObject, JsonSchema, LarkGrammar, Regex, StructuredOutput
 
 from .conftest import output, step
 from .test_chat_service import events_of, text_answer
@@ -125,6 +128,20 @@ def test_output_formats_compile_for_the_model(make_catalog, tokenizer):
     assert plain.sampling.grammar is None and plain.constraint_kind is None and plain.tool_format is None
     nothing_to_call = service.prepare(ask("Hi", tools=[], tool_choice=ToolChoice("auto")))  # as some agents send it
     assert nothing_to_call.sampling.grammar is None and nothing_to_call.prompts[0].text == plain.prompts[0].text
+
+
+def test_a_model_that_cannot_enforce_grammars_answers_503_to_constrained_requests_only(make_catalog, tokenizer):
+    catalog, engine = make_catalog(text_answer(tokenizer, "ok"))
+    # llguidance refuses this vocabulary when the first grammar needs it (an end id past its end)
+    broken = StructuredOutput(tokenizer, eos_token_ids=[10**6], mask_threads=1)
+    service = ChatService(ModelCatalog([dataclasses.replace(catalog.default, structured=broken)]))
+    for fields in ({"output_format": OutputFormat(JsonObject(), "response_format", "json_object")},
+                   {"tools": [WEATHER], "tool_choice": ToolChoice("required")}):
+        with pytest.raises(EngineUnavailableError, match="constrained decoding is unavailable") as info:
+            service.prepare(ask("Hi", **fields))
+        assert info.value.status == 503 and "out of range" in info.value.message
+    assert service.prepare(ask("Hi")).sampling.grammar is None  # unconstrained requests are served
+    assert engine.submitted == []
 
 
 HUGE = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 100} for i in range(700)}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from chatforge.text.tool_format import SMOLLM2, FunctionTool, ToolChoice, tool_c
 from chatforge.text.structured import (
     JSON_WHITESPACE_MAX,
     Choice,
+    GrammarVocabularyError,
     JsonObject,
     JsonSchema,
     LarkGrammar,
@@ -46,10 +48,29 @@ def test_llguidance_sees_exactly_the_models_vocabulary(smol, structured):
     ll = structured.ll_tokenizer
     assert ll.vocab_size == smol.vocab_size == 49152
     assert sorted(ll.eos_tokens) == sorted(smol.end_of_turn_ids) == [0, 2]
+    table = smol.token_bytes_table()  # byte-level BPE: the alphabet undone for every token at once
     for i in range(smol.vocab_size):
+        assert table[i] == smol.token_bytes(i), i
         assert ll.is_special_token(i) == smol.is_special(i), i
         if not smol.is_special(i):
             assert ll.decode_bytes([i]) == smol.token_bytes(i), i
+
+
+def test_the_vocabulary_is_built_once_by_the_first_compiles_together(smol):
+    structured = StructuredOutput(smol, mask_threads=1)
+    assert not structured.vocabulary_built
+    with ThreadPoolExecutor(4) as pool:
+        grammars = list(pool.map(lambda _: structured.compile(Regex("[a-z]+")), range(4)))
+    assert structured.vocabulary_built and all(g.vocab_size == 49152 for g in grammars)
+    assert structured.ll_tokenizer is structured.ll_tokenizer  # one copy, kept
+
+
+def test_a_vocabulary_that_cannot_be_built_fails_every_compile_with_the_reason(smol):
+    structured = StructuredOutput(smol, eos_token_ids=[10**6], mask_threads=1)  # an end id past the vocabulary
+    for _ in range(2):  # remembered, not rebuilt
+        with pytest.raises(GrammarVocabularyError, match="unavailable for this model.*out of range"):
+            structured.compile(Regex("[a-z]+"))
+    assert not structured.vocabulary_built
 
 
 @pytest.mark.parametrize(

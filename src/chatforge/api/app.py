@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from chatforge.api import node, ops, usage
 from chatforge.api.drain import Drain
-from chatforge.api.errors import ApiError
+from chatforge.api.errors import ApiError, count_answer
 from chatforge.api.egp import router as egp_router
 from chatforge.api.infomaniak import router as infomaniak_router
 from chatforge.api.limits import RequestLimits
@@ -68,7 +70,9 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
                 for m in app.state.catalog.models:
                     await asyncio.to_thread(m.engine.shutdown, 0.0)
 
-    app = FastAPI(title="chatforge", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc from the assets fastapi-offline ships, not from a CDN: a self-hosted machine
+    # may have no way out, and FastAPI's pages are blank without their scripts.
+    app = FastAPIOffline(title="chatforge", version="0.1.0", lifespan=lifespan, static_url="/docs-assets")
     app.state.settings = settings
     app.state.drain = Drain()
     app.state.limits = RequestLimits.of(settings.limits)
@@ -91,19 +95,34 @@ def create_app(settings: Settings, catalog: ModelCatalog | None = None) -> FastA
 
 async def _no_route(request: Request, exc: HTTPException):
     """A path no route serves, or a method it does not take (404, 405): in the envelope of the
-    dialect whose paths it is under, as every other error there."""
+    dialect whose paths it is under, as every other error there, and counted as its answer (under
+    the dialect's label, never the path: any path may be asked for)."""
     path = request.url.path
-    if path.startswith("/v4/"):
-        render = egp_router.render_error
-    elif path.startswith(("/1/llm", "/1/ai")) and "/openai/" not in path:
-        render = infomaniak_router.render_error
-    elif path.startswith(("/v1/", "/1/ai/", "/tokenize", "/detokenize")):
-        render = openai_router.render_error
-    else:
+    owner = _dialect_of(path)
+    if owner is None:
         return await http_exception_handler(request, exc)
+    dialect, render = owner
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
     message = f"{exc.detail}: {request.method} {path}"
-    return render(ApiError(exc.status_code, code, message, headers=dict(exc.headers or {})))
+    response = render(ApiError(exc.status_code, code, message, headers=dict(exc.headers or {})))
+    count_answer(request, dialect, exc.status_code)
+    return response
+
+
+def _dialect_of(path: str) -> tuple[str, Callable[[ApiError], Response]] | None:
+    """The metrics label and error renderer of the dialect owning `path` by its first segment
+    (`/v4` EGP; `/1` Infomaniak, but its successor `/1/ai/{id}/openai/...` speaks OpenAI; `/v1`,
+    `/tokenize`, `/detokenize` OpenAI), the prefix alone included; None for a path outside them."""
+    first = path.strip("/").split("/", 1)[0]
+    if first == "v4":
+        return egp_router.DIALECT, egp_router.render_error
+    if first == "1":
+        if "/openai/" in path:
+            return openai_router.PRODUCT_DIALECT, openai_router.render_error
+        return infomaniak_router.DIALECT, infomaniak_router.render_error
+    if first in ("v1", "tokenize", "detokenize"):
+        return openai_router.DIALECT, openai_router.render_error
+    return None
 
 
 def _openapi(app: FastAPI) -> dict:

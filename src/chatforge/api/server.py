@@ -7,8 +7,9 @@ Here the first SIGTERM or SIGINT starts the drain (api/drain.py) while the serve
 accepting, so late requests get 503 with `Retry-After` in their dialect and `/health` says
 `draining`; when the drain is over uvicorn's own shutdown runs (sockets closed, idle connections
 closed, the app's lifespan: rate-limit settlements awaited, usage rows written, the database
-closed) and the process exits 0. A second signal ends it at once (exit status 1): no waiting,
-rows still buffered are lost.
+closed) and the process exits 0. A second signal ends it at once (exit status 1): every
+connection is closed, so each request still running ends as an abort (as when its client goes),
+and the process exits without waiting for anything more; rows still buffered are lost.
 
 uvicorn (with httptools) bounds neither how long a client may take to send its request line and
 headers nor how large they may be; `BoundedHeaders` does both (408, 431). Idle keep-alive
@@ -27,6 +28,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import uvicorn
@@ -41,6 +43,8 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _CONNECTIONS_GRACE_S = 5
 # After a second signal, the longest the process may take to go; then it is ended outright.
 _FORCED_EXIT_S = 5.0
+# After a second signal, how long the requests whose connections were closed get to end.
+_FORCED_REQUESTS_END_S = 2.0
 
 
 class DrainingServer(uvicorn.Server):
@@ -69,9 +73,28 @@ class DrainingServer(uvicorn.Server):
             if not self._drain_task.cancelled() and self._drain_task.exception() is not None:
                 log.error("the drain failed", exc_info=self._drain_task.exception())
             self.should_exit = True
-        if self.forced:
-            log.warning("second signal: stopping at once")
         return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if not self.forced:
+            await super().shutdown(sockets)
+            return
+        # Close every connection first: each request then sees its client gone and ends as an
+        # abort, as on any disconnect. Left running, it would be cancelled when the event loop
+        # closes, which uvicorn logs as an error with a traceback, one per request.
+        connections = list(self.server_state.connections)
+        log.warning("second signal: stopping at once, closing %d connections (usage rows not yet written are lost)",
+                    len(connections))
+        for connection in connections:
+            connection.transport.close()
+        await super().shutdown(sockets)
+        deadline = time.monotonic() + _FORCED_REQUESTS_END_S
+        while self.server_state.tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        # Out now, without the app's shutdown (it waits for the usage rows' database) and before
+        # the event loop cancels what is left (the lifespan: uvicorn logs that with a traceback).
+        logging.shutdown()  # flushes the log
+        os._exit(1)
 
     @contextlib.contextmanager
     def capture_signals(self):

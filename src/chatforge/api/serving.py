@@ -32,10 +32,10 @@ from starlette.responses import JSONResponse, Response
 
 from chatforge.api.disconnect import ClientDisconnected, until_disconnect
 from chatforge.api.drain import Drain, DrainingError
-from chatforge.api.errors import stream_failure
+from chatforge.api.errors import COUNTED_BY_SERVING, stream_failure
 from chatforge.api.limits import QueueTimeoutError, RequestLimits, prompt_chars
 from chatforge.api.metrics import Metrics
-from chatforge.api.sse import sse_data, sse_response
+from chatforge.api.sse import sse_response
 from chatforge.errors import ChatforgeError
 from chatforge.logs import rename_request
 from chatforge.platform.errors import RateLimitedError
@@ -59,8 +59,8 @@ class Codec(Protocol):
     def response(self, result: ChatResult) -> dict[str, Any]:
         """The whole answer, for a request that does not stream."""
 
-    def stream_objects(self, event: ChatEvent) -> Iterable[Any]:
-        """The SSE `data:` payloads for one event (JSON-able objects)."""
+    def stream_frames(self, event: ChatEvent) -> Iterable[bytes]:
+        """The SSE frames for one event (`data:` lines of the dialect's stream objects)."""
 
     def end_frames(self, error: ChatforgeError | None) -> list[bytes]:
         """The stream's last frames: after success (error None), or after a failure once the
@@ -137,13 +137,20 @@ class Serving:
         """The whole template: check the bounds, admit, then answer with `codec(prep)` as JSON
         or as a stream."""
         rename_request(req.request_id)
+        setattr(request.state, COUNTED_BY_SERVING, True)  # however it ends, it is counted below
         try:
             self.drain.refuse_new()
             self.limits.check(req)
         except ChatforgeError as e:
             self.metrics.observe_refused(dialect, req.model or "", str(e.status))
             raise
-        ticket = await self.admit(dialect, req, caller)
+        try:
+            ticket = await self.admit(dialect, req, caller)
+        except ChatforgeError:
+            raise  # counted by admit
+        except Exception:
+            self.metrics.observe_refused(dialect, req.model or "", "500")  # a bug: answered 500 by the route
+            raise
         try:
             answer = codec(ticket.prep)
         except BaseException as e:
@@ -198,7 +205,9 @@ class Serving:
             raise
         if self.drain.draining:  # the drain began while this request waited for its admission
             await admission.settle(0)
-            raise DrainingError()
+            refusal = DrainingError()
+            self._refused(dialect, prep.model.model_id, caller, req, refusal)
+            raise refusal
         ticket = Ticket(dialect, caller, prep, admission, started)
         ticket.deadline = asyncio.get_running_loop().call_later(self.timeouts.request_s, self._cut, ticket, "timeout")
         self.drain.enter(req.request_id, lambda: self._cut(ticket, "drain"))
@@ -256,9 +265,9 @@ class Serving:
     async def _open_stream(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
         """Starts the stream and waits for its first event (so overload or any early error is
         an ordinary error response), then returns an iterator over all events."""
-        events = self._events(ticket)
+        events = self.service.stream(ticket.prep)
         try:
-            first = await anext(events)
+            first = await self._first(ticket, events)
         except BaseException as e:
             try:
                 await events.aclose()
@@ -267,32 +276,44 @@ class Serving:
             raise
         return self._rest(ticket, first, events)
 
+    async def _first(self, ticket: Ticket, events: AsyncIterator[ChatEvent]) -> ChatEvent | None:
+        """The request's first event (None: its events ended without one); none within the
+        queue timeout withdraws it (QueueTimeoutError)."""
+        queue = asyncio.timeout(self.timeouts.queue_s)
+        try:
+            async with queue:
+                first = await anext(events)
+        except TimeoutError:
+            if not queue.expired():
+                raise
+            ticket.cut_by = "timeout"
+            raise QueueTimeoutError(self.timeouts.queue_s) from None
+        except StopAsyncIteration:
+            return None
+        ticket.see(first)
+        return first
+
     async def _events(self, ticket: Ticket) -> AsyncIterator[ChatEvent]:
-        """The request's events; none within the queue timeout withdraws it (QueueTimeoutError)."""
+        """The request's events, each seen by its ticket."""
         async with aclosing(self.service.stream(ticket.prep)) as events:
-            queue = asyncio.timeout(self.timeouts.queue_s)
-            try:
-                async with queue:
-                    first = await anext(events)
-            except TimeoutError:
-                if not queue.expired():
-                    raise
-                ticket.cut_by = "timeout"
-                raise QueueTimeoutError(self.timeouts.queue_s) from None
-            except StopAsyncIteration:
+            first = await self._first(ticket, events)
+            if first is None:
                 return
-            ticket.see(first)
             yield first
             async for event in events:
                 ticket.see(event)
                 yield event
 
-    async def _rest(self, ticket: Ticket, first: ChatEvent, events: AsyncIterator[ChatEvent]):
+    async def _rest(self, ticket: Ticket, first: ChatEvent | None, events: AsyncIterator[ChatEvent]):
+        """A stream's events from its first on; ends the request however the stream ends.
+        NOTE: it reads the service's events itself (not through `_events`): one layer less per token."""
         error: BaseException | None = None
         try:
-            yield first
-            async for event in events:
-                yield event
+            if first is not None:
+                yield first
+                async for event in events:
+                    ticket.see(event)
+                    yield event
         except BaseException as e:
             error = e
             raise
@@ -340,8 +361,8 @@ async def sse_frames(events: AsyncIterator[ChatEvent], codec: Codec) -> AsyncIte
     try:
         async with aclosing(events):
             async for event in events:
-                for obj in codec.stream_objects(event):
-                    yield sse_data(obj)
+                for frame in codec.stream_frames(event):
+                    yield frame
     except Exception as exc:  # noqa: BLE001 - every failure must reach the client
         for frame in codec.end_frames(stream_failure(exc)):
             yield frame
@@ -356,7 +377,10 @@ QUICK_PREPARE_CHARS = 2000
 
 
 def _quick_to_prepare(req: ChatRequest) -> bool:
-    return (not req.tools and req.output_format is None and req.chat_template is None
+    """No grammar to compile (a history with tool calls gets one, and a model's first grammar
+    builds llguidance's vocabulary: seconds) and little text."""
+    history_with_tools = req.prompts is None and any(m.tool_calls or m.role == "tool" for m in req.messages)
+    return (not req.tools and req.output_format is None and req.chat_template is None and not history_with_tools
             and prompt_chars(req) <= QUICK_PREPARE_CHARS)
 
 

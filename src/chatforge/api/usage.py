@@ -131,7 +131,7 @@ def report_body(by: str, bucket: str, window: reports.Window, series: reports.Us
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(route_class=dialect_route_class(openai_dialect.render_error), tags=["usage"])
+    router = APIRouter(route_class=dialect_route_class(openai_dialect.render_error, openai_dialect.DIALECT), tags=["usage"])
     errors = {code: openai_dialect.ERROR_RESPONSES[code] for code in (400, 401, 403)}
 
     @router.get("/v1/usage", response_model=UsageReport, responses=errors,

@@ -120,18 +120,37 @@ def request_body(endpoint: Endpoint, spec: RequestSpec, options: RequestOptions)
     return body
 
 
+async def open_response(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """`client.send(request, stream=True)`, sent once more when the server closed the kept-alive
+    connection it went out on before answering (the caller closes the response).
+
+    NOTE: llama.cpp's server closes the connection after every streamed response although its
+    headers say keep-alive; a request sent on it in the moment before the client sees the close
+    finds it gone ("Server disconnected without sending a response"). Nothing of that request
+    was read, so sending it again on a new connection is safe.
+    """
+    try:
+        return await client.send(request, stream=True)
+    except httpx.RemoteProtocolError:
+        return await client.send(request, stream=True)
+
+
 async def send(client: httpx.AsyncClient, endpoint: Endpoint, spec: RequestSpec, options: RequestOptions) -> RequestResult:
     """Sends one request and times it. Never raises for a failed request: the result says why."""
     body = request_body(endpoint, spec, options)
+    request = client.build_request("POST", endpoint.chat_url, json=body, headers=auth_headers(endpoint.api_key))
     start = time.perf_counter()
     try:
-        async with client.stream("POST", endpoint.chat_url, json=body, headers=auth_headers(endpoint.api_key)) as r:
+        r = await open_response(client, request)
+        try:
             if r.status_code != 200:
                 detail = (await r.aread()).decode("utf-8", errors="replace")[:200]
                 return RequestResult(False, start, time.perf_counter() - start, error=f"HTTP {r.status_code}: {detail}")
             if options.stream:
                 return await _read_stream(r, start)
             payload = json.loads(await r.aread())
+        finally:
+            await r.aclose()
     except (httpx.HTTPError, json.JSONDecodeError, UnicodeDecodeError) as e:
         return RequestResult(False, start, time.perf_counter() - start, error=f"{type(e).__name__}: {e}")
     e2e = time.perf_counter() - start

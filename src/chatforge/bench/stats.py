@@ -2,32 +2,30 @@
 prefix-cache summary, and the ratios between two servers.
 
 Percentiles interpolate linearly between the two nearest ranks (numpy's default "linear" method,
-also what vLLM's benchmark reports): with n sorted values, p sits at rank p/100 * (n - 1).
+also what vLLM's benchmark reports): with n sorted values, p sits at rank p/100 * (n - 1); the
+rule is chatforge/quantiles.py's, which the usage API's latency percentiles share.
 Latencies are kept in seconds here and shown in milliseconds by the report.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chatforge.bench.client import RequestResult
+from chatforge.quantiles import quantile
 
 PERCENTILES = (50, 90, 99)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
-    if not values:
-        raise ValueError("percentile of no values")
+    """The p-th percentile (0 <= p <= 100) of values in any order."""
     if not 0 <= p <= 100:
         raise ValueError(f"percentile {p} outside [0, 100]")
-    ordered = sorted(values)
-    rank = p / 100 * (len(ordered) - 1)
-    lo = math.floor(rank)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+    if not values:
+        raise ValueError("percentile of no values")
+    return quantile(sorted(values), p / 100)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Every engine call happens on that thread. The event loop talks to it through a thread-safe
 command queue (add, abort, finish, stop); the thread hands outputs back with
-`loop.call_soon_threadsafe` into one asyncio queue per request, one call per event loop and
-step. When a consumer stops iterating `generate()` (the client went away, the task was
+`loop.call_soon_threadsafe` into one mailbox per request, one call per event loop and step. A
+stream reads a mailbox once per token, so it is a deque and at most one waiting future, not an
+asyncio.Queue (whose bounds and bookkeeping cost a dozen calls a token). When a consumer stops iterating `generate()` (the client went away, the task was
 cancelled), the request is aborted on the thread's next pass and its blocks return to the pool.
 """
 
@@ -14,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -32,10 +34,27 @@ log = logging.getLogger("chatforge.engine")
 _MAX_CONSECUTIVE_FAILURES = 3
 
 
-@dataclass
 class _Stream:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue  # RequestOutput, or the exception to raise in the consumer
+    """One request's outputs on their way to its consumer; `put` and `get` on its event loop only."""
+
+    __slots__ = ("loop", "items", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: deque = deque()  # RequestOutput, or the exception to raise in the consumer
+        self.waiter: asyncio.Future | None = None  # the consumer's, while it waits for an item
+
+    def put(self, item) -> None:
+        self.items.append(item)
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():  # done: the consumer was cancelled meanwhile
+            waiter.set_result(None)
+
+    async def get(self):
+        while not self.items:
+            self.waiter = self.loop.create_future()
+            await self.waiter
+        return self.items.popleft()
 
 
 @dataclass
@@ -107,12 +126,12 @@ class AsyncEngine:
         first iteration. Closing the iterator early aborts the request."""
         if not self.is_running:
             raise EngineDeadError("the engine is not running") from self._error
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        stream = _Stream(asyncio.get_running_loop())
         self._commands.put(_Add(request_id, list(prompt_ids), params, stream))
         done = False
         try:
             while True:
-                item = await stream.queue.get()
+                item = await stream.get()
                 if isinstance(item, BaseException):
                     done = True
                     raise item
@@ -221,29 +240,29 @@ class AsyncEngine:
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         """One call_soon_threadsafe per event loop for the whole step."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
         for out in outputs:
             stream = self._streams.get(out.request_id)
             if stream is None:
                 continue
             if out.finished:
                 del self._streams[out.request_id]
-            by_loop.setdefault(stream.loop, []).append((stream.queue, out))
+            by_loop.setdefault(stream.loop, []).append((stream, out))
         for loop, items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_put_all, items)
             except RuntimeError:  # that event loop is closed: nobody is listening any more
-                for q, out in items:
+                for _, out in items:
                     if not out.finished:
                         self._end(_End(out.request_id, FinishReason.ABORT))
 
     def _send(self, stream: _Stream, item: RequestOutput | BaseException) -> None:
         try:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+            stream.loop.call_soon_threadsafe(stream.put, item)
         except RuntimeError:
             pass  # the consumer's event loop is closed
 
 
-def _put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
-    for q, out in items:
-        q.put_nowait(out)
+def _put_all(items: list[tuple[_Stream, RequestOutput]]) -> None:
+    for stream, out in items:
+        stream.put(out)

@@ -2,12 +2,13 @@
 
 A matrix W [N, K] becomes ceil(N / 8) groups of eight output columns, each group's bytes
 contiguous; the layout inside a group is the format's own (native/fmt_blocks.c, fmt_kquants.c,
-fmt_f32.c). A GGUF block format is first turned into the blocks of 32 inputs its kernel reads,
+fmt_f32.c). A GGUF block format is first turned into the per-column blocks its kernel reads,
 exactly (the same values, never through float):
-- Q4_1 and Q8_0 as they are; Q4_0 as Q4_1 (m = -8 d, exact in float16), Q5_0 as Q8_0 (its 5-bit
-  values q - 16 as bytes; 34 bytes per 32 weights instead of 22);
-- Q4_K and Q6_K as "q4_k" / "q6_k" blocks with float32 scales (fmt_kquants.c says why and what
-  they cost);
+- Q4_1, Q8_0 and Q5_0 as they are (Q5_0's fifth bits gathered per group: native/fmt_q5_0.c);
+  Q4_0 as Q4_1 (m = -8 d, exact in float16);
+- Q4_K and Q6_K as "q4_k" / "q6_k" superblocks of 256 inputs: the file's integer scales as bytes,
+  its float16 superscales as float32, the 4-bit values as nibbles, the 6-bit ones as a nibble and
+  a bit pair (152 and 212 bytes per 256 weights, the file's 144 and 210; fmt_kquants.c);
 then eight columns interleave. "f32": float weights (F32, F16, BF16 checkpoints) and the block
 formats without a kernel (Q5_1, Q2_K, Q3_K, Q5_K, ...), dequantized.
 
@@ -24,13 +25,13 @@ import torch
 from chatforge.models.gguf_weights import QuantizedTensor
 
 # native/formats.h's CF_FMT_* ids
-F32, Q4_1, Q8_0, Q4_K, Q6_K = 0, 1, 2, 3, 4
-FORMAT_NAMES = {F32: "f32", Q4_1: "q4_1", Q8_0: "q8_0", Q4_K: "q4_k", Q6_K: "q6_k"}
+F32, Q4_1, Q8_0, Q4_K, Q6_K, Q5_0 = 0, 1, 2, 3, 4, 5
+FORMAT_NAMES = {F32: "f32", Q4_1: "q4_1", Q8_0: "q8_0", Q4_K: "q4_k", Q6_K: "q6_k", Q5_0: "q5_0"}
 # GGML type ids and their block sizes (bytes, inputs) in a GGUF file
 GGML_Q4_0, GGML_Q4_1, GGML_Q5_0, GGML_Q8_0, GGML_Q4_K, GGML_Q6_K = 2, 3, 6, 8, 12, 14
 _GGML_BLOCKS = {GGML_Q4_0: (18, 32), GGML_Q4_1: (20, 32), GGML_Q5_0: (22, 32), GGML_Q8_0: (34, 32),
                 GGML_Q4_K: (144, 256), GGML_Q6_K: (210, 256)}
-_FORMAT_OF = {GGML_Q4_0: Q4_1, GGML_Q4_1: Q4_1, GGML_Q5_0: Q8_0, GGML_Q8_0: Q8_0, GGML_Q4_K: Q4_K, GGML_Q6_K: Q6_K}
+_FORMAT_OF = {GGML_Q4_0: Q4_1, GGML_Q4_1: Q4_1, GGML_Q5_0: Q5_0, GGML_Q8_0: Q8_0, GGML_Q4_K: Q4_K, GGML_Q6_K: Q6_K}
 QK = 32
 
 
@@ -57,8 +58,8 @@ def native_format_of_type(ggml_type: int) -> int:
     return _FORMAT_OF.get(ggml_type, F32)
 
 
-# per group of eight columns and block of 32 inputs
-_GROUP_BLOCK_BYTES = {Q4_1: 160, Q8_0: 272, Q4_K: 192, Q6_K: 320}
+# per group of eight columns and block of 32 inputs (the k-quants' superblock of 256 over 8)
+_GROUP_BLOCK_BYTES = {Q4_1: 160, Q8_0: 272, Q4_K: 152, Q6_K: 212, Q5_0: 176}
 
 
 def packed_nbytes(weights: list[torch.Tensor | QuantizedTensor]) -> int:
@@ -129,7 +130,7 @@ def _interleave(q: np.ndarray, chunks: int) -> np.ndarray:
 
 
 def _group_scales(scales: np.ndarray) -> np.ndarray:
-    """[N8, nb] float16 -> [G, nb, 16] bytes: the group's 8 columns side by side per block."""
+    """[N8, nb] float16 / float32 -> [G, nb, 16 / 32] bytes: the group's 8 columns side by side per block."""
     N8, nb = scales.shape
     return scales.reshape(N8 // 8, 8, nb).transpose(0, 2, 1).copy().view(np.uint8)
 
@@ -162,31 +163,68 @@ def _pack_q8_0(raw: np.ndarray) -> PackedMatrix:
     return PackedMatrix(Q8_0, N, nb * QK, nb * 272, np.ascontiguousarray(packed).reshape(-1))
 
 
-def _pack_q4_k(raw: np.ndarray) -> PackedMatrix:
-    """Rows of 24-byte blocks (D, M float32, 16 bytes of nibbles as Q4_1's) -> 192-byte group
-    blocks: 128 bytes of interleaved nibbles, D[8], M[8] (float32)."""
+def _pack_q5_0(raw: np.ndarray) -> PackedMatrix:
+    """GGUF Q5_0 rows (blocks of d f16, 32 fifth bits, 16 bytes of nibbles) -> 176-byte group
+    blocks: 128 bytes of interleaved nibbles (Q4_1's), 32 bytes of fifth bits (byte 4 i + t, bit
+    c: column i's value 4 c + t), d[8] (float16)."""
     N = raw.shape[0]
-    b = _blocks(raw, 24)
+    b = _blocks(raw, 22)  # [N8, nb, 22]
+    d = np.ascontiguousarray(b[..., 0:2]).view(np.float16)[..., 0]
+    high = np.ascontiguousarray(b[..., 2:6]).view("<u4")[..., 0]  # [N8, nb]: bit j is value j's fifth bit
+    fifth = np.empty((*high.shape, 4), np.uint8)  # bit c of byte t: value 4 c + t's (4 bytes a block at a time)
+    for t in range(4):
+        byte = np.zeros(high.shape, np.uint32)
+        for c in range(8):
+            byte |= ((high >> (4 * c + t)) & 1) << c
+        fifth[..., t] = byte
+    packed = np.concatenate([_interleave(b[..., 6:], 4), _interleave(fifth, 1), _group_scales(d)], axis=-1)
+    nb = b.shape[1]
+    return PackedMatrix(Q5_0, N, nb * QK, nb * 176, np.ascontiguousarray(packed).reshape(-1))
+
+
+def _pack_q4_k(raw: np.ndarray) -> PackedMatrix:
+    """Rows of 152-byte superblock records (`_q4_k_blocks`) -> 1216-byte group superblocks: d[8]
+    and -dmin[8] (float32), scale[8 blocks][8 columns] and min[8][8] (uint8), then eight blocks of
+    128 interleaved nibble bytes."""
+    N = raw.shape[0]
+    b = _blocks(raw, 152)  # [N8, nsb, 152]
+    N8, nsb, _ = b.shape
+    nibbles = _interleave(b[..., 24:].reshape(N8, nsb * 8, 16), 4).reshape(N8 // 8, nsb, 1024)
     d = np.ascontiguousarray(b[..., 0:4]).view(np.float32)[..., 0]
     m = np.ascontiguousarray(b[..., 4:8]).view(np.float32)[..., 0]
-    packed = np.concatenate([_interleave(b[..., 8:], 4), _group_scales(d), _group_scales(m)], axis=-1)
-    nb = b.shape[1]
-    return PackedMatrix(Q4_K, N, nb * QK, nb * 192, np.ascontiguousarray(packed).reshape(-1))
+    parts = [_group_scales(d), _group_scales(m), _group_bytes(b[..., 8:16]), _group_bytes(b[..., 16:24]), nibbles]
+    return PackedMatrix(Q4_K, N, nsb * 256, nsb * 1216, np.ascontiguousarray(np.concatenate(parts, axis=-1)).reshape(-1))
 
 
 def _pack_q6_k(raw: np.ndarray) -> PackedMatrix:
-    """Rows of 40-byte blocks (D_lo, D_hi float32, 32 int8) -> 320-byte group blocks: 256 bytes of
-    interleaved values, D_lo[8], D_hi[8] (float32)."""
+    """Rows of 276-byte superblock records (`_q6_k_blocks`) -> 1696-byte group superblocks: d[8]
+    (float32), scale[8 blocks][2 halves][8 columns] (int8), then per block of 32 inputs 192 bytes:
+    128 bytes of nibbles (byte 32 c + 4 i + t: the low 4 bits of chunk c's value in its low half,
+    of chunk c + 4's in its high half, as Q4_1's), then 64 of bit pairs (byte 32 h + 4 i + t: the
+    high 2 bits of chunk 4 h + k's value at bits 2 k, 2 k + 1), chunk c's byte 4 i + t being
+    column i's input 4 c + t."""
     N = raw.shape[0]
-    b = _blocks(raw, 40)
-    lo = np.ascontiguousarray(b[..., 0:4]).view(np.float32)[..., 0]
-    hi = np.ascontiguousarray(b[..., 4:8]).view(np.float32)[..., 0]
-    packed = np.concatenate([_interleave(b[..., 8:], 8), _group_scales(lo), _group_scales(hi)], axis=-1)
-    nb = b.shape[1]
-    return PackedMatrix(Q6_K, N, nb * QK, nb * 320, np.ascontiguousarray(packed).reshape(-1))
+    b = _blocks(raw, 276)  # [N8, nsb, 276]
+    N8, nsb, _ = b.shape
+    u = _interleave(b[..., 20:].reshape(N8, nsb * 8, 32), 8).reshape(N8 // 8, nsb, 8, 8, 32)  # [.., block, chunk, 32]
+    nibbles = (u[..., :4, :] & 0xF) | ((u[..., 4:, :] & 0xF) << 4)
+    pairs = (u >> 4).reshape(N8 // 8, nsb, 8, 2, 4, 32) << np.array([0, 2, 4, 6], np.uint8)[:, None]
+    pairs = np.bitwise_or.reduce(pairs, axis=4)
+    values = np.concatenate([nibbles.reshape(N8 // 8, nsb, 8, 128), pairs.reshape(N8 // 8, nsb, 8, 64)], axis=-1)
+    d = np.ascontiguousarray(b[..., 0:4]).view(np.float32)[..., 0]
+    parts = [_group_scales(d), _group_bytes(b[..., 4:20]), values.reshape(N8 // 8, nsb, 1536)]
+    return PackedMatrix(Q6_K, N, nsb * 256, nsb * 1696, np.ascontiguousarray(np.concatenate(parts, axis=-1)).reshape(-1))
 
 
-_PACKERS = {Q4_1: _pack_q4_1, Q8_0: _pack_q8_0, Q4_K: _pack_q4_k, Q6_K: _pack_q6_k}
+def _group_bytes(s: np.ndarray) -> np.ndarray:
+    """[N8, nsb, 8 * n] per-column scale bytes (n per block of 32) -> [G, nsb, 64 * n]: per block,
+    its n scales of the group's 8 columns ([block][n][column])."""
+    N8, nsb, per = s.shape
+    s = s.reshape(N8 // 8, 8, nsb, 8, per // 8)
+    return s.transpose(0, 2, 3, 4, 1).reshape(N8 // 8, nsb, per * 8)
+
+
+_PACKERS = {Q4_1: _pack_q4_1, Q8_0: _pack_q8_0, Q4_K: _pack_q4_k, Q6_K: _pack_q6_k, Q5_0: _pack_q5_0}
 
 
 # -- a GGUF type's rows -> the blocks of 32 its kernel's packer reads (exact conversions) --------
@@ -215,23 +253,12 @@ def _q4_0_blocks(raw: np.ndarray) -> np.ndarray:
     return np.concatenate([b[..., 0:2], _bytes(m), b[..., 2:]], axis=-1).reshape(raw.shape[0], -1)
 
 
-def _q5_0_blocks(raw: np.ndarray) -> np.ndarray:
-    """Q5_0 (d, 32 high bits, 16 nibble bytes; w = d (q - 16)) -> Q8_0 (d, q - 16 as bytes)."""
-    b = _split(raw, GGML_Q5_0)
-    high = np.ascontiguousarray(b[..., 2:6]).view("<u4")  # [N, nb, 1]: bit j is value j's fifth bit
-    bits = ((high >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)  # [N, nb, 32]
-    nibbles = np.concatenate([b[..., 6:] & 0xF, b[..., 6:] >> 4], axis=-1)
-    q = ((nibbles | (bits << 4)).astype(np.int16) - 16).astype(np.int8).view(np.uint8)
-    return np.concatenate([b[..., 0:2], q], axis=-1).reshape(raw.shape[0], -1)
-
-
 def _q4_k_blocks(raw: np.ndarray) -> np.ndarray:
     """Q4_K superblocks (d, dmin f16, 12 bytes of 6-bit scales and mins, 128 nibble bytes; w = d
-    scale q - dmin min per 32 inputs) -> blocks of 32: D = d scale, M = -dmin min (float32, exact),
-    the 4-bit values as Q4_1's nibbles."""
+    scale q - dmin min per 32 inputs) -> 152-byte records: d and -dmin (float32, exact), scale[8]
+    and min[8] unpacked to bytes, and per block of 32 its 4-bit values as Q4_1's nibbles."""
     b = _split(raw, GGML_Q4_K)
     N, nsb, _ = b.shape
-    d, dmin = _f16(b[..., 0:2]).astype(np.float32), _f16(b[..., 2:4]).astype(np.float32)
     s = b[..., 4:16]
     scale = np.empty((N, nsb, 8), np.uint8)
     mins = np.empty((N, nsb, 8), np.uint8)
@@ -240,34 +267,30 @@ def _q4_k_blocks(raw: np.ndarray) -> np.ndarray:
     mins[..., 4:] = (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)
     qs = b[..., 16:].reshape(N, nsb, 4, 32)  # chunk i: low nibbles = sub-block 2i, high = 2i + 1
     q = np.stack([qs & 0xF, qs >> 4], axis=3).reshape(N, nsb, 8, 32)
-    nibbles = q[..., :16] | (q[..., 16:] << 4)
-    D = d[..., None] * scale.astype(np.float32)
-    M = -(dmin[..., None] * mins.astype(np.float32))
-    return np.concatenate([_bytes(D), _bytes(M), nibbles], axis=-1).reshape(N, -1)
+    nibbles = (q[..., :16] | (q[..., 16:] << 4)).reshape(N, nsb, 128)
+    d, neg_dmin = _f16(b[..., 0:2]).astype(np.float32), -_f16(b[..., 2:4]).astype(np.float32)  # exact
+    return np.concatenate([_bytes(d), _bytes(neg_dmin), scale, mins, nibbles], axis=-1).reshape(N, -1)
 
 
 def _q6_k_blocks(raw: np.ndarray) -> np.ndarray:
     """Q6_K superblocks (128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, d f16;
-    w = d scale (q - 32) per 16 inputs) -> blocks of 32: D_lo, D_hi = d scale (float32, exact)
-    and the values q - 32 as bytes."""
+    w = d scale (q - 32) per 16 inputs) -> 276-byte records: d (float32), the 16 scales, and the
+    6-bit values q as bytes."""
     b = _split(raw, GGML_Q6_K)
     N, nsb, _ = b.shape
     ql = b[..., 0:128].reshape(N, nsb, 2, 2, 32)  # [half, l // 32, l % 32]
     qh = b[..., 128:192].reshape(N, nsb, 2, 1, 32)
-    scales = np.ascontiguousarray(b[..., 192:208]).view(np.int8).astype(np.float32)  # [N, nsb, 16]
-    d = _f16(b[..., 208:210]).astype(np.float32)
     # within a half of 128: values l, l + 32 from ql's low nibbles (rows 0, 1), l + 64, l + 96 from
     # the high ones; their high bit pairs are bits 0-1, 2-3, 4-5, 6-7 of qh[l]
     low = np.concatenate([ql & 0xF, ql >> 4], axis=3)  # [N, nsb, 2, 4, 32]
     shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 4, 1)
-    q = (low | (((qh >> shifts) & 3) << 4)).astype(np.int16) - 32
-    q = q.astype(np.int8).view(np.uint8).reshape(N, nsb * 8, 32)
-    D = (d[..., None] * scales).reshape(N, nsb * 8, 2)
-    return np.concatenate([_bytes(D[..., 0]), _bytes(D[..., 1]), q], axis=-1).reshape(N, -1)
+    q = (low | (((qh >> shifts) & 3) << 4)).reshape(N, nsb, 256)
+    d = _f16(b[..., 208:210]).astype(np.float32)
+    return np.concatenate([_bytes(d), b[..., 192:208], q], axis=-1).reshape(N, -1)
 
 
 _TO_BLOCKS = {
-    GGML_Q4_0: _q4_0_blocks, GGML_Q4_1: lambda raw: raw, GGML_Q5_0: _q5_0_blocks, GGML_Q8_0: lambda raw: raw,
+    GGML_Q4_0: _q4_0_blocks, GGML_Q4_1: lambda raw: raw, GGML_Q5_0: lambda raw: raw, GGML_Q8_0: lambda raw: raw,
     GGML_Q4_K: _q4_k_blocks, GGML_Q6_K: _q6_k_blocks,
 }
 

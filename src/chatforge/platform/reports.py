@@ -10,7 +10,6 @@ billed to those account ids; None reads every row (open mode, the operator's CLI
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -19,6 +18,7 @@ from sqlalchemy import Integer, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatforge.platform import tables as t
+from chatforge.quantiles import quantile
 from chatforge.platform.errors import InvalidInputError
 from chatforge.platform.metering import UsageStatus
 
@@ -197,15 +197,7 @@ async def _latencies(conn: AsyncConnection, key, source, where: list) -> dict:
     values: dict = {}
     for row in await conn.execute(query):
         values.setdefault(None if key is None else row[0], []).append(float(row[-1]))
-    return {k: Latency(len(v), *(percentile(v, p) for p in PERCENTILES)) for k, v in values.items()}
-
-
-def percentile(ordered: Sequence[float], p: float) -> float:
-    """The p-quantile of sorted values, interpolated between the ranks around (n - 1) * p."""
-    position = (len(ordered) - 1) * p
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return {k: Latency(len(v), *(quantile(v, p) for p in PERCENTILES)) for k, v in values.items()}
 
 
 @dataclass(frozen=True)

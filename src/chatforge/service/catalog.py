@@ -25,7 +25,7 @@ class ServedModel:
     tokenizer: Tokenizer
     template: ChatTemplate | None  # None: the model has none and none was configured (chat is refused)
     engine: AsyncEngine  # or upstream.remote_engine.RemoteEngine: the same surface, on other machines
-    structured: StructuredOutput  # compiles constraints for this model's vocabulary (built at load, ~0.5 s)
+    structured: StructuredOutput  # compiles constraints for this model's vocabulary (built on first use)
     context_length: int
     created: int  # unix time the model was loaded, for /v1/models
     price: ModelPrice = field(default_factory=ModelPrice)

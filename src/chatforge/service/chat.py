@@ -56,17 +56,16 @@ class _PromptRun:
         self.completions = [_Completion(OutputReader(tokenizer, sp.stop, prep.tool_format)) for _ in range(sp.n)]
         self.cached_tokens = 0
         self.prompt_logprobs: list[TokenLogprobs] | None = None
+        # Kept as the completions change (read once per token: no sums over the completions).
+        self.generated = 0  # tokens generated, all completions together
+        self.unfinished = sp.n  # completions without a finish reason yet
 
     def outputs(self) -> AsyncIterator[RequestOutput]:
         return self.prep.model.engine.generate(self.request_id, list(self.prep.prompts[self.index].token_ids), self.prep.sampling)
 
     @property
     def done(self) -> bool:
-        return all(c.finish_reason is not None for c in self.completions)
-
-    @property
-    def generated(self) -> int:
-        return sum(c.generated for c in self.completions)
+        return self.unfinished == 0
 
     def deltas(self, out: RequestOutput) -> list[ChoiceDelta]:
         self.cached_tokens = out.num_cached_tokens
@@ -90,6 +89,7 @@ class _PromptRun:
         else:
             if out.finish_reason is FinishReason.GRAMMAR_ERROR:
                 raise ConstraintFailedError(out.error or "the output's grammar failed")
+            self.generated += out.num_generated - state.generated
             state.generated = out.num_generated
             step = state.reader.push(out.new_token_ids)
             reason = out.finish_reason
@@ -106,6 +106,8 @@ class _PromptRun:
             wanted = self.prep.sampling.logprobs and out.new_logprobs
             lps = [token_logprobs(tokenizer, lp) for lp in out.new_logprobs] if wanted else None
         state.finish_reason = reason
+        if reason is not None:
+            self.unfinished -= 1
         prompt_lps = self.prompt_logprobs if not state.started else None
         if not (text or calls or reason is not None or lps or prompt_lps):
             return None
@@ -138,25 +140,28 @@ class ChatService:
 
     async def stream(self, prep: PreparedChat) -> AsyncIterator[ChatEvent]:
         """Text deltas as they come, each event with the running usage; the last one is `done`.
-        Engine errors arrive as the service's typed errors."""
-        try:
-            async for event in self._events(prep):
-                yield event
-        except engine_errors.EngineError as e:
-            raise _service_error(e, prep) from e
+        Engine errors arrive as the service's typed errors.
 
-    async def _events(self, prep: PreparedChat) -> AsyncIterator[ChatEvent]:
+        NOTE: one generator, with the engine's as the only one below it when there is one prompt
+        (a chat): a stream goes through every layer once per token."""
         runs = [_PromptRun(prep, i) for i in range(len(prep.prompts))]
+        usage = _Usage(prep, runs)
+        one = runs[0] if len(runs) == 1 else None
         # Leaving the loop early (stop strings) closes the engine streams at once, instead of
         # whenever the generator is collected.
-        async with aclosing(merged([run.outputs() for run in runs])) as outputs:
-            async for i, out in outputs:
-                deltas = runs[i].deltas(out)
-                done = all(run.done for run in runs)
-                yield ChatEvent(deltas, _usage(prep, runs), done)
-                if done:
-                    return
-        yield ChatEvent([], _usage(prep, runs), True)  # the engine ended a request without finishing it
+        outputs = one.outputs() if one is not None else merged([run.outputs() for run in runs])
+        try:
+            async with aclosing(outputs):
+                async for item in outputs:
+                    run, out = (one, item) if one is not None else (runs[item[0]], item[1])
+                    deltas = run.deltas(out)
+                    done = run.done and (one is not None or all(r.done for r in runs))
+                    yield ChatEvent(deltas, usage(), done)
+                    if done:
+                        return
+            yield ChatEvent([], usage(), True)  # the engine ended a request without finishing it
+        except engine_errors.EngineError as e:
+            raise _service_error(e, prep) from e
 
     async def complete(self, prep: PreparedChat) -> ChatResult:
         return await gather(prep, self.stream(prep))
@@ -190,14 +195,21 @@ async def gather(prep: PreparedChat, events: AsyncIterator[ChatEvent]) -> ChatRe
     return ChatResult(prep.request.request_id, prep.model.model_id, prep.created, choices, usage)
 
 
-def _usage(prep: PreparedChat, runs: list[_PromptRun]) -> Usage:
-    completion = sum(run.generated for run in runs)
-    return Usage(
-        prompt_tokens=prep.num_prompt_tokens,
-        completion_tokens=completion,
-        estimated_cost=prep.model.price.cost(prep.num_prompt_tokens, completion),
-        cached_tokens=sum(run.cached_tokens for run in runs),
-    )
+class _Usage:
+    """The running usage of a request's runs, priced: one Usage per event."""
+
+    def __init__(self, prep: PreparedChat, runs: list[_PromptRun]):
+        self.prompt_tokens = prep.num_prompt_tokens
+        self.price = prep.model.price
+        self.runs = runs
+
+    def __call__(self) -> Usage:
+        runs = self.runs
+        if len(runs) == 1:
+            completion, cached = runs[0].generated, runs[0].cached_tokens
+        else:
+            completion, cached = sum(run.generated for run in runs), sum(run.cached_tokens for run in runs)
+        return Usage(self.prompt_tokens, completion, self.price.cost(self.prompt_tokens, completion), cached)
 
 
 def token_info(tokenizer, token_id: int, logprob: float | None) -> TokenInfo:

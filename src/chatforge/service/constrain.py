@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatforge.service.catalog import ServedModel
-from chatforge.service.errors import InvalidRequestError
+from chatforge.service.errors import EngineUnavailableError, InvalidRequestError
 from chatforge.service.protocol import ChatMessage, ChatRequest, ToolChoice
 from chatforge.text.chat_template import ChatTemplate
 from chatforge.text.structured import (
-    CompiledGrammar, Constraint, JsonSchema, StructuredOutputError, lark_expression,
+    CompiledGrammar, Constraint, GrammarVocabularyError, JsonSchema, StructuredOutputError, lark_expression,
 )
 from chatforge.text.tool_format import ToolCallFormat, ToolSpecError, check_tools, no_call_grammar, tool_call_grammar
 from chatforge.text.tool_prompt import prepare_tool_prompt
@@ -98,7 +98,8 @@ def render_input(model: ServedModel, template: ChatTemplate, req: ChatRequest, m
 def constrain(model: ServedModel, req: ChatRequest, tool_format: ToolCallFormat | None) -> Constrained:
     """The request's compiled grammar, and the format to parse its answer for calls with (None:
     no calls possible). `tool_format`: the one the tool prompt taught, None when no tool is in
-    the conversation. Takes 1-60 ms: call it off the event loop."""
+    the conversation. Takes 1-60 ms, the model's first grammar ~1 s more (llguidance's copy of
+    the vocabulary): call it off the event loop."""
     output, choice = req.output_format, tool_choice(req)
     if tool_format is None or choice.mode == "none" or not req.tools:
         if output is not None:
@@ -123,9 +124,12 @@ def constrain(model: ServedModel, req: ChatRequest, tool_format: ToolCallFormat 
 
 
 def _compile(model: ServedModel, constraint: Constraint, culprit: Callable[[], tuple[str, str | None]]) -> CompiledGrammar:
-    """Compiled, or an InvalidRequestError naming `culprit()`'s field (and its own message, if it has one)."""
+    """Compiled, or an InvalidRequestError naming `culprit()`'s field (and its own message, if it
+    has one); an EngineUnavailableError when this model cannot enforce any constraint."""
     try:
         return model.structured.compile(constraint)
+    except GrammarVocabularyError as e:
+        raise EngineUnavailableError(f"{model.model_id}: {e}") from None
     except StructuredOutputError as e:
         param, message = culprit()
         raise InvalidRequestError(f"{param} cannot be enforced: {message or e.message}", param=param) from None

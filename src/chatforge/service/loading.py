@@ -12,6 +12,7 @@ import time
 from chatforge.engine.async_engine import AsyncEngine
 from chatforge.engine.config import MiB, EngineConfig
 from chatforge.engine.llm_engine import LLMEngine
+from chatforge.heap import resident_bytes, return_free_heap
 from chatforge.models.backend import choose_backend
 from chatforge.models.config_files import read_config
 from chatforge.models.memory import check_fits, kv_pool_shares
@@ -29,20 +30,26 @@ log = logging.getLogger("chatforge.loading")
 def load_served_model(entry: ModelEntry | str | None, cfg: EngineConfig, price: ModelPrice | None = None) -> ServedModel:
     """One model, ready to serve: `entry` a path or id (None: the bundled default), or a config
     entry with its names and chat template."""
-    t0 = time.perf_counter()
+    t0, rss0 = time.perf_counter(), resident_bytes()
     entry = entry if isinstance(entry, ModelEntry) else ModelEntry(path=entry)
     source = resolve_model(entry.path)
     tokenizer = load_tokenizer(source)
     template = template_for_model(tokenizer, entry.chat_template)
     stop_ids = sorted(tokenizer.end_of_turn_ids)
+    return_free_heap()  # what building the tokenizer freed (chatforge/heap.py)
+    t1, rss1 = time.perf_counter(), resident_bytes()
     llm = LLMEngine.from_source(source, cfg, stop_token_ids=stop_ids)
     # Grammars end only where the engine would: on its stop ids. Masks are filled on the
-    # engine's threads' worth of llguidance workers.
+    # engine's threads' worth of llguidance workers; their copy of the vocabulary is built by
+    # the first constrained request.
     structured = StructuredOutput(tokenizer, llm.vocab_size, eos_token_ids=stop_ids, mask_threads=cfg.threads)
     engine = AsyncEngine(llm)
     engine.start()
     model_id, aliases = served_names(entry, source)
-    log.info("loaded %s from %s in %.2f s", model_id, source.path, time.perf_counter() - t0)
+    return_free_heap()
+    t2, rss2 = time.perf_counter(), resident_bytes()
+    log.info("loaded %s from %s in %.2f s (tokenizer %.2f s, weights and engine %.2f s)%s", model_id, source.path,
+             t2 - t0, t1 - t0, t2 - t1, _memory_note(rss0, rss1, rss2))
     return ServedModel(
         model_id=model_id,
         tokenizer=tokenizer,
@@ -54,6 +61,14 @@ def load_served_model(entry: ModelEntry | str | None, cfg: EngineConfig, price: 
         price=price or ModelPrice(),
         aliases=aliases,
     )
+
+
+def _memory_note(before: int | None, tokenized: int | None, loaded: int | None) -> str:
+    """The resident memory the load added, by phase (benchmarks/memory_check.py reads it)."""
+    if None in (before, tokenized, loaded):
+        return ""
+    return (f"; resident memory {before / MiB:.0f} MiB before, +{(tokenized - before) / MiB:.0f} MiB tokenizer, "
+            f"+{(loaded - tokenized) / MiB:.0f} MiB weights and engine")
 
 
 def engine_configs(settings: Settings) -> list[EngineConfig]:

@@ -37,6 +37,8 @@ class DetokenizerStep:
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] | None = (), skip_special_tokens: bool = True):
         self._tokenizer = tokenizer
+        # Ids are checked once, as they come (push); the window's two decodes go straight to the backend.
+        self._backend_decode = tokenizer.backend.decode
         self._stops = StopStrings(stop)
         self._skip_special = skip_special_tokens
         self._ids: list[int] = []
@@ -63,6 +65,7 @@ class IncrementalDetokenizer:
         """Add generated ids; returns the text they release and the stop string if one matched."""
         if self._done:
             return DetokenizerStep("", self.stop)
+        self._tokenizer.check_ids(token_ids)
         self._ids.extend(token_ids)
         return self._send(self._stops.push(self._decode_new(final=False)))
 
@@ -77,7 +80,7 @@ class IncrementalDetokenizer:
 
     # -- decoding ----------------------------------------------------------------------------
     def _decode_new(self, final: bool) -> str:
-        decode = self._tokenizer.decode
+        decode = self._backend_decode
         taken = decode(self._ids[self._prefix:self._read], skip_special_tokens=self._skip_special)
         window = decode(self._ids[self._prefix:], skip_special_tokens=self._skip_special)
         if len(window) <= len(taken) or (window.endswith(_INCOMPLETE) and not final):

@@ -38,6 +38,8 @@ class StopStrings:
         ends here, nothing is held. Empty once a stop string has matched."""
         if self.stop is not None:
             return ""
+        if not self._stops:  # nothing to hold back (most requests)
+            return text
         text = self._unsent + text
         match = self._first_stop(text)
         if match is not None:

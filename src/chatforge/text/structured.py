@@ -1,7 +1,8 @@
 """Constrained decoding with llguidance: constraints compiled per request, matchers per sequence.
 
-One `StructuredOutput` per model (built at load time, ~0.3 s for a 49k vocabulary) holds
-llguidance's view of the model's vocabulary and a parallel mask executor. For each request the
+One `StructuredOutput` per model (made at load time, in microseconds) holds llguidance's view of
+the model's vocabulary, built when the first constraint is compiled (text/grammar_vocab.py:
+~0.2 s for a 49k vocabulary, 1-2 s for 262k), and a parallel mask executor. For each request the
 service compiles the request's constraint before admission:
 
     grammar = structured.compile(JsonSchema(schema, strict=True))   # 1-8 ms, or StructuredOutputError
@@ -20,10 +21,9 @@ whose lexer cannot be built fails here rather than in the engine. JSON whitespac
 at most `JSON_WHITESPACE_MAX` characters wherever JSON allows whitespace (runaway whitespace
 until `max_tokens` is a known failure of unbounded modes).
 
-The vocabulary llguidance sees is the model's own: each token's bytes from `Tokenizer.token_bytes`
-(the same bytes the detokenizer produces), the tokenizer's special tokens marked special (so a
-control token such as `<|im_start|>` can never appear inside a JSON string), and its end-of-turn
-ids as EOS, allowed only where the grammar is complete.
+The vocabulary llguidance sees is the model's own (text/grammar_vocab.py), with its end-of-turn
+ids as EOS, allowed only where the grammar is complete. When that vocabulary cannot be built,
+`compile` raises `GrammarVocabularyError` (not the caller's fault: the service's 503).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import llguidance
 import llguidance.numpy as llnp
 import numpy as np
 
+from chatforge.text.grammar_vocab import GrammarVocabularyError, LazyGrammarVocabulary  # noqa: F401 - re-exported
 from chatforge.text.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -217,15 +218,27 @@ class StructuredOutput:
         eos = sorted(tokenizer.end_of_turn_ids if eos_token_ids is None else eos_token_ids)
         if not eos:
             raise ValueError("constrained decoding needs at least one end-of-sequence id")
-        self.ll_tokenizer = build_ll_tokenizer(tokenizer, self.vocab_size, eos)
+        self._vocabulary = LazyGrammarVocabulary(tokenizer, self.vocab_size, eos)
         self._eos_ids = frozenset(eos)
         self.limits = limits
         self._parser_limits = limits.parser_limits()
         threads = mask_threads or len(os.sched_getaffinity(0))
         self._filler = _MaskFiller(threads)
 
+    @property
+    def ll_tokenizer(self) -> llguidance.LLTokenizer:
+        """llguidance's copy of the vocabulary: built on first use (seconds for a large one),
+        or GrammarVocabularyError. Call it off the event loop."""
+        return self._vocabulary.get()
+
+    @property
+    def vocabulary_built(self) -> bool:
+        return self._vocabulary.is_built
+
     def compile(self, constraint: Constraint | CompiledSource) -> CompiledGrammar:
-        """Validate and compile; raises StructuredOutputError naming what is wrong."""
+        """Validate and compile; raises StructuredOutputError naming what is wrong, or
+        GrammarVocabularyError when no constraint can be enforced for this model. The first
+        call builds llguidance's vocabulary: call it off the event loop."""
         source = _grammar_source(constraint, self.limits)
         ll = llguidance.LLMatcher(self.ll_tokenizer, source, log_level=0, limits=self._parser_limits)
         if ll.is_error():  # the constructor never raises: errors put the matcher in an error state
@@ -245,31 +258,6 @@ class StructuredOutput:
         allowed[self.ll_tokenizer.eos_tokens] = 0
         if not allowed.any():
             raise StructuredOutputError("the constraint allows only an empty output", "invalid")
-
-
-def build_ll_tokenizer(tokenizer: Tokenizer, vocab_size: int, eos_token_ids: Sequence[int]) -> llguidance.LLTokenizer:
-    """llguidance's tokenizer over exactly the model's vocabulary (see the module docstring)."""
-    return llguidance.LLTokenizer(
-        llguidance.TokenizerWrapper(_VocabularyView(tokenizer, vocab_size, eos_token_ids[0])),
-        eos_token=list(eos_token_ids),
-    )
-
-
-class _VocabularyView:
-    """What llguidance.TokenizerWrapper reads: token bytes, special ids, an encoder. Ids past the
-    tokenizer's vocabulary (a model's padded embedding) are empty special tokens: never allowed."""
-
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_id: int):
-        size = tokenizer.vocab_size
-        self.eos_token_id = eos_token_id
-        self.bos_token_id = tokenizer.bos_token_id
-        self.tokens = [tokenizer.token_bytes(i) for i in range(size)] + [b""] * (vocab_size - size)
-        self.special_token_ids = [i for i in range(size) if tokenizer.is_special(i)] + list(range(size, vocab_size))
-        self._tokenizer = tokenizer
-
-    def __call__(self, text: str) -> list[int]:
-        # NOTE: a str only (encode() refuses bytes), so llguidance never hands us a partial character.
-        return self._tokenizer.encode(text)
 
 
 # -- constraint -> llguidance grammar text ---------------------------------------------------

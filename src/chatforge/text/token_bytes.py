@@ -34,7 +34,9 @@ def byte_level_alphabet() -> dict[str, int]:
 
 
 class TokenBytes:
-    """`token_bytes(i)`: bytes of token i, computed once per token and cached."""
+    """`token_bytes(i)`: bytes of token i, computed once per token and cached (logprobs ask for
+    a few tokens at a time). `table()`: every token's bytes at once, not cached (a grammar
+    engine's copy of the vocabulary, built once)."""
 
     def __init__(self, backend: _Backend):
         self._backend = backend
@@ -43,6 +45,10 @@ class TokenBytes:
         if "ByteLevel" in decoder_types:
             self._scheme = "byte_level"
             self._alphabet = byte_level_alphabet()
+            # For the whole table: the alphabet as a translation to Latin-1 code points, and the
+            # characters outside it (a token holding one takes the per-character path).
+            self._to_latin1 = str.maketrans({c: chr(b) for c, b in self._alphabet.items()})
+            self._outside = re.compile("[^" + "".join(re.escape(c) for c in self._alphabet) + "]")
         elif "ByteFallback" in decoder_types or "Metaspace" in decoder_types:
             self._scheme = "sentencepiece"
         else:
@@ -54,6 +60,24 @@ class TokenBytes:
         if cached is None:
             cached = self._cache[token_id] = self._compute(token_id)
         return cached
+
+    def table(self, size: int) -> list[bytes]:
+        """The bytes of tokens 0..size-1, in id order: `self(i)` for each, byte-level tokens
+        translated whole rather than character by character (SmolLM2's 49,152: 0.10 -> 0.04 s;
+        Gemma 3's 262,144 SentencePiece tokens: 0.23 s)."""
+        to_token = self._backend.id_to_token
+        out = []
+        for token_id in range(size):
+            token = to_token(token_id)
+            if token_id in self._added:
+                out.append(self._compute(token_id))
+            elif self._scheme == "byte_level" and not self._outside.search(token):
+                out.append(token.translate(self._to_latin1).encode("latin-1"))
+            elif self._scheme == "sentencepiece" and not token.startswith("<0x"):
+                out.append(token.replace("▁", " ").encode("utf-8"))
+            else:
+                out.append(self._compute(token_id))
+        return out
 
     def _compute(self, token_id: int) -> bytes:
         if token_id in self._added:

@@ -42,13 +42,17 @@ class Tokenizer:
         extra_end_of_turn_ids: Iterable[int] = (),
     ):
         self._backend = backend
+        self._vocab_size = backend.get_vocab_size(with_added_tokens=True)  # fixed once wrapped: read per token
         # Template variables (bos_token, eos_token, ...): only the names the model sets.
         self.special_tokens = {k: v for k, v in special_tokens.items() if v is not None}
         # "default" is the model's own template; other names (e.g. "tool_use") are alternatives.
         self.chat_templates = dict(chat_templates or {})
-        self._special_ids = {
+        self._special_ids = frozenset(
             i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
-        }
+        )
+        # NOTE: the backend counts its vocabulary anew on every call (0.25 ms for 262,144 tokens),
+        # and every decode checks its ids against the size: count once.
+        self._vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.end_of_turn_ids = self._end_of_turn_ids(extra_end_of_turn_ids)
         self._bytes = TokenBytes(backend)
 
@@ -90,12 +94,12 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         ids = list(ids)
-        self._check_ids(ids)
+        self.check_ids(ids)
         return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def id_to_token(self, token_id: int) -> str:
         """The vocabulary entry, as the vocabulary spells it (e.g. "Ġthe", "▁the", "<0x0A>")."""
-        self._check_ids([token_id])
+        self.check_ids([token_id])
         return self._backend.id_to_token(token_id)
 
     def token_to_id(self, token: str) -> int | None:
@@ -103,16 +107,25 @@ class Tokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         """The UTF-8 bytes the token stands for (possibly part of a character), as logprobs report them."""
-        self._check_ids([token_id])
+        self.check_ids([token_id])
         return self._bytes(token_id)
+
+    def token_bytes_table(self) -> list[bytes]:
+        """Every token's bytes, in id order (computed together, not cached: a grammar engine's
+        copy of the vocabulary)."""
+        return self._bytes.table(self.vocab_size)
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special_ids
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return self._special_ids
+
     # -- properties --------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        return self._backend.get_vocab_size(with_added_tokens=True)
+        return self._vocab_size
 
     @property
     def backend(self) -> _Backend:
@@ -157,8 +170,9 @@ class Tokenizer:
                 ids.add(token_id)
         return frozenset(ids)
 
-    def _check_ids(self, ids: list[int]) -> None:
-        size = self.vocab_size
+    def check_ids(self, ids: Iterable[int]) -> None:
+        """TokenizerError unless every id is in the vocabulary (a model's padded rows are not)."""
+        size = self._vocab_size
         for i in ids:
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < size:
                 raise TokenizerError(f"token id {i!r} is outside the vocabulary (size {size})")

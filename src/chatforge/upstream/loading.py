@@ -13,6 +13,7 @@ import logging
 import time
 
 from chatforge.models.config_files import read_config
+from chatforge.heap import return_free_heap
 from chatforge.models.source import resolve_model
 from chatforge.service.catalog import ModelCatalog, ServedModel, priced, served_names
 from chatforge.settings import ModelEntry, Settings
@@ -42,6 +43,7 @@ def remote_model(entry: ModelEntry, settings: Settings) -> ServedModel:
     # Constraints are compiled here too: a bad one is refused before admission, as on a node, and
     # what a node receives is the compiled grammar's text.
     structured = StructuredOutput(tokenizer, config.vocab_size, eos_token_ids=stop_ids, mask_threads=1)
+    return_free_heap()  # what building the tokenizer freed (chatforge/heap.py)
     log.info("%s on %d upstream(s): %s", model_id, len(upstreams), ", ".join(f"{u.kind} {u.url}" for u in upstreams))
     engine = RemoteEngine(model_id, upstreams, settings.fleet)
     return ServedModel(

@@ -25,7 +25,7 @@ from chatforge.engine.errors import EngineError
 from chatforge.engine.outputs import FinishReason
 from chatforge.service.catalog import ModelCatalog
 from chatforge.service.errors import ModelNotFoundError
-from chatforge.text.structured import CompiledSource, StructuredOutputError
+from chatforge.text.structured import CompiledSource, GrammarVocabularyError, StructuredOutputError
 from chatforge.upstream.protocol import ProtocolError, decode_sampling, encode_output, error_line
 
 HEARTBEAT = b"\n"
@@ -62,6 +62,9 @@ class NodeServing:
                 params.grammar = await asyncio.to_thread(model.structured.compile, CompiledSource(grammar))
         except (ProtocolError, ModelNotFoundError, StructuredOutputError) as e:
             yield error_line(ProtocolError(str(e)))
+            return
+        except GrammarVocabularyError as e:  # this node cannot enforce any grammar: its failure, not the request's
+            yield error_line(e)
             return
         outputs = model.engine.generate(request_id, prompt_ids, params)
         self.drain.enter(request_id, lambda: model.engine.finish(request_id, FinishReason.LENGTH))

@@ -15,14 +15,17 @@ from fastapi.responses import JSONResponse
 from chatforge.api.deps import ApiKeyPrincipal, CatalogDep, DeploymentCaller, PlatformDep, ServingDep
 from chatforge.api.egp import translate
 from chatforge.api.egp.schemas import CompletionResponse, EgpChatRequest, EgpErrorResponse, EgpModelDeploymentList
-from chatforge.api.errors import ApiError, dialect_route_class
+from chatforge.api.errors import MISSING_PARAMETER, ApiError, dialect_route_class
 
 
 DIALECT = "egp"
 
 
 def render_error(err: ApiError) -> JSONResponse:
-    return JSONResponse(translate.error_body(err.code, err.message, err.param), status_code=err.status, headers=err.headers)
+    # OpenAI's finer code for a missing field is not among EGP's documented ones: here it stays
+    # invalid_request_error (the message still says which field is missing).
+    code = "invalid_request_error" if err.code == MISSING_PARAMETER else err.code
+    return JSONResponse(translate.error_body(code, err.message, err.param), status_code=err.status, headers=err.headers)
 
 
 # One SSE event (OpenAPI 3.1 describes each event of a stream): a whole response as JSON, or
@@ -47,7 +50,7 @@ RESPONSES = {
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(route_class=dialect_route_class(render_error), tags=["egp"])
+    router = APIRouter(route_class=dialect_route_class(render_error, DIALECT), tags=["egp"])
 
     @router.post("/v4/models/{model_deployment_id}/chat-completions", responses=RESPONSES, response_model=None)
     async def chat_completions(model_deployment_id: str, body: EgpChatRequest, request: Request,

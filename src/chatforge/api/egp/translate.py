@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatforge.api.egp.schemas import EgpBindings, EgpChatRequest, EgpHistoryMessage
-from chatforge.api.sse import sse_event
+from chatforge.api.sse import TEXT_SLOT, TextFrame, data_frames, sse_event
 from chatforge.api.wire import join_text_parts, logprobs_dict
 from chatforge.errors import ChatforgeError
 from chatforge.platform.scopes import DeploymentScope
@@ -97,6 +97,7 @@ class EgpCodec:
         self.prompt = prompt
         self.logprobs = logprobs
         self.finish: FinishReason | None = None
+        self._text_frame = TextFrame.of(response(prompt, TEXT_SLOT, None, None))
 
     def response(self, result: ChatResult) -> dict[str, Any]:
         return to_response(result, self.prompt)
@@ -113,6 +114,15 @@ class EgpCodec:
             u = event.usage
             out.append(response(self.prompt, "", [] if self.logprobs else None, finish, u.prompt_tokens, u.completion_tokens))
         return out
+
+    def stream_frames(self, event: ChatEvent) -> list[bytes]:
+        """`stream_objects` as SSE frames; the next text alone (nearly every event, without
+        logprobs) is written from a template (api/sse.py TextFrame)."""
+        if len(event.deltas) == 1 and not event.done and not self.logprobs and self._text_frame is not None:
+            d = event.deltas[0]
+            if d.text and d.finish_reason is None:
+                return [self._text_frame(d.text)]
+        return data_frames(self.stream_objects(event))
 
     def end_frames(self, error: ChatforgeError | None) -> list[bytes]:
         return [sse_event("error", error_body(error.code, error.message, error.param))] if error is not None else []

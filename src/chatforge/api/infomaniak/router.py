@@ -18,6 +18,8 @@ from chatforge.api.infomaniak import translate
 from chatforge.api.infomaniak.schemas import (
     InfomaniakErrorResponse, InfomaniakProductList, LegacyRequest, LegacyResponse, ProfilePresets,
 )
+from chatforge.platform.gate import Principal
+from chatforge.service.catalog import ModelCatalog
 
 DIALECT = "infomaniak"
 PROFILES_PATH = "/1/llm/profiles"
@@ -28,7 +30,7 @@ def render_error(err: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
-class LegacyRoute(dialect_route_class(render_error)):
+class LegacyRoute(dialect_route_class(render_error, DIALECT)):
     """Every answer of the deprecated route, errors included, points at its successor."""
 
     def matches(self, scope):
@@ -70,10 +72,23 @@ async def legacy_chat(request: Request, product_id: int, body: LegacyRequest, ca
     return await serving.serve(request, DIALECT, req, caller, translate.LegacyCodec.of)
 
 
+def usable_models(names: list[str], catalog: ModelCatalog, principal: Principal) -> list[str]:
+    """The names the caller's key may use, as the model lists filter them (a served model is
+    allowed by its id or any alias; a name nothing serves, by itself)."""
+
+    def answers_to(name: str) -> tuple[str, ...]:
+        if name not in catalog:
+            return (name,)
+        model = catalog.get(name)
+        return (model.model_id, *model.aliases)
+
+    return [name for name in names if principal.may_use_model(answers_to(name))]
+
+
 def build_router() -> APIRouter:
     router = APIRouter(tags=["infomaniak"])
     legacy = APIRouter(route_class=LegacyRoute)
-    envelope = APIRouter(route_class=dialect_route_class(render_error))
+    envelope = APIRouter(route_class=dialect_route_class(render_error, DIALECT))
 
     legacy.add_api_route("/1/llm/{product_id}", legacy_chat, methods=["POST"], deprecated=True,
                          responses=LEGACY_RESPONSES, response_model=None, summary="Query model LLM (deprecated)")
@@ -85,7 +100,7 @@ def build_router() -> APIRouter:
     @envelope.get("/1/ai", response_model=InfomaniakProductList, summary="The caller's LLM API products")
     async def products(principal: BearerPrincipal, platform: PlatformDep, catalog: CatalogDep):
         every = [m.model_id for m in catalog.models]
-        data = [{"id": p.id, "name": p.name, "models": list(p.models) or every}
+        data = [{"id": p.id, "name": p.name, "models": usable_models(list(p.models) or every, catalog, principal)}
                 for p in await platform.list_products(principal)]
         return {"result": "success", "data": data}
 

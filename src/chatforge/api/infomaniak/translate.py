@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatforge.api.infomaniak.schemas import LegacyRequest, ProfilePreset
-from chatforge.api.sse import sse_data, sse_event
+from chatforge.api.sse import TEXT_SLOT, TextFrame, data_frames, sse_data, sse_event
 from chatforge.errors import ChatforgeError
 from chatforge.service.errors import InvalidRequestError
 from chatforge.service.prepare import PreparedChat
@@ -69,8 +69,8 @@ def _check_turns(body: LegacyRequest) -> None:
         expected = "user" if i % 2 == 0 else "assistant"
         if m.role != expected:
             raise InvalidRequestError(
-                f"messages.{i}.role must be {expected!r}: roles alternate user/assistant, starting with user",
-                param=f"messages.{i}.role",
+                f"messages[{i}].role must be {expected!r}: roles alternate user/assistant, starting with user",
+                param=f"messages[{i}].role",
             )
     if body.messages[-1].role != "user":
         raise InvalidRequestError("the last message must have the user role", param="messages")
@@ -106,6 +106,7 @@ class LegacyCodec:
         self.base = {"model": model_name, "created": created}
         self.started = False
         self.finish: FinishReason | None = None
+        self._text_frame = TextFrame.of(self._data({"content": TEXT_SLOT}, None, None))
 
     @classmethod
     def of(cls, prep: PreparedChat) -> LegacyCodec:
@@ -126,6 +127,15 @@ class LegacyCodec:
         if event.done:
             out.append(self._data({}, FINISH[self.finish or FinishReason.ABORT], usage_dict(event.usage)))
         return out
+
+    def stream_frames(self, event: ChatEvent) -> list[bytes]:
+        """`stream_objects` as SSE frames; the next text alone (nearly every event) is written
+        from a template (api/sse.py TextFrame)."""
+        if len(event.deltas) == 1 and not event.done and self.started and self._text_frame is not None:
+            d = event.deltas[0]
+            if d.text and d.finish_reason is None:
+                return [self._text_frame(d.text)]
+        return data_frames(self.stream_objects(event))
 
     def _data(self, delta: dict, finish: str | None, usage: dict | None) -> dict[str, Any]:
         return {**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": usage}

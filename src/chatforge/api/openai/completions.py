@@ -16,7 +16,7 @@ from typing import Any
 
 from chatforge.api.openai.schemas import CompletionRequest
 from chatforge.api.openai.translate import FINISH, error_dict, sampling_params, usage_dict
-from chatforge.api.sse import sse_data
+from chatforge.api.sse import TEXT_SLOT, TextFrame, data_frames, sse_data
 from chatforge.errors import ChatforgeError
 from chatforge.service.errors import InvalidRequestError
 from chatforge.service.prepare import PreparedChat
@@ -71,6 +71,7 @@ class CompletionCodec:
         self.continuous_usage = include_usage and continuous_usage
         self.offsets = [0] * prep.num_choices  # characters of each choice's text sent so far
         self.started = [False] * prep.num_choices
+        self._text_frames: dict[int, TextFrame | None] = {}  # by choice index
 
     def response(self, result: ChatResult) -> dict[str, Any]:
         choices = []
@@ -94,6 +95,21 @@ class CompletionCodec:
         if event.done and self.include_usage:
             out.append({**self.base, "choices": [], "usage": usage_dict(event.usage)})
         return out
+
+    def stream_frames(self, event: ChatEvent) -> list[bytes]:
+        """`stream_objects` as SSE frames; one choice's next text alone (nearly every event) is
+        written from a template (api/sse.py TextFrame)."""
+        if len(event.deltas) == 1 and not event.done and not (self.continuous_usage or self.logprobs):
+            d = event.deltas[0]
+            if self.started[d.index] and d.finish_reason is None:
+                if d.index not in self._text_frames:
+                    chunk = {**self.base, "choices": [{"index": d.index, "text": TEXT_SLOT, "logprobs": None, "finish_reason": None}]}
+                    self._text_frames[d.index] = TextFrame.of(chunk)
+                frame = self._text_frames[d.index]
+                if frame is not None:
+                    self.offsets[d.index] += len(d.text)
+                    return [frame(d.text)]
+        return data_frames(self.stream_objects(event))
 
     def end_frames(self, error: ChatforgeError | None) -> list[bytes]:
         frames = [sse_data(error_dict(error))] if error is not None else []

@@ -93,7 +93,9 @@ def models_body(catalog: ModelCatalog, names: list[str] | None = None, principal
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(route_class=dialect_route_class(render_error), tags=["openai"])
+    router = APIRouter(route_class=dialect_route_class(render_error, DIALECT), tags=["openai"])
+    # Infomaniak's successor API: the same dialect, counted apart in the metrics
+    product = APIRouter(route_class=dialect_route_class(render_error, PRODUCT_DIALECT), tags=["infomaniak"])
 
     @router.post("/v1/chat/completions", responses=CHAT_RESPONSES, response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request, caller: BearerCaller, serving: ServingDep):
@@ -104,8 +106,7 @@ def build_router() -> APIRouter:
                                          serving: ServingDep):
         return await _chat(request, body, caller, serving)
 
-    @router.post("/1/ai/{product_id}/openai/chat/completions", responses=CHAT_RESPONSES, response_model=None,
-                 tags=["infomaniak"])
+    @product.post("/1/ai/{product_id}/openai/chat/completions", responses=CHAT_RESPONSES, response_model=None)
     async def product_chat_completions(product_id: int, body: ProductChatCompletionRequest, request: Request,
                                        caller: ProductCaller, serving: ServingDep):
         return await _chat(request, body, caller, serving, PRODUCT_DIALECT, PRODUCT_MAX_TOKENS)
@@ -119,8 +120,7 @@ def build_router() -> APIRouter:
                                          serving: ServingDep):
         return await _completion(request, body, caller, serving)
 
-    @router.post("/1/ai/{product_id}/openai/completions", responses=COMPLETION_RESPONSES, response_model=None,
-                 tags=["infomaniak"])
+    @product.post("/1/ai/{product_id}/openai/completions", responses=COMPLETION_RESPONSES, response_model=None)
     async def product_text_completions(product_id: int, body: CompletionRequest, request: Request,
                                        caller: ProductCaller, serving: ServingDep):
         return await _completion(request, body, caller, serving, PRODUCT_DIALECT, PRODUCT_MAX_TOKENS)
@@ -141,12 +141,12 @@ def build_router() -> APIRouter:
     async def deepinfra_list_models(catalog: CatalogDep, principal: BearerPrincipal):
         return models_body(catalog, principal=principal)
 
-    @router.get("/1/ai/{product_id}/openai/models", response_model=ModelList, responses=ERROR_RESPONSES,
-                tags=["infomaniak"])
+    @product.get("/1/ai/{product_id}/openai/models", response_model=ModelList, responses=ERROR_RESPONSES)
     async def product_models(product_id: int, catalog: CatalogDep, caller: ProductCaller):
         names = list(caller.product.models) or [m.model_id for m in catalog.models]
         return models_body(catalog, [n for n in names if n in catalog], caller.principal)
 
+    router.include_router(product)
     return router
 
 

@@ -54,7 +54,8 @@ class MessageToolCall(WireModel):
 class JsonSchemaFormat(WireModel):
     name: str
     description: str | None = None
-    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema", description="default: any JSON")
+    # required, as OpenAI's API requires it (its published schema leaves it optional); `true`: any JSON
+    schema_: dict[str, Any] | bool = Field(alias="schema", description="a JSON Schema; true: any JSON")
     strict: bool | None = Field(default=None, description="accepted; the output follows the schema either way")
 
 

@@ -46,9 +46,7 @@ def output_format(response_format, structured: StructuredOutputs | None) -> Outp
     if structured is not None:
         return _structured_outputs(structured)
     if isinstance(response_format, JsonSchemaResponseFormat):
-        spec = response_format.json_schema
-        schema = spec.schema_ if spec.schema_ is not None else {}
-        return OutputFormat(JsonSchema(schema), "response_format", "json_schema")
+        return OutputFormat(JsonSchema(response_format.json_schema.schema_), "response_format", "json_schema")
     if isinstance(response_format, TgiJsonObjectFormat) and response_format.value is not None:
         return OutputFormat(JsonSchema(response_format.value), "response_format", "json_schema")
     if isinstance(response_format, (JsonObjectResponseFormat, TgiJsonObjectFormat)):

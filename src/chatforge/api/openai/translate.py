@@ -7,7 +7,7 @@ from typing import Any
 
 from chatforge.api.openai import tool_translate
 from chatforge.api.openai.schemas import ChatCompletionRequest, ImagePart, Message, ProductChatCompletionRequest, SamplingFields
-from chatforge.api.sse import sse_data
+from chatforge.api.sse import TEXT_SLOT, TextFrame, data_frames, sse_data
 from chatforge.api.wire import join_text_parts, logprobs_dict
 from chatforge.errors import ChatforgeError
 from chatforge.service.errors import InvalidRequestError
@@ -84,6 +84,10 @@ def message(m: Message, i: int) -> ChatMessage:
         raise InvalidRequestError("only assistant messages carry tool_calls", param=f"messages[{i}].tool_calls")
     if m.role == "tool" and m.tool_call_id is None:
         raise InvalidRequestError("a tool message needs the tool_call_id of the call it answers", param=f"messages[{i}].tool_call_id")
+    if m.content is None and not (m.role == "assistant" and m.tool_calls):
+        # OpenAI's rule: content may be null (or absent) only on an assistant turn that made calls
+        raise InvalidRequestError(f"a {m.role} message needs content; only an assistant message with tool_calls "
+                                  "may have none", param=f"messages[{i}].content")
     if isinstance(m.content, list):
         if any(isinstance(p, ImagePart) for p in m.content):
             raise InvalidRequestError("this model accepts text only", param=f"messages[{i}].content")
@@ -171,9 +175,23 @@ class ChatCodec:
         self.started = [False] * prep.num_choices
         self.include_usage = include_usage
         self.continuous_usage = include_usage and continuous_usage
+        self._text_frames: dict[int, TextFrame | None] = {}  # by choice index
 
     def response(self, result: ChatResult) -> dict[str, Any]:
         return to_response(result, self.completion_id, self.model_name)
+
+    def stream_frames(self, event: ChatEvent) -> list[bytes]:
+        """`stream_objects` as SSE frames. Nearly every event is one choice's next text and
+        nothing else: its chunk is written from a template (api/sse.py TextFrame)."""
+        if len(event.deltas) == 1 and not event.done and not self.continuous_usage:
+            d = event.deltas[0]
+            if d.text and self.started[d.index] and d.finish_reason is None and not (d.logprobs or d.tool_calls):
+                if d.index not in self._text_frames:
+                    self._text_frames[d.index] = TextFrame.of(self._chunk(d.index, {"content": TEXT_SLOT}, None, None, None))
+                frame = self._text_frames[d.index]
+                if frame is not None:
+                    return [frame(d.text)]
+        return data_frames(self.stream_objects(event))
 
     def stream_objects(self, event: ChatEvent) -> list[dict[str, Any]]:
         out = []

@@ -21,9 +21,8 @@
 
 #define QK 32 /* inputs per quantization block */
 
-/* Q4_1 also holds GGUF's Q4_0 (m = -8 d), Q8_0 also Q5_0 (its 5-bit values as bytes): both exact;
-   Q4_K and Q6_K: fmt_kquants.c */
-enum { CF_FMT_F32 = 0, CF_FMT_Q4_1 = 1, CF_FMT_Q8_0 = 2, CF_FMT_Q4_K = 3, CF_FMT_Q6_K = 4, CF_FMT_COUNT };
+/* Q4_1 also holds GGUF's Q4_0 (m = -8 d, exact); Q4_K and Q6_K: fmt_kquants.c; Q5_0: fmt_q5_0.c */
+enum { CF_FMT_F32 = 0, CF_FMT_Q4_1 = 1, CF_FMT_Q8_0 = 2, CF_FMT_Q4_K = 3, CF_FMT_Q6_K = 4, CF_FMT_Q5_0 = 5, CF_FMT_COUNT };
 enum { CF_ACT_F32 = 1, CF_ACT_Q8 = 2 }; /* bit flags: which activation forms a format reads */
 
 /* Activations x [M, K]: float32 rows, and (when some matrix reads them) the same rows quantized

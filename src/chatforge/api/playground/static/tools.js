@@ -109,7 +109,7 @@ function formatControl(f, id) {
   });
   const details = el("div", { class: "format-schema", hidden: true },
     labelled(`${id}-name`, "Schema name", name),
-    labelled(`${id}-schema`, "Schema (JSON Schema)", schema, "a JSON object (or true); empty: any JSON"),
+    labelled(`${id}-schema`, "Schema (JSON Schema)", schema, "a JSON object, or true for any JSON"),
     el("div", { class: "field field-check" }, strict, el("label", { for: `${id}-strict` }, el("code", {}, "strict"))));
   strict.id = `${id}-strict`;
   type.addEventListener("change", () => { details.hidden = type.value !== "json_schema"; });
@@ -126,8 +126,11 @@ function readFormat(control) {
   if (!name) return { error: "the schema needs a name" };
   const schema = readJSON(part("schema"), ["object", "boolean"], "the schema");
   if (schema.error) return { error: schema.error };
-  const json_schema = { name };
-  if ("value" in schema) json_schema.schema = schema.value;
+  if (!("value" in schema)) {
+    part("schema").setAttribute("aria-invalid", "true");
+    return { error: "the schema is required (true: any JSON)" };
+  }
+  const json_schema = { name, schema: schema.value };
   if (part("strict").checked) json_schema.strict = true;
   return { value: { type, json_schema } };
 }
