@@ -243,3 +243,85 @@ def test_no_mask_is_filled_when_every_greedy_argmax_is_allowed():
     seqs = [seq(SamplingParams(temperature=0, grammar=ScriptedGrammar([{t, 0}], filler))) for t in top]
     out = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits, seqs)
     assert out.token_ids == top and filler.calls == 0
+
+
+class ForcedBytesMatcher(ScriptedMatcher):
+    """Says no to `unsure` though the mask allows it, as llguidance's does where bytes are forced."""
+
+    unsure = frozenset()
+
+    def allows(self, token_id):
+        return token_id not in self.unsure and super().allows(token_id)
+
+
+def _draw_counts(make_grammar, logits_row, params, calls=5, rows=4000):
+    """How often each token came out of `calls` sampler steps of `rows` identical rows."""
+    sampler = Sampler(V, frozenset({EOS}), CPU, seed=0)
+    counts = torch.zeros(V, dtype=torch.float64)
+    for _ in range(calls):
+        seqs = [seq(replace(params, grammar=make_grammar())) for _ in range(rows)]
+        out = sampler(logits_row.expand(rows, V).contiguous(), seqs)
+        counts += torch.bincount(torch.tensor(out.token_ids), minlength=V).double()
+    return counts
+
+
+def _chi_square(counts, probs, support):
+    expected = counts.sum() * probs[support]
+    return float(((counts[support] - expected) ** 2 / expected).sum())
+
+
+def test_sampled_rows_drawn_before_the_mask_keep_the_masked_distribution():
+    """Rejection sampling (engine/grammar_mask.py): the draws of temperature-1.3 rows against the
+    masked distribution p_A, where a third of p lies outside A and `allows` also says no to one token
+    of A (forced bytes). Chi-square with 3 degrees of freedom, 20 000 draws, fixed seed: p_A fits
+    (critical value 16.3 at 0.001); the mixture that trusting `allows` alone would give does not."""
+    allowed = [3, 10, 50, 120]
+    logits_row = torch.full((V,), -10.0)
+    logits_row[allowed] = torch.tensor([1.0, 2.0, 0.0, -0.5])  # the unsure token holds most of p_A
+    logits_row[[7, 8]] = 1.0  # outside A: p(A) ~ 0.65
+    params = SamplingParams(temperature=1.3)
+    filler = SetFiller()
+
+    def make_grammar():
+        grammar = ScriptedGrammar([set(allowed)], filler)
+        grammar.matcher = lambda: type("M", (ForcedBytesMatcher,), {"unsure": frozenset({10})})([set(allowed)], filler)
+        return grammar
+
+    counts = _draw_counts(make_grammar, logits_row, params)
+    p = (logits_row / 1.3).softmax(-1).double()
+    assert counts.sum() == counts[allowed].sum() == 20_000  # nothing outside A
+    p_a = torch.zeros(V, dtype=torch.float64)
+    p_a[allowed] = p[allowed] / p[allowed].sum()
+    assert _chi_square(counts, p_a, allowed) < 16.3
+    kept = [3, 50, 120]  # A' = what `allows` says yes to
+    mixture = (1 - p[kept].sum()) * p_a
+    mixture[kept] += p[kept]
+    assert _chi_square(counts, mixture, allowed) > 100
+    assert 0 < filler.rows < 20_000  # rows whose first draw was in A' filled no mask
+
+
+def test_rows_with_a_cut_after_the_mask_are_masked_before_they_draw():
+    """top_k, top_p, min_p and typical_p choose by the tokens the mask left: those rows keep the
+    plain order (their mask is filled before the draw, whatever they draw)."""
+    logits = logits_for(5, seed=3)
+    filler = SetFiller()
+    cut = [SamplingParams(top_k=5), SamplingParams(top_p=0.9), SamplingParams(min_p=0.1), SamplingParams(typical_p=0.8)]
+    everything = set(range(V))  # allows every draw: only the masked-first rows fill
+    seqs = [seq(replace(p, grammar=ScriptedGrammar([everything], filler))) for p in [*cut, SamplingParams()]]
+    Sampler(V, frozenset({EOS}), CPU, seed=0)(logits, seqs)
+    assert filler.calls == 1 and filler.rows == len(cut)
+
+
+def test_a_seeded_row_drawn_before_the_mask_is_batch_invariant_and_reports_raw_logprobs():
+    logits = logits_for(4, seed=9)
+    ok = {4, 40, 140}
+    mine = SamplingParams(seed=11, temperature=0.9, logprobs=True, grammar=ScriptedGrammar([ok]))
+    others = [SamplingParams(temperature=1.0, grammar=ScriptedGrammar([{1, 2}])), SamplingParams(),
+              SamplingParams(top_p=0.5, grammar=ScriptedGrammar([{5}]))]
+    for step in range(20):  # the first draw mostly lies outside ok: redrawn with the row's next number
+        mine_step = replace(mine, seed=step)
+        alone = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits[:1], [seq(mine_step)])
+        mixed = Sampler(V, frozenset({EOS}), CPU, seed=1)(logits[[1, 2, 3, 0]], [*(seq(p) for p in others), seq(mine_step)])
+        assert alone.token_ids[0] == mixed.token_ids[3] and alone.token_ids[0] in ok
+        assert mixed.token_ids[0] in {1, 2} and mixed.token_ids[2] == 5
+        assert alone.logprobs[0].logprob == logits[0].log_softmax(-1)[alone.token_ids[0]].item()

@@ -22,14 +22,29 @@ for the rows it refuses fills a mask and takes the argmax again (`GrammarMasks.r
 the same tokens, bit for bit, as masking every row first. Filling a mask is llguidance's dear
 part (~0.15 ms a row of the bundled vocabulary, fresh for every state); the model's own argmax
 is allowed most of the time (benchmarks/constrained.py's decode filled masks for 6.4% of its
-rows), and the check costs a few microseconds. Sampled rows are masked before they draw, as the
-order says.
+rows), and the check costs a few microseconds.
+
+Sampled rows whose filters after the mask are all elementwise (temperature only: no top_k, top_p,
+min_p, typical_p, whose cut depends on which tokens the mask left) draw first too: rejection
+sampling, exact in distribution. Let p be the row's distribution without the mask, A the set the
+mask allows, p_A(x) = p(x) [x in A] / p(A) the distribution the plain order draws from (the mask
+only sets logits to -inf, the penalties and the temperature keep -inf, so the masked softmax is p
+renormalised over A). The row draws x ~ p. It keeps x when x is in A, decided exactly: `allows`
+never says yes outside A, and where it says no the mask is filled and x's bit is read (`allows`
+may say no inside A, where llguidance forces bytes). Otherwise it draws again from the masked
+distribution with a fresh uniform number, independent of the first. So
+    P(x) = p(x) [x in A] + (1 - p(A)) p_A(x) = p_A(x) (p(A) + 1 - p(A)) = p_A(x).
+(Had a refusal by `allows` alone sent a row to the redraw, the kept set would be some A' in A and
+P(x) = p(x) [x in A'] + (1 - p(A')) p_A(x), not p_A unless A' = A: hence the bit is read.) The
+tokens a seed gives differ from masking first, their distribution does not; a seeded row still
+takes its numbers from its own generator only, one per draw, so it stays batch-invariant.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +76,10 @@ class StepMasks:
     table: torch.Tensor  # [256, 8] of the logits' dtype
     infinite_bias: bool  # a constrained row has an infinite logit_bias (inf + -inf is NaN)
     kernels: ctypes.CDLL | None = None  # chatforge's CPU kernels, when loaded
+
+    def allows(self, k: int, token_id: int) -> bool:
+        """Whether mask row k allows token_id."""
+        return bool(int(self.bitmask[k, token_id >> 5]) >> (token_id & 31) & 1)  # two's complement bits
 
     def apply(self, logits: torch.Tensor) -> None:
         """In place on logits [N, V]: forbidden tokens of the constrained rows become -inf."""
@@ -117,17 +136,25 @@ class GrammarMasks:
         )
 
     def redo_refused(
-        self, processed: torch.Tensor, seqs: list[Sequence], rows: list[int], token_ids: list[int]
+        self, processed: torch.Tensor, seqs: list[Sequence], rows: list[int], token_ids: list[int],
+        choose: Callable[[torch.Tensor, list[Sequence]], torch.Tensor] = lambda masked, _: masked.argmax(dim=-1),
     ) -> dict[int, int]:
-        """For greedy constrained `rows` whose unmasked argmax `token_ids[i]` the grammar refuses:
-        the argmax of the masked row, {row: token}. `processed` [N, V]: the rows' logits after
-        steps 2-4 without any mask (left untouched)."""
-        refused = [i for i in rows if not seqs[i].matcher.allows(token_ids[i])]
-        if not refused:
+        """For constrained `rows` whose unmasked token `token_ids[i]` the grammar refuses (the
+        mask's own bit decides where `allows` says no): `choose`(their masked logits, their
+        sequences) again, {row: token}. `processed` [N, V]: the rows' logits after steps 2-4
+        without any mask (left untouched). `choose` defaults to the argmax (greedy rows)."""
+        unsure = [i for i in rows if not seqs[i].matcher.allows(token_ids[i])]
+        if not unsure:
             return {}
-        again = processed[torch.tensor(refused, device=processed.device)]  # a copy, rows 0..k-1
-        self.fill(seqs, refused, at=list(range(len(refused)))).apply(again)
-        return dict(zip(refused, again.argmax(dim=-1).tolist()))
+        masks = self.fill(seqs, unsure, at=list(range(len(unsure))))
+        again = processed[torch.tensor(unsure, device=processed.device)]  # a copy, rows 0..k-1
+        masks.apply(again)
+        outside = [k for k, i in enumerate(unsure) if not masks.allows(k, token_ids[i])]
+        if not outside:
+            return {}
+        refused = [unsure[k] for k in outside]
+        tokens = choose(again[torch.tensor(outside, device=again.device)], [seqs[i] for i in refused])
+        return dict(zip(refused, tokens.tolist()))
 
 
 def constrained_rows(seqs: list[Sequence]) -> list[int]:

@@ -5,7 +5,9 @@ transformers' logits processors and TGI, so either can serve as a reference:
 1. raw log-softmax of the logits, kept for `logprobs` / `top_logprobs`;
 2. `logit_bias` is added; a constrained row's grammar mask sets the tokens its grammar forbids
    to -inf (engine/grammar_mask.py; so a bias cannot revive them. A greedy row's mask is only
-   computed when the grammar refuses its unmasked argmax: the same token, for less work); until
+   computed when the grammar refuses its unmasked argmax: the same token, for less work; a
+   sampled row without top_k/top_p/min_p/typical_p draws unmasked and is masked and redrawn
+   only when the grammar refuses its draw: the same distribution, for less work); until
    `min_tokens` are generated, EOS (unless `ignore_eos`) and `stop_token_ids` are banned;
 3. `repetition_penalty` over prompt + generated tokens (a positive logit is divided by it, a
    negative one multiplied);
@@ -32,6 +34,7 @@ from chatforge.engine import sampling_ops as ops
 from chatforge.engine.grammar_mask import GrammarMasks, StepMasks, constrained_rows
 from chatforge.engine.outputs import TokenLogprob
 from chatforge.engine.sampling_batch import FilterParams, SamplingBatch
+from chatforge.engine.sampling_params import SamplingParams
 from chatforge.engine.sequence import Sequence
 from chatforge.engine.token_history import TokenHistory
 
@@ -69,9 +72,12 @@ class Sampler:
         b = SamplingBatch.build(seqs, self.vocab_size, self.stop_token_ids, logits.device, self.history)
         raw = logits[b.logprob_rows].log_softmax(dim=-1) if b.logprob_rows is not None else None  # 1
         constrained = constrained_rows(seqs)
-        # Greedy constrained rows are masked only when the grammar refuses their argmax (grammar_mask.py).
+        # Greedy rows and sampled rows without a cut after the mask take their token unmasked and
+        # are masked only when the grammar refuses it: the same argmax, the same distribution (grammar_mask.py).
         greedy = [i for i in constrained if not seqs[i].params.temperature > 0]
-        masks = self.grammar_masks.fill(seqs, [i for i in constrained if seqs[i].params.temperature > 0])
+        draw_first = [i for i in constrained if draws_before_mask(seqs[i].params)]
+        unmasked = set(greedy) | set(draw_first)
+        masks = self.grammar_masks.fill(seqs, [i for i in constrained if i not in unmasked])
         processed = apply_penalties(logits, b, masks) if b.needs_processing or masks is not None else logits  # 2-4
         if b.sampled_rows is None:
             tokens = processed.argmax(dim=-1)  # 5
@@ -82,12 +88,16 @@ class Sampler:
             rows = b.sampled_rows
             tokens[rows] = self._draw(processed[rows], [seqs[i] for i in rows.tolist()], b.filters)  # 6, 7
         token_ids = tokens.tolist()
+        redone = {}
         if greedy:
-            redone = self.grammar_masks.redo_refused(processed, seqs, greedy, token_ids)
-            if redone:
-                tokens[list(redone)] = torch.tensor(list(redone.values()), device=tokens.device)
-                for i, token in redone.items():
-                    token_ids[i] = token
+            redone.update(self.grammar_masks.redo_refused(processed, seqs, greedy, token_ids))
+        if draw_first:  # a fresh number from each refused row's generator, after its first
+            redraw = lambda masked, rows: self._draw(masked, rows, FilterParams.build(rows, self.vocab_size, self.device))
+            redone.update(self.grammar_masks.redo_refused(processed, seqs, draw_first, token_ids, redraw))
+        if redone:
+            tokens[list(redone)] = torch.tensor(list(redone.values()), device=tokens.device)
+            for i, token in redone.items():
+                token_ids[i] = token
         return SamplerOutput(token_ids, self._logprobs(raw, tokens, seqs, b))
 
     def _draw(self, logits: torch.Tensor, seqs: list[Sequence], f: FilterParams) -> torch.Tensor:
@@ -178,6 +188,15 @@ def apply_filters(logits: torch.Tensor, f: FilterParams) -> torch.Tensor:
     if f.typical_p is not None:
         logits = ops.typical_p(logits, f.typical_p, f.typical_p_active)
     return logits
+
+
+def draws_before_mask(params: SamplingParams) -> bool:
+    """A sampled row whose filters after the mask (step 6) are only the temperature: none that
+    cuts by the set the mask leaves (top_k, top_p, min_p, typical_p renormalise over it), so a
+    draw without the mask, redrawn masked where the grammar refuses it, has the masked
+    distribution (the proof: engine/grammar_mask.py)."""
+    return (params.temperature > 0 and params.top_k == 0 and params.top_p >= 1.0 and params.min_p <= 0.0
+            and params.typical_p >= 1.0)
 
 
 def sequence_seed(seed: int, index: int) -> int:
