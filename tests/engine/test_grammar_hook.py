@@ -325,3 +325,16 @@ def test_a_seeded_row_drawn_before_the_mask_is_batch_invariant_and_reports_raw_l
         assert alone.token_ids[0] == mixed.token_ids[3] and alone.token_ids[0] in ok
         assert mixed.token_ids[0] in {1, 2} and mixed.token_ids[2] == 5
         assert alone.logprobs[0].logprob == logits[0].log_softmax(-1)[alone.token_ids[0]].item()
+
+
+def test_a_redrawn_row_honours_infinite_biases_as_the_plain_order_does():
+    """A +inf bias on a forbidden token is dropped with it (the grammar wins); -inf on every
+    allowed token leaves the masked row nothing: token 0, which the matcher then refuses."""
+    logits = logits_for(2, seed=4)
+    ok = {20, 21, 22}
+    params = [SamplingParams(temperature=1.0, seed=1, logit_bias={5: math.inf, 21: 3.0}),
+              SamplingParams(temperature=1.0, seed=1, logit_bias=dict.fromkeys(ok, -math.inf))]
+    seqs = [seq(replace(p, grammar=ScriptedGrammar([ok]))) for p in params]
+    out = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits, seqs)
+    assert out.token_ids[0] in ok and out.token_ids[1] == 0
+    assert accept_token(seqs[1], 0, frozenset({EOS})) and seqs[1].finish_reason is FinishReason.GRAMMAR_ERROR

@@ -81,6 +81,12 @@ class StepMasks:
         """Whether mask row k allows token_id."""
         return bool(int(self.bitmask[k, token_id >> 5]) >> (token_id & 31) & 1)  # two's complement bits
 
+    def allowed_ids(self, ks: list[int], vocab: int) -> list[torch.Tensor]:
+        """The token ids mask rows `ks` allow, each increasing (none past `vocab`)."""
+        shifts = torch.arange(32, dtype=torch.int32, device=self.bitmask.device)
+        bits = ((self.bitmask[ks][:, :, None] >> shifts) & 1).flatten(1)[:, :vocab].bool()  # [K, V]
+        return [row.nonzero()[:, 0] for row in bits]
+
     def apply(self, logits: torch.Tensor) -> None:
         """In place on logits [N, V]: forbidden tokens of the constrained rows become -inf."""
         num_rows, vocab = len(self.rows), logits.shape[1]
@@ -140,21 +146,33 @@ class GrammarMasks:
         choose: Callable[[torch.Tensor, list[Sequence]], torch.Tensor] = lambda masked, _: masked.argmax(dim=-1),
     ) -> dict[int, int]:
         """For constrained `rows` whose unmasked token `token_ids[i]` the grammar refuses (the
-        mask's own bit decides where `allows` says no): `choose`(their masked logits, their
-        sequences) again, {row: token}. `processed` [N, V]: the rows' logits after steps 2-4
-        without any mask (left untouched). `choose` defaults to the argmax (greedy rows)."""
+        mask's own bit decides where `allows` says no): `choose`(their logits over the allowed
+        tokens only, their sequences) again, {row: token}. `processed` [N, V]: the rows' logits
+        after steps 2-4 without any mask (left untouched). `choose` defaults to the argmax (greedy
+        rows); it sees each row's allowed tokens in increasing id order, padded with -inf, which
+        is the masked row without its -inf entries: the same argmax, the same distribution, and a
+        draw that sums a few dozen probabilities rather than the whole vocabulary."""
         unsure = [i for i in rows if not seqs[i].matcher.allows(token_ids[i])]
         if not unsure:
             return {}
         masks = self.fill(seqs, unsure, at=list(range(len(unsure))))
-        again = processed[torch.tensor(unsure, device=processed.device)]  # a copy, rows 0..k-1
-        masks.apply(again)
         outside = [k for k, i in enumerate(unsure) if not masks.allows(k, token_ids[i])]
         if not outside:
             return {}
-        refused = [unsure[k] for k in outside]
-        tokens = choose(again[torch.tensor(outside, device=again.device)], [seqs[i] for i in refused])
-        return dict(zip(refused, tokens.tolist()))
+        allowed = masks.allowed_ids(outside, processed.shape[1])
+        # A mask that allows nothing keeps the token: the matcher refuses it, a grammar error.
+        refused = [unsure[k] for k, ids in zip(outside, allowed) if len(ids)]
+        allowed = [ids for ids in allowed if len(ids)]
+        if not refused:
+            return {}
+        compact = torch.full((len(refused), max(len(ids) for ids in allowed)), float("-inf"), device=processed.device)
+        for r, (i, ids) in enumerate(zip(refused, allowed)):
+            compact[r, : len(ids)] = processed[i, ids]  # a +inf bias on a forbidden token is gone with it
+        picked = choose(compact, [seqs[i] for i in refused]).tolist()
+        # Where a bias or ban left no allowed token a chance, the whole masked row's argmax is token 0
+        # (every entry -inf): the matcher refuses it, a grammar error, as in the plain order.
+        possible = (compact > float("-inf")).any(dim=1).tolist()
+        return {i: int(ids[j]) if ok else 0 for i, ids, j, ok in zip(refused, allowed, picked, possible)}
 
 
 def constrained_rows(seqs: list[Sequence]) -> list[int]:
