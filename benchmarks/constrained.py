@@ -11,9 +11,9 @@ schemas up to 10 KiB; constrained streams keep >= 90% of the unconstrained tok/s
    rounds alternate so both see the same machine load; tok/s counts decode steps only. The
    sampler's mask work is timed per decode step in those rounds (fill: llguidance's executor;
    apply: the C loop or the lookup-table add), with the share of constrained rows that needed a
-   mask at all (greedy rows are masked only where the grammar refuses their argmax).
-   Done twice: greedy (temperature 0) and sampled (temperature 1, where every constrained row
-   fills its mask before it draws); each has its own ratio in `goals`.
+   mask at all (greedy rows are masked only where the grammar refuses their argmax, sampled rows
+   without top_k/top_p/min_p/typical_p only where it refuses their draw, then redrawn).
+   Done twice: greedy (temperature 0) and sampled (temperature 1); each has its own ratio in `goals`.
 
     .venv/bin/python benchmarks/constrained.py --threads 2 [--weights exact] [--json out.json]
 
@@ -125,7 +125,7 @@ def bench_compile(structured: StructuredOutput, num_schemas: int) -> dict:
 
 class TimedMasks:
     """Times the sampler's GrammarMasks per decode step (real states, real rows): the masks filled
-    (sampled rows before they draw; greedy rows only where the grammar refused their argmax), the
+    (rows whose argmax or draw the grammar refused; sampled rows with a cut filter before they draw), the
     rows filled, and the masks applied. A step that fills nothing counts as 0 ms."""
 
     def __init__(self, inner: GrammarMasks):

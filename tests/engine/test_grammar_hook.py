@@ -321,7 +321,8 @@ def test_a_seeded_row_drawn_before_the_mask_is_batch_invariant_and_reports_raw_l
     for step in range(20):  # the first draw mostly lies outside ok: redrawn with the row's next number
         mine_step = replace(mine, seed=step)
         alone = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits[:1], [seq(mine_step)])
-        mixed = Sampler(V, frozenset({EOS}), CPU, seed=1)(logits[[1, 2, 3, 0]], [*(seq(p) for p in others), seq(mine_step)])
+        batch = [*(seq(p) for p in others), seq(mine_step)]
+        mixed = Sampler(V, frozenset({EOS}), CPU, seed=1)(logits[[1, 2, 3, 0]], batch)
         assert alone.token_ids[0] == mixed.token_ids[3] and alone.token_ids[0] in ok
         assert mixed.token_ids[0] in {1, 2} and mixed.token_ids[2] == 5
         assert alone.logprobs[0].logprob == logits[0].log_softmax(-1)[alone.token_ids[0]].item()

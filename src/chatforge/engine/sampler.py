@@ -92,8 +92,7 @@ class Sampler:
         if greedy:
             redone.update(self.grammar_masks.redo_refused(processed, seqs, greedy, token_ids))
         if draw_first:  # a fresh number from each refused row's generator, after its first
-            redraw = lambda masked, rows: self._draw(masked, rows, FilterParams.build(rows, self.vocab_size, self.device))
-            redone.update(self.grammar_masks.redo_refused(processed, seqs, draw_first, token_ids, redraw))
+            redone.update(self.grammar_masks.redo_refused(processed, seqs, draw_first, token_ids, self._redraw))
         if redone:
             tokens[list(redone)] = torch.tensor(list(redone.values()), device=tokens.device)
             for i, token in redone.items():
@@ -108,6 +107,10 @@ class Sampler:
         if bool(lost.any()):
             tokens = torch.where(lost, filtered.argmax(dim=-1), tokens)
         return tokens
+
+    def _redraw(self, allowed_logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """A second draw for sampled rows the grammar refused, over their allowed tokens' logits."""
+        return self._draw(allowed_logits, seqs, FilterParams.build(seqs, self.vocab_size, self.device))
 
     def _uniforms(self, seqs: list[Sequence]) -> torch.Tensor:
         """[S] float64 in [0, 1): a seeded row's from its own generator, the others' from the shared one.
