@@ -9,8 +9,9 @@ schemas up to 10 KiB; constrained streams keep >= 90% of the unconstrained tok/s
 2. Decode: the same 32 chat prompts decoded `--new-tokens` tokens, unconstrained (EOS ignored)
    and constrained by a schema that cannot finish earlier (an array of >= 60 bounded strings);
    rounds alternate so both see the same machine load; tok/s counts decode steps only. The
-   sampler's mask work is timed per step in those rounds (fill: llguidance's parallel executor;
-   apply: the lookup-table add).
+   sampler's mask work is timed per decode step in those rounds (fill: llguidance's executor;
+   apply: the C loop or the lookup-table add), with the share of constrained rows that needed a
+   mask at all (greedy rows are masked only where the grammar refuses their argmax).
 
     .venv/bin/python benchmarks/constrained.py --threads 2 [--weights exact] [--json out.json]
 
@@ -120,37 +121,59 @@ def bench_compile(structured: StructuredOutput, num_schemas: int) -> dict:
 
 
 class TimedMasks:
-    """Wraps the sampler's GrammarMasks to time each step's fill and apply (real states, real rows)."""
+    """Times the sampler's GrammarMasks per decode step (real states, real rows): the masks filled
+    (sampled rows before they draw; greedy rows only where the grammar refused their argmax), the
+    rows filled, and the masks applied. A step that fills nothing counts as 0 ms."""
 
     def __init__(self, inner: GrammarMasks):
-        self.inner, self.fill_ms, self.apply_ms, self.rows = inner, [], [], []
+        self.inner, self.steps = inner, []
+        inner_fill = inner.fill
 
-    def fill(self, seqs):
-        start = time.perf_counter()
-        step = self.inner.fill(seqs)
-        if step is not None:
-            self.fill_ms.append((time.perf_counter() - start) * 1000)
-            self.rows.append(len(step.rows))
-            inner_apply = step.apply
+        def timed_fill(seqs, rows=None, at=None):
+            start = time.perf_counter()
+            step = inner_fill(seqs, rows, at)
+            if step is not None:
+                self.steps[-1]["fill_ms"] += (time.perf_counter() - start) * 1000
+                self.steps[-1]["rows"] += len(step.rows)
+                self._time_apply(step)
+            return step
 
-            def timed_apply(logits):
-                begin = time.perf_counter()
-                inner_apply(logits)
-                self.apply_ms.append((time.perf_counter() - begin) * 1000)
+        inner.fill = timed_fill  # redo_refused calls it too
 
-            step.apply = timed_apply
-        return step
+    def _time_apply(self, step) -> None:
+        inner_apply = step.apply
+
+        def timed_apply(logits):
+            begin = time.perf_counter()
+            inner_apply(logits)
+            self.steps[-1]["apply_ms"] += (time.perf_counter() - begin) * 1000
+
+        step.apply = timed_apply
+
+    def begin_step(self, engine=None) -> None:
+        """Before each step; None before a prefill (not reported)."""
+        constrained = 0 if engine is None else sum(s.matcher is not None for s in engine.scheduler.running)
+        self.steps.append({"constrained": constrained, "rows": 0, "fill_ms": 0.0, "apply_ms": 0.0})
 
     def report(self) -> dict:
-        return {"rows_max": max(self.rows), "fill": percentiles(self.fill_ms), "apply": percentiles(self.apply_ms)}
+        steps = [s for s in self.steps if s["constrained"]]
+        filled = sum(s["rows"] for s in steps)
+        rows = sum(s["constrained"] for s in steps)
+        return {"rows_max": max(s["constrained"] for s in steps), "rows_filled_share": round(filled / rows, 3),
+                "fill": percentiles([s["fill_ms"] for s in steps]), "apply": percentiles([s["apply_ms"] for s in steps])}
 
 
-def decode_round(engine, prompts: list[list[int]], params: SamplingParams, tag: str) -> dict:
+def decode_round(engine, prompts: list[list[int]], params: SamplingParams, tag: str,
+                 masks: TimedMasks | None = None) -> dict:
     for i, prompt in enumerate(prompts):
         engine.add_request(f"{tag}{i}", prompt, params)
+    if masks is not None:
+        masks.begin_step()
     engine.step()  # the prefill
     start, steps, tokens = time.perf_counter(), 0, 0
     while engine.has_unfinished():
+        if masks is not None:
+            masks.begin_step(engine)
         for out in engine.step():
             tokens += sum(len(c.new_token_ids) for c in out.outputs)
         steps += 1
@@ -167,10 +190,10 @@ def bench_decode(engine, structured, tokenizer, streams: int, new_tokens: int, r
     constrained = SamplingParams(temperature=0, max_tokens=new_tokens, grammar=structured.compile(JsonSchema(LONG_ARRAY)))
     runs = {"unconstrained": [], "constrained": []}
     decode_round(engine, prompts[:4], free, "warm")
-    masks = engine.runner.sampler.grammar_masks = TimedMasks(engine.runner.sampler.grammar_masks)
+    masks = TimedMasks(engine.runner.sampler.grammar_masks)
     for r in range(rounds):
         runs["unconstrained"].append(decode_round(engine, prompts, free, f"u{r}-"))
-        runs["constrained"].append(decode_round(engine, prompts, constrained, f"c{r}-"))
+        runs["constrained"].append(decode_round(engine, prompts, constrained, f"c{r}-", masks))
     best = {name: max(run["tok_s"] for run in rs) for name, rs in runs.items()}
     return {"streams": streams, "new_tokens": new_tokens, "runs": runs, "best_tok_s": best,
             "ratio_constrained_to_unconstrained": round(best["constrained"] / best["unconstrained"], 3),

@@ -311,3 +311,32 @@ def test_a_token_the_grammar_refuses_ends_only_its_sequence_with_a_grammar_error
     impossible, fine = results["impossible"][0], results["fine"][0]
     assert impossible.finish_reason is FinishReason.GRAMMAR_ERROR and "doesn't satisfy the grammar" in impossible.error
     assert fine.finish_reason is FinishReason.STOP and tokenizer.decode(fine.token_ids) == "Z" and fine.error is None
+
+
+def test_greedy_rows_skip_their_masks_and_give_the_tokens_of_masking_every_step(
+    make_engine, tokenizer, template, structured, monkeypatch
+):
+    """The sampler masks a greedy row only when the grammar refuses its unmasked argmax
+    (engine/grammar_mask.py). Forcing a mask at every step (a matcher that never says yes)
+    must give the same tokens; and most rows must have skipped their masks."""
+    from chatforge.text.structured import LLGuidanceMatcher
+
+    requests = {
+        name: (chat_prompt(tokenizer, template, question),
+               SamplingParams(temperature=0, max_tokens=120, grammar=structured.compile(JsonSchema(schema))))
+        for name, (schema, question) in SCHEMAS.items()
+    }
+    requests["tool"], _ = tool_request(tokenizer, template, structured, "What's the weather in Bern?", ToolChoice("auto"),
+                                       temperature=0, max_tokens=80)
+    engine = make_engine()
+    masks, filled = engine.runner.sampler.grammar_masks, []
+    fill = masks.fill
+    monkeypatch.setattr(masks, "fill", lambda seqs, rows=None, at=None: filled.append(len(rows)) or fill(seqs, rows, at))
+    skipping = generate(engine, requests)
+    monkeypatch.setattr(LLGuidanceMatcher, "allows", lambda self, token_id: False)
+    every_step = generate(make_engine(), requests)
+    for request_id in requests:
+        assert skipping[request_id][0].token_ids == every_step[request_id][0].token_ids, request_id
+        assert skipping[request_id][0].finish_reason is every_step[request_id][0].finish_reason is FinishReason.STOP
+    total_rows = sum(len(skipping[r][0].steps) for r in requests)
+    assert sum(filled) < total_rows / 2, (sum(filled), total_rows)

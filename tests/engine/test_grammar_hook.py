@@ -5,6 +5,7 @@ leaves untouched, and how a grammar ends a sequence."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ import torch
 from chatforge.engine.grammar import accept_token, grammar_error
 from chatforge.engine.grammar_mask import GrammarMasks
 from chatforge.engine.outputs import FinishReason
-from chatforge.engine.sampler import Sampler
+from chatforge.engine.sampler import Sampler, apply_penalties
+from chatforge.engine.sampling_batch import SamplingBatch
 from chatforge.engine.sampling_params import SamplingParams
 from chatforge.engine.sequence import Sequence
 from chatforge.models import native
@@ -28,9 +30,11 @@ class SetFiller:
 
     def __init__(self):
         self.calls = 0
+        self.rows = 0
 
     def fill(self, items, bitmask):
         self.calls += 1
+        self.rows += len(items)
         for matcher, k in items:
             bits = np.zeros(bitmask.shape[1] * 32, dtype=np.uint8)
             bits[sorted(matcher.allowed())] = 1
@@ -45,6 +49,9 @@ class ScriptedMatcher:
 
     def allowed(self):
         return self.script[len(self.taken)] if len(self.taken) < len(self.script) else {EOS}
+
+    def allows(self, token_id):
+        return token_id in self.allowed()
 
     def accept(self, token_id):
         if token_id not in self.allowed():
@@ -186,3 +193,53 @@ def test_both_masks_agree_on_a_real_vocabulary_with_an_infinite_bias(kernels):
     assert masked[4, 7] == float("-inf") and torch.equal(masked[[1, 2]], logits[[1, 2]])
     allowed = np.unpackbits(bitmask[1].view(np.uint8), bitorder="little")[:vocab].astype(bool)
     assert torch.equal(torch.isinf(masked[0]), torch.from_numpy(~allowed))
+
+
+def test_greedy_rows_are_masked_only_where_the_grammar_refuses_their_argmax_with_the_same_tokens(kernels):
+    """Against the plain order (every constrained row masked before the argmax): biases, an
+    infinite one on a forbidden token, min_tokens bans and penalties, rows whose own argmax the
+    grammar allows and rows where it does not."""
+    logits = logits_for(6, seed=7)
+    top = logits.argmax(dim=-1).tolist()
+    filler = SetFiller()
+    allowed = [
+        {top[0], 5, 6},  # allows the argmax
+        {2, 3, 40},  # refuses it (a +inf bias on 1)
+        set(range(V)) - {top[2]},  # refuses only it
+        {top[3], 9},
+        {11, 12},
+        {EOS, 17, 200},
+    ]
+    params = [
+        SamplingParams(temperature=0, logit_bias={5: 1.0}),
+        SamplingParams(temperature=0, logit_bias={1: math.inf, 3: 2.0}, logprobs=True),
+        SamplingParams(temperature=0, repetition_penalty=1.3, frequency_penalty=0.5),
+        SamplingParams(temperature=0, logprobs=True, top_logprobs=2),
+        SamplingParams(temperature=0, logit_bias={top[4]: math.inf}),  # +inf on a forbidden token: the grammar wins
+        SamplingParams(temperature=0, min_tokens=3),  # EOS banned though the grammar allows it
+    ]
+    seqs = [seq(replace(p, grammar=ScriptedGrammar([ok], filler)), prompt=(1, 17, 17, 9)) for p, ok in zip(params, allowed)]
+    sampler = Sampler(V, frozenset({EOS}), CPU, seed=0)
+    sampler.grammar_masks = GrammarMasks(V, CPU, kernels)
+    out = sampler(logits, seqs)
+
+    b = SamplingBatch.build(seqs, V, frozenset({EOS}), CPU, sampler.history)
+    unmasked = apply_penalties(logits, b).argmax(dim=-1).tolist()
+    refused = [i for i, (t, ok) in enumerate(zip(unmasked, allowed)) if t not in ok]
+    assert refused == [1, 2, 4, 5] and filler.rows == len(refused)  # only they were masked
+    everything = apply_penalties(logits, b, GrammarMasks(V, CPU, kernels).fill(seqs))
+    assert out.token_ids == everything.argmax(dim=-1).tolist()
+    assert all(t in ok for t, ok in zip(out.token_ids, allowed))
+    assert out.token_ids[0] == top[0]
+    for row in (1, 3):  # a redone row's logprob is its final token's, raw
+        assert out.logprobs[row].token_id == out.token_ids[row]
+        assert out.logprobs[row].logprob == logits[row].log_softmax(-1)[out.token_ids[row]].item()
+
+
+def test_no_mask_is_filled_when_every_greedy_argmax_is_allowed():
+    logits = logits_for(4, seed=2)
+    filler = SetFiller()
+    top = logits.argmax(dim=-1).tolist()
+    seqs = [seq(SamplingParams(temperature=0, grammar=ScriptedGrammar([{t, 0}], filler))) for t in top]
+    out = Sampler(V, frozenset({EOS}), CPU, seed=0)(logits, seqs)
+    assert out.token_ids == top and filler.calls == 0

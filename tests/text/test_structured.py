@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from chatforge.text.tool_format import SMOLLM2, FunctionTool, ToolChoice, tool_call_grammar
 from chatforge.text.structured import (
     JSON_WHITESPACE_MAX,
     Choice,
@@ -98,6 +99,45 @@ def test_a_finished_json_document_ends_the_grammar_and_a_wrong_token_is_an_error
     wrong = grammar.matcher()  # matchers of one grammar are independent
     assert not feed(smol, wrong, '{"a": 1}')
     assert "doesn't satisfy the grammar" in wrong.error()
+
+
+@pytest.mark.parametrize(
+    "constraint, text",
+    [
+        (JsonSchema({"type": "array", "items": {"type": "string", "maxLength": 5}, "minItems": 2}), '["abcde", "x"]'),
+        (JsonSchema({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 20},
+                                                      "e": {"enum": ["red", "green"]}}, "required": ["n", "e"]}),
+         '{"n": 12, "e": "red"}'),
+        (Regex(r"[0-9]{3}-[a-z]{2}"), "123-ab"),
+        (LarkGrammar('start: "A" NUM ("." NUM)?\nNUM: /[0-9]+/'), "A42.7"),
+        (tool_call_grammar(SMOLLM2, [FunctionTool("now"), FunctionTool("f", {"type": "object", "properties": {"x": {}}})],
+                           ToolChoice("auto")), 'Ok.<tool_call>[{"name": "f", "arguments": {"x": 7}}]</tool_call>'),
+    ],
+)
+def test_allows_only_what_the_mask_allows_and_leaves_the_matcher_as_it_was(smol, structured, constraint, text):
+    """The sampler takes a greedy row's unmasked argmax when `allows` says yes (engine/grammar_mask.py):
+    at every state it must say yes only to tokens the mask allows, EOS at the end included, and say
+    it to all of them wherever the grammar forces no bytes (else rows pay for masks they need not).
+    A refusal leaves no error."""
+    grammar = structured.compile(constraint)
+    matcher = grammar.matcher()
+    exact_states = 0
+    for token in [*smol.encode(text), None]:
+        if matcher.is_finished():  # its sequence has ended: nothing more is sampled
+            break
+        mask = allowed(matcher, grammar.vocab_size)
+        says_yes = {t for t in range(grammar.vocab_size) if matcher.allows(t)}
+        assert says_yes <= mask
+        if not matcher.ll.compute_ff_bytes():
+            assert says_yes == mask
+            exact_states += says_yes == mask
+        assert allowed(matcher, grammar.vocab_size) == mask and matcher.error() == ""
+        if token is not None:
+            assert matcher.accept(token)
+    assert matcher.is_finished() or 2 in says_yes  # the walk ended where the output is complete
+    assert exact_states >= 3
+    failed = grammar.matcher()
+    assert not failed.accept(1) and not any(failed.allows(t) for t in range(grammar.vocab_size))  # <|im_start|>
 
 
 def test_control_tokens_never_appear_inside_json_and_eos_only_when_complete(smol, structured):

@@ -12,6 +12,18 @@ helper compiles with torch.compile on first use, ~17 s inside the engine thread:
 Where chatforge's CPU kernels are loaded (the native backend), one C loop does the same in place
 without the float mask: a word whose 32 tokens are all allowed costs one compare (32 rows of the
 bundled model's vocabulary, benchmarks/constrained.py: 3.0 ms -> 0.8 ms per step).
+
+Greedy rows are masked only where needed. Every step the sampler does after the mask is
+elementwise and keeps -inf (bans, penalties), so a greedy row's masked logits are its unmasked
+ones with the forbidden tokens at -inf; their argmax is the unmasked argmax whenever the grammar
+allows that token (the first maximum overall is then the first allowed one). So the sampler takes
+each greedy constrained row's argmax unmasked, asks the matcher whether it allows it, and only
+for the rows it refuses fills a mask and takes the argmax again (`GrammarMasks.redo_refused`):
+the same tokens, bit for bit, as masking every row first. Filling a mask is llguidance's dear
+part (~0.15 ms a row of the bundled vocabulary, fresh for every state); the model's own argmax
+is allowed most of the time (benchmarks/constrained.py's decode filled masks for 6.4% of its
+rows), and the check costs a few microseconds. Sampled rows are masked before they draw, as the
+order says.
 """
 
 from __future__ import annotations
@@ -79,9 +91,11 @@ class GrammarMasks:
         self._buffer = np.zeros((0, self._words), dtype=np.int32)
         self._table = _lookup_table(torch.float32, self.device)
 
-    def fill(self, seqs: list[Sequence]) -> StepMasks | None:
-        """Masks for the rows of `seqs` that carry a matcher; None when none does."""
-        rows = [i for i, s in enumerate(seqs) if s.matcher is not None]
+    def fill(self, seqs: list[Sequence], rows: list[int] | None = None, at: list[int] | None = None) -> StepMasks | None:
+        """Masks for `rows` of `seqs` (default: every row whose sequence carries a matcher), to
+        apply to the logits rows `at` (default: the same rows); None when there is none."""
+        if rows is None:
+            rows = constrained_rows(seqs)
         if not rows:
             return None
         if len(self._buffer) < len(rows):
@@ -95,10 +109,26 @@ class GrammarMasks:
             filler.fill(items, bitmask)
         infinite_bias = any(math.isinf(v) for i in rows for v in seqs[i].params.logit_bias.values())
         return StepMasks(
-            torch.tensor(rows, dtype=torch.long, device=self.device),
+            torch.tensor(rows if at is None else at, dtype=torch.long, device=self.device),
             torch.from_numpy(bitmask).to(self.device),
             self._table,
             infinite_bias,
             self.kernels,
         )
 
+    def redo_refused(
+        self, processed: torch.Tensor, seqs: list[Sequence], rows: list[int], token_ids: list[int]
+    ) -> dict[int, int]:
+        """For greedy constrained `rows` whose unmasked argmax `token_ids[i]` the grammar refuses:
+        the argmax of the masked row, {row: token}. `processed` [N, V]: the rows' logits after
+        steps 2-4 without any mask (left untouched)."""
+        refused = [i for i in rows if not seqs[i].matcher.allows(token_ids[i])]
+        if not refused:
+            return {}
+        again = processed[torch.tensor(refused, device=processed.device)]  # a copy, rows 0..k-1
+        self.fill(seqs, refused, at=list(range(len(refused)))).apply(again)
+        return dict(zip(refused, again.argmax(dim=-1).tolist()))
+
+
+def constrained_rows(seqs: list[Sequence]) -> list[int]:
+    return [i for i, s in enumerate(seqs) if s.matcher is not None]

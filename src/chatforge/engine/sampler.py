@@ -4,8 +4,9 @@ transformers' logits processors and TGI, so either can serve as a reference:
 
 1. raw log-softmax of the logits, kept for `logprobs` / `top_logprobs`;
 2. `logit_bias` is added; a constrained row's grammar mask sets the tokens its grammar forbids
-   to -inf (engine/grammar_mask.py; so a bias cannot revive them); until `min_tokens` are
-   generated, EOS (unless `ignore_eos`) and `stop_token_ids` are banned;
+   to -inf (engine/grammar_mask.py; so a bias cannot revive them. A greedy row's mask is only
+   computed when the grammar refuses its unmasked argmax: the same token, for less work); until
+   `min_tokens` are generated, EOS (unless `ignore_eos`) and `stop_token_ids` are banned;
 3. `repetition_penalty` over prompt + generated tokens (a positive logit is divided by it, a
    negative one multiplied);
 4. `frequency_penalty` x count and `presence_penalty` x [count > 0] are subtracted, counting
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from chatforge.engine import sampling_ops as ops
-from chatforge.engine.grammar_mask import GrammarMasks, StepMasks
+from chatforge.engine.grammar_mask import GrammarMasks, StepMasks, constrained_rows
 from chatforge.engine.outputs import TokenLogprob
 from chatforge.engine.sampling_batch import FilterParams, SamplingBatch
 from chatforge.engine.sequence import Sequence
@@ -67,7 +68,10 @@ class Sampler:
         """logits: float32 [N, V], row i belonging to seqs[i]."""
         b = SamplingBatch.build(seqs, self.vocab_size, self.stop_token_ids, logits.device, self.history)
         raw = logits[b.logprob_rows].log_softmax(dim=-1) if b.logprob_rows is not None else None  # 1
-        masks = self.grammar_masks.fill(seqs)  # None when no row is constrained
+        constrained = constrained_rows(seqs)
+        # Greedy constrained rows are masked only when the grammar refuses their argmax (grammar_mask.py).
+        greedy = [i for i in constrained if not seqs[i].params.temperature > 0]
+        masks = self.grammar_masks.fill(seqs, [i for i in constrained if seqs[i].params.temperature > 0])
         processed = apply_penalties(logits, b, masks) if b.needs_processing or masks is not None else logits  # 2-4
         if b.sampled_rows is None:
             tokens = processed.argmax(dim=-1)  # 5
@@ -78,6 +82,12 @@ class Sampler:
             rows = b.sampled_rows
             tokens[rows] = self._draw(processed[rows], [seqs[i] for i in rows.tolist()], b.filters)  # 6, 7
         token_ids = tokens.tolist()
+        if greedy:
+            redone = self.grammar_masks.redo_refused(processed, seqs, greedy, token_ids)
+            if redone:
+                tokens[list(redone)] = torch.tensor(list(redone.values()), device=tokens.device)
+                for i, token in redone.items():
+                    token_ids[i] = token
         return SamplerOutput(token_ids, self._logprobs(raw, tokens, seqs, b))
 
     def _draw(self, logits: torch.Tensor, seqs: list[Sequence], f: FilterParams) -> torch.Tensor:
