@@ -169,7 +169,8 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     verdict = "met" if share <= goal else "NOT met"
     if args.synthetic_llama:
-        print(f"(random weights, shape of a {args.synthetic_llama.upper()} Q4_K_M: the memory of such a file, not a real model)")
+        print(f"(random weights, shape of a {args.synthetic_llama.upper()} Q4_K_M: "
+              "the memory of such a file, not a real model)")
     print(f"goal: model's share {share / MIB:.0f} MiB <= 1.3 x file + KV in use = {goal / MIB:.0f} MiB: {verdict} "
           f"(whole process {whole / MIB:.0f} MiB, runtime baseline {baseline / MIB:.0f} MiB)")
 

@@ -36,7 +36,8 @@ def random_k_quant_blocks(rows: int, cols: int, qtype: Q, rng: np.random.Generat
     """A (rows, bytes per row) uint8 matrix of K-quant blocks: every bit pattern of the quants and
     sub-block scales, finite float16 super-block scales in a sensible range."""
     block, size = gguf.GGML_QUANT_SIZES[qtype]
-    raw = np.frombuffer(bytearray(rng.bytes(rows * (cols // block) * size)), np.uint8).reshape(rows, cols // block, size)
+    blocks = cols // block
+    raw = np.frombuffer(bytearray(rng.bytes(rows * blocks * size)), np.uint8).reshape(rows, blocks, size)
     for offset, bounds in _SCALES[qtype]:
         scales = rng.uniform(*bounds, raw.shape[:-1]).astype(np.float16)
         raw[:, :, offset : offset + 2] = scales[..., None].view(np.uint8)
