@@ -15,6 +15,7 @@ from chatforge.models.attention import AttentionMetadata
 from chatforge.models.errors import UnsupportedArchitectureError, WeightsMismatchError
 from chatforge.models.loader import load_model
 from chatforge.models.source import ModelSource
+from chatforge.models.synthetic_gguf import random_k_quant_blocks
 
 # HF name part -> llama.cpp name part (written independently of the loader's own table).
 TO_GGUF = {
@@ -153,18 +154,6 @@ def test_quantized_gguf_equals_transformers_on_the_same_weights(tmp_path, tiny_h
     assert (ours - theirs).abs().max().item() <= 1e-4
 
 
-def k_quant_bytes(rows: int, cols: int, qtype: Q, rng: np.random.Generator) -> np.ndarray:
-    """Random K-quant blocks with sane fp16 scales (gguf cannot quantize to K-quants).
-    Block layouts: Q4_K = d, dmin, scales[12], qs[128]; Q5_K = d, dmin, scales[12], qh[32], qs[128];
-    Q6_K = ql[128], qh[64], scales[16], d."""
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
-    scale = np.array([0.01], dtype=np.float16).view(np.uint8)
-    for offset in ((0, 2) if qtype in (Q.Q4_K, Q.Q5_K) else (208,)):
-        raw[:, :, offset : offset + 2] = scale
-    return raw.reshape(rows, cols // block * size)
-
-
 def test_k_quant_tensors_load(tmp_path):
     """Q4_K, Q5_K and Q6_K tensors come out exactly as the gguf package dequantizes them."""
     import transformers
@@ -176,7 +165,7 @@ def test_k_quant_tensors_load(tmp_path):
     rng = np.random.default_rng(0)
     kinds = {"blk.0.ffn_gate.weight": Q.Q4_K, "blk.0.ffn_up.weight": Q.Q5_K,
              "blk.0.ffn_down.weight": Q.Q6_K, "blk.0.attn_q.weight": Q.Q4_K}
-    raw = {name: k_quant_bytes(256, 256, qtype, rng) for name, qtype in kinds.items()}
+    raw = {name: random_k_quant_blocks(256, 256, qtype, rng) for name, qtype in kinds.items()}
     extra = {name: (data, kinds[name]) for name, data in raw.items()}
     write_gguf(path, hf, "llama", quantized=False, skip=tuple(kinds), extra_tensors=extra)
     model, _ = load_gguf(path)
