@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import time
+import tempfile
 from pathlib import Path
 
 import httpx
 import torch
-from servers import free_port  # a sibling module (this file runs as a script)
+from servers import free_port, running  # a sibling module (this file runs as a script)
 
 LLAMA_SERVER = "/work/peer/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server"
 PROMPTS = [
@@ -37,42 +36,13 @@ PROMPTS = [
 ]
 
 
-class LlamaServer:
-    """llama-server on one file, until `close`."""
-
-    def __init__(self, binary: str, model: Path, threads: int):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = self.url.rsplit(":", 1)[1]
-        self.proc = subprocess.Popen([binary, "-m", str(model), "-t", str(threads), "-c", "4096", "-np", "1",
-                                      "--host", "127.0.0.1", "--port", port],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"llama-server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit("llama-server was not ready after 300 s")
-            time.sleep(0.5)
-
-    def greedy(self, ids: list[int], n: int) -> list[int]:
-        r = httpx.post(f"{self.url}/completion", timeout=600, json={
-            "prompt": ids, "n_predict": n, "temperature": 0, "top_k": 1, "cache_prompt": True,
-            "return_tokens": True, "ignore_eos": True})
-        r.raise_for_status()
-        return r.json()["tokens"]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def llama_server_greedy(url: str, ids: list[int], n: int) -> list[int]:
+    """llama-server's n greedy tokens after `ids` (its prompt cache keeps the shared prefix)."""
+    r = httpx.post(f"{url}/completion", timeout=600, json={
+        "prompt": ids, "n_predict": n, "temperature": 0, "top_k": 1, "cache_prompt": True,
+        "return_tokens": True, "ignore_eos": True})
+    r.raise_for_status()
+    return r.json()["tokens"]
 
 
 def chatforge_top1(backend, ids: list[int]) -> list[int]:
@@ -88,25 +58,22 @@ def chatforge_top1(backend, ids: list[int]) -> list[int]:
 
 def measure(model: str, args) -> dict:
     from chatforge.models.backend import load_backend
-    from chatforge.models.gguf_file import GGUFFile
     from chatforge.models.source import resolve_model
-    from chatforge.text.tokenizer import Tokenizer
+    from chatforge.text.tokenizer import load_tokenizer
 
     source = resolve_model(model)
-    gguf = GGUFFile(source.path)
-    try:
-        tokenizer = Tokenizer.from_gguf(gguf.metadata)
-    finally:
-        gguf.close()
+    tokenizer = load_tokenizer(source)
     ours = load_backend(source, threads=args.threads)
     exact = load_backend(source, weights="exact") if args.exact else None
-    server = LlamaServer(args.llama_server, Path(source.path), args.threads)
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [args.llama_server, "-m", str(source.path), "-t", str(args.threads), "-c", "4096", "-np", "1",
+           "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
     counts = {"positions": 0, "native": 0, "exact": 0}
-    try:
+    with tempfile.TemporaryDirectory() as work, running("llama-server", cmd, url, Path(work) / "llama-server.log"):
         for prompt in PROMPTS:
             ids = tokenizer.encode(prompt, add_special_tokens=True)
-            seq = ids + server.greedy(ids, args.tokens)
-            theirs = [server.greedy(seq[: i + 1], 1)[0] for i in range(len(ids) - 1, len(seq) - 1)]
+            seq = ids + llama_server_greedy(url, ids, args.tokens)
+            theirs = [llama_server_greedy(url, seq[: i + 1], 1)[0] for i in range(len(ids) - 1, len(seq) - 1)]
             positions = range(len(ids) - 1, len(seq) - 1)
             native = chatforge_top1(ours, seq)
             counts["positions"] += len(theirs)
@@ -116,8 +83,6 @@ def measure(model: str, args) -> dict:
                     top = chatforge_top1(exact, seq)
                 counts["exact"] += sum(top[i] == t for i, t in zip(positions, theirs))
             print(f"  {prompt!r}: {tokenizer.decode(seq[len(ids):])!r}", flush=True)
-    finally:
-        server.close()
     result = {"model": str(source.path), "positions": counts["positions"],
               "native_agreement": round(counts["native"] / counts["positions"], 4)}
     if exact is not None:
