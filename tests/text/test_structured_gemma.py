@@ -8,18 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chatforge.models.gguf_file import GGUFFile
+from chatforge.models.source import resolve_model
 from chatforge.text.structured import JsonSchema, StructuredOutput
-from chatforge.text.tokenizer import Tokenizer
+from chatforge.text.tokenizer import Tokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def gemma(gemma_gguf) -> Tokenizer:
-    gguf = GGUFFile(gemma_gguf)
-    try:
-        return Tokenizer.from_gguf(gguf.metadata)
-    finally:
-        gguf.close()
+    return load_tokenizer(resolve_model(str(gemma_gguf)))
 
 
 def test_the_vocabulary_is_built_on_the_first_compile_and_is_the_tokenizers(gemma):
