@@ -202,8 +202,12 @@ def sample(url: str, t: float) -> Sample:
                   m["chatforge_asyncio_tasks"], m["chatforge_running_requests"], m["chatforge_waiting_requests"])
 
 
-def wait_idle(url: str, settle_s: float, timeout_s: float = 120) -> Sample:
-    """The server with nothing running and every connection gone: sampled after `settle_s`."""
+def wait_idle(url: str, settle_s: float, timeout_s: float = 120, baseline: Sample | None = None,
+              release_s: float = 15) -> Sample:
+    """The server with nothing running and every connection gone: sampled after `settle_s`, then,
+    given the `baseline` of an earlier idle moment, again until its file descriptors and asyncio
+    tasks are back to it or `release_s` passed (a connection the client closed last is let go
+    by the server's keep-alive timer, 5 s; a leak stays past that)."""
     deadline = time.monotonic() + timeout_s
     while True:
         s = sample(url, 0)
@@ -213,7 +217,13 @@ def wait_idle(url: str, settle_s: float, timeout_s: float = 120) -> Sample:
             return s
         time.sleep(0.2)
     time.sleep(settle_s)  # the keep-alive timers of connections the client closed, the usage writer
-    return sample(url, 0)
+    s, released_by = sample(url, 0), time.monotonic() + release_s
+    while baseline is not None and (s.open_fds > baseline.open_fds or s.asyncio_tasks > baseline.asyncio_tasks):
+        if time.monotonic() > released_by:
+            break
+        time.sleep(0.5)
+        s = sample(url, 0)
+    return s
 
 
 async def seed(database_url: str) -> str:
@@ -303,7 +313,7 @@ def run(url: str, key: str, duration_s: float, warmup_s: float, sample_every_s: 
         await watcher
 
     asyncio.run(main())
-    after = wait_idle(url, settle_s=2.0)
+    after = wait_idle(url, settle_s=2.0, baseline=before)
     verdict = Verdict(
         rss_growth=(after.rss_bytes - before.rss_bytes) / before.rss_bytes,
         kv_blocks_left=after.kv_blocks_used,
